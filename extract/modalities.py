@@ -1,0 +1,206 @@
+"""The modality registry: how decoded media of a segment becomes a teacher's input batch.
+
+Each entry names its default backbone, its input channels and the preprocessing settings
+it derives from the backbone's timm config. Those settings are both what `make_inputs`
+uses and what the cache stores as provenance, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from extract.decode import Video, open_video, read_audio_track
+
+FLOW_BOUND_PX = 20.0  # EPIC's released flow: clipped to +-20 px and scaled to [-1, 1]
+AUDIO_RATE = 24000
+AUDIO_WINDOW_SEC = 1.116  # the window centred on each frame in Radevski et al.
+_CV2_INTERP = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}
+
+
+class MediaSource:
+    """One video file, opened lazily, with its audio track decoded at most once."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._video: Video | None = None
+        self._audio: np.ndarray | None = None
+
+    @property
+    def video(self) -> Video:
+        if self._video is None:
+            self._video = open_video(self.path)
+        return self._video
+
+    def audio(self) -> np.ndarray:
+        if self._audio is None:
+            self._audio = read_audio_track(self.path, sample_rate=AUDIO_RATE)
+        return self._audio
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.close()
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    default_backbone: str
+    in_chans: Callable[[dict], int]                   # options -> channels
+    settings: Callable[[dict, dict], dict]            # (options, timm data config) -> preprocessing
+    make_inputs: Callable[[MediaSource, np.ndarray, dict], np.ndarray]  # -> float32 [T, C, H, W]
+
+
+_REGISTRY: dict[str, Modality] = {}
+
+
+def register_modality(modality: Modality) -> Modality:
+    _REGISTRY[modality.name] = modality
+    return modality
+
+
+def get_modality(name: str) -> Modality:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown modality {name!r}: choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def modality_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# --- shared geometry -------------------------------------------------------------------
+
+def _geometry(data_cfg: dict) -> dict:
+    _, h, w = data_cfg["input_size"]
+    crop_pct = float(data_cfg.get("crop_pct", 1.0))
+    return {"input_size": [h, w], "resize_short": int(round(min(h, w) / crop_pct)), "interpolation": data_cfg.get("interpolation", "bilinear")}
+
+
+def _resize_short(image: np.ndarray, short: int, interpolation: str) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = short / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # INTER_AREA when shrinking avoids aliasing; the backbone's own filter when enlarging.
+    flag = cv2.INTER_AREA if scale < 1 else _CV2_INTERP.get(interpolation, cv2.INTER_LINEAR)
+    return cv2.resize(image, size, interpolation=flag)
+
+
+def _centre_crop(image: np.ndarray, size: list[int]) -> np.ndarray:
+    h, w = image.shape[:2]
+    ch, cw = size
+    top, left = max(0, (h - ch) // 2), max(0, (w - cw) // 2)
+    return image[top: top + ch, left: left + cw]
+
+
+# --- rgb -------------------------------------------------------------------------------
+
+def _rgb_settings(options: dict, data_cfg: dict) -> dict:
+    return {**_geometry(data_cfg), "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
+
+
+def _rgb_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np.ndarray:
+    frames = source.video.frames(indices)
+    mean = np.asarray(settings["mean"], dtype=np.float32) * 255.0
+    std = np.asarray(settings["std"], dtype=np.float32) * 255.0
+    out = [(_centre_crop(_resize_short(f, settings["resize_short"], settings["interpolation"]), settings["input_size"]).astype(np.float32) - mean) / std for f in frames]
+    return np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2))
+
+
+register_modality(Modality("rgb", "resnet50", lambda o: 3, _rgb_settings, _rgb_inputs))
+
+
+# --- flow ------------------------------------------------------------------------------
+
+def _flow_settings(options: dict, data_cfg: dict) -> dict:
+    method = options.get("flow") or "dis"
+    if method not in FLOW_METHODS:
+        raise ValueError(f"unknown flow method {method!r}: choose one of {', '.join(FLOW_METHODS)}")
+    return {**_geometry(data_cfg), "method": method, "stack": int(options.get("flow_stack") or 1), "bound_px": FLOW_BOUND_PX}
+
+
+def _dis(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    return _dis_instance().calc(prev, nxt, None)
+
+
+@lru_cache(maxsize=1)
+def _dis_instance():
+    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+
+def _tvl1(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    if not hasattr(cv2, "optflow"):
+        raise ValueError("--flow tvl1 needs opencv-contrib: pip install opencv-contrib-python-headless")
+    return _tvl1_instance().calc(prev, nxt, None)
+
+
+@lru_cache(maxsize=1)
+def _tvl1_instance():
+    return cv2.optflow.DualTVL1OpticalFlow_create()
+
+
+FLOW_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"dis": _dis, "tvl1": _tvl1}
+
+
+def _flow_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np.ndarray:
+    video = source.video
+    stack, last = settings["stack"], video.num_frames - 1
+    # Pair j of row t: frame indices[t]+j -> indices[t]+j+1 (clipped at the video's end).
+    starts = np.minimum(indices[:, None] + np.arange(stack)[None, :], last)
+    needed = np.unique(np.concatenate([starts.ravel(), np.minimum(starts.ravel() + 1, last)]))
+    grey = {int(i): cv2.cvtColor(_resize_short(f, settings["resize_short"], settings["interpolation"]), cv2.COLOR_RGB2GRAY) for i, f in zip(needed, video.frames(needed))}
+    method = FLOW_METHODS[settings["method"]]
+    bound = settings["bound_px"]
+    rows = []
+    for row in starts:
+        channels = []
+        for i in row:
+            flow = method(grey[int(i)], grey[int(min(i + 1, last))])
+            channels.append(np.clip(_centre_crop(flow, settings["input_size"]), -bound, bound) / bound)
+        rows.append(np.concatenate(channels, axis=2).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+
+register_modality(Modality("flow", "resnet50", lambda o: 2 * int(o.get("flow_stack") or 1), _flow_settings, _flow_inputs))
+
+
+# --- audio -----------------------------------------------------------------------------
+
+def _audio_settings(options: dict, data_cfg: dict) -> dict:
+    _, h, w = data_cfg["input_size"]
+    return {
+        "input_size": [h, w], "sample_rate": AUDIO_RATE, "window_sec": float(options.get("audio_window") or AUDIO_WINDOW_SEC),
+        "n_fft": 1024, "win_length": 160, "hop_length": 80, "n_mels": 128, "power": 2.0, "scale": "dB, standardised per window",
+    }
+
+
+def _audio_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np.ndarray:
+    import librosa  # slow to import; only audio workers pay for it
+
+    track = source.audio()
+    rate = settings["sample_rate"]
+    half = int(round(settings["window_sec"] * rate / 2))
+    centres = np.round(source.video.frame_times(indices) * rate).astype(np.int64)
+    padded = np.pad(track, (half, half))
+    h, w = settings["input_size"]
+    rows = []
+    for c in centres:
+        window = padded[c: c + 2 * half]  # centred on the frame: padded[c + half] is sample c
+        if len(window) < 2 * half:
+            window = np.pad(window, (0, 2 * half - len(window)))
+        mel = librosa.feature.melspectrogram(
+            y=window, sr=rate, n_fft=settings["n_fft"], win_length=settings["win_length"],
+            hop_length=settings["hop_length"], n_mels=settings["n_mels"], power=settings["power"],
+        )
+        db = librosa.power_to_db(mel, ref=1.0, amin=1e-10)
+        db = (db - db.mean()) / (db.std() + 1e-5)
+        rows.append(cv2.resize(db.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)[None])
+    return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+
+
+register_modality(Modality("audio", "resnet18", lambda o: 1, _audio_settings, _audio_inputs))

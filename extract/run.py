@@ -1,0 +1,235 @@
+"""The extraction driver: plan the rows, create or resume the teacher, run tasks on Dask, summarise."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import cache
+from cache.errors import EgodistillError
+from extract.manifests import Manifest, read_manifest, resolve_videos
+from extract.modalities import get_modality
+from extract.sampling import rows_for, sampling_policy
+from extract.teachers import TeacherSpec, create_teacher, head_id, weights_id
+from extract.worker import SegmentJob, TaskSpec, resolve_device, resolve_precision, run_task
+
+
+@dataclass
+class ExtractConfig:
+    """Every setting of one `egodistill extract` run; the CLI fills it in."""
+
+    manifest: str
+    videos: str
+    cache: str
+    modality: str = "rgb"
+    backbone: str | None = None
+    weights: str | None = None
+    head: str | None = None
+    frames: int | None = None
+    fps: float | None = None
+    flow: str = "dis"
+    flow_stack: int = 1
+    audio_window: float | None = None
+    name: str | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64
+    seed: int = 0
+    segments_per_task: int | None = None
+    retry_failed: bool = False
+    dry_run: bool = False
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    manifest: Manifest
+    video_paths: dict[str, Path | None]
+    policy: dict
+    rows_per_segment: np.ndarray
+    offsets: np.ndarray
+    layout: cache.Layout
+
+    @property
+    def missing_videos(self) -> list[str]:
+        return sorted(v for v, p in self.video_paths.items() if p is None)
+
+
+@dataclass
+class Summary:
+    teacher_key: str
+    segments: int
+    done_before: int = 0
+    extracted: int = 0
+    failed: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    forward_seconds: float = 0.0
+    crashed_tasks: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    ledger: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.crashed_tasks
+
+
+def plan_extraction(cfg: ExtractConfig) -> Plan:
+    """Read the manifest, find the videos and lay out rows; decodes nothing unless --fps needs durations."""
+    try:
+        policy = sampling_policy(cfg.frames, cfg.fps)
+    except ValueError as err:
+        raise EgodistillError(str(err)) from err
+    manifest = read_manifest(cfg.manifest)
+    video_paths = resolve_videos(manifest, cfg.videos)
+    rows = np.array([_planned_rows(policy, s, video_paths.get(s.video)) for s in manifest.segments], dtype=np.int64)
+    offsets, layout = cache.plan_layout(rows, cfg.segments_per_task)
+    return Plan(manifest, video_paths, policy, rows, offsets, layout)
+
+
+def _planned_rows(policy: dict, segment, path: Path | None) -> int:
+    if "frames" in policy or math.isfinite(segment.stop_sec):
+        return rows_for(policy, segment.start_sec, segment.stop_sec)
+    # A whole-video segment at a fixed rate: its length is the video's.
+    from extract.decode import open_video
+
+    if path is None:
+        return 1
+    try:
+        with open_video(path) as video:
+            return rows_for(policy, segment.start_sec, video.num_frames / video.fps)
+    except EgodistillError:
+        return 1  # the worker will fail it again and write the reason to the ledger
+
+
+def teacher_provenance(cfg: ExtractConfig, spec: TeacherSpec, settings: dict, policy: dict, precision: str) -> dict:
+    return {
+        "modality": cfg.modality,
+        "backbone": spec.backbone,
+        "weights": weights_id(spec),
+        "head": head_id(spec),
+        "in_chans": spec.in_chans,
+        "preprocessing": settings,
+        "sampling": policy,
+        "precision": precision,
+        "egodistill": cache.egodistill_version(),
+    }
+
+
+def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print) -> Summary:
+    """Extract every segment not done yet into the cache; safe to kill and rerun at any point."""
+    started = time.perf_counter()
+    plan = plan or plan_extraction(cfg)
+    modality = get_modality(cfg.modality)
+    options = {"flow": cfg.flow, "flow_stack": cfg.flow_stack, "audio_window": cfg.audio_window}
+    spec = TeacherSpec(backbone=cfg.backbone or modality.default_backbone, in_chans=modality.in_chans(options), weights=cfg.weights, head=cfg.head, seed=cfg.seed)
+    heads = plan.manifest.heads
+    teacher = create_teacher(spec, heads)  # here, once, so a bad backbone/weights/head fails before any work
+    try:
+        settings = modality.settings(options, teacher.data_config)
+    except ValueError as err:
+        raise EgodistillError(str(err)) from err
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    provenance = teacher_provenance(cfg, spec, settings, plan.policy, precision)
+    key = cfg.name or cache.teacher_key(provenance)
+
+    root = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
+    cache.write_segments(root, _segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
+    group, resumed = cache.create_teacher(root, key, provenance, teacher.feature_dim, plan.offsets, plan.layout, heads if spec.head else {})
+    layout = cache.layout_of(group)
+    records = cache.task_records(group)
+    todo = [t for t in range(layout.tasks) if t not in records or (cfg.retry_failed and records[t].get("failed"))]
+    summary = Summary(teacher_key=key, segments=layout.segments, done_before=sum(len(cache.task_segments(layout, t)) for t in records if t not in todo))
+    log(f"teacher {key}: {'resuming' if resumed else 'new'}, {len(todo)} of {layout.tasks} tasks to run on {device} ({precision})")
+    if cfg.retry_failed:
+        for t in todo:  # a retried task rewrites its record; until then its segments must not look done
+            if t in records:
+                del group["tasks"][f"{t:06d}"]
+
+    workers = cfg.workers or _default_workers(device)
+    task_spec = TaskSpec(
+        cache=cfg.cache, teacher_key=key, teacher=spec, modality=cfg.modality, settings=settings, policy=plan.policy,
+        heads=heads if spec.head else {}, device=device, precision=precision, batch_size=cfg.batch_size,
+        threads=max(1, (os.cpu_count() or 1) // workers) if cfg.scheduler is None else 1, storage_options=cfg.storage_options,
+    )
+    if todo:
+        _run_on_dask(cfg, workers, task_spec, [(t, _jobs(plan, layout, t)) for t in todo], summary, on_progress)
+    group = cache.open_teacher(cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options), key)
+    summary.ledger = cache.ledger(group)
+    summary.failed = len(summary.ledger)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _jobs(plan: Plan, layout: cache.Layout, task: int) -> list[SegmentJob]:
+    jobs = []
+    for i in cache.task_segments(layout, task):
+        s = plan.manifest.segments[i]
+        path = plan.video_paths.get(s.video)
+        jobs.append(SegmentJob(i, s.id, str(path) if path else None, s.start_sec, s.stop_sec, int(plan.rows_per_segment[i])))
+    return jobs
+
+
+def _default_workers(device: str) -> int:
+    if device.startswith("cuda"):
+        import torch
+        return max(1, torch.cuda.device_count())
+    return max(1, os.cpu_count() or 1)
+
+
+def _run_on_dask(cfg: ExtractConfig, workers: int, spec: TaskSpec, tasks: list[tuple[int, list[SegmentJob]]], summary: Summary, on_progress) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    for name in ("distributed", "distributed.worker", "distributed.scheduler", "distributed.nanny", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if cfg.scheduler:
+        client = Client(cfg.scheduler, timeout="30s")
+        cluster = None
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(run_task, spec, task, jobs, key=f"extract-{spec.teacher_key}-{task}", pure=False, retries=2) for task, jobs in tasks]
+        size = {f.key: len(jobs) for f, (_, jobs) in zip(futures, tasks)}
+        done = summary.done_before
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as err:  # noqa: BLE001 - a crashed task is reported and rerun next time
+                summary.crashed_tasks.append(f"{future.key}: {type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}")
+            else:
+                if not result["skipped"]:
+                    summary.extracted += result["segments"] - result["failed"]
+                    summary.rows += result["rows"]
+                    summary.forward_seconds += result["forward_seconds"]
+                    summary.fallbacks.extend(result["fallbacks"])
+            done += size[future.key]
+            if on_progress:
+                on_progress(done, summary.segments)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _segment_table(manifest: Manifest) -> cache.SegmentTable:
+    segs = manifest.segments
+    return cache.SegmentTable(
+        ids=np.array([s.id for s in segs], dtype=object),
+        videos=np.array([s.video for s in segs], dtype=object),
+        start_sec=np.array([s.start_sec for s in segs], dtype=np.float64),
+        stop_sec=np.array([s.stop_sec for s in segs], dtype=np.float64),
+        split=np.array([s.split for s in segs], dtype=object),
+        labels={h: np.array([s.labels.get(h, -1) for s in segs], dtype=np.int32) for h in manifest.heads},
+        heads=dict(manifest.heads),
+    )

@@ -1,0 +1,131 @@
+"""Teacher models: a timm backbone (random, local weights or timm's own) plus optional linear heads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache.errors import TeacherError
+
+TIMM_PRETRAINED = "timm"  # --weights timm: timm's own pretrained weights, from its hub
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Everything needed to build a teacher on a worker: small, picklable, no tensors."""
+
+    backbone: str
+    in_chans: int
+    weights: str | None = None   # a local file, "timm", or None for random init with `seed`
+    head: str | None = None      # a local file of linear heads, one per output head
+    seed: int = 0
+
+
+@dataclass
+class Teacher:
+    model: torch.nn.Module
+    heads: dict[str, torch.nn.Linear]
+    feature_dim: int
+    data_config: dict
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_id(spec: TeacherSpec) -> str:
+    """How the provenance names the weights: their sha256, timm's tag, or the random seed."""
+    if spec.weights is None:
+        return f"random-init:{spec.seed}"
+    if spec.weights == TIMM_PRETRAINED:
+        return f"timm-pretrained:{spec.backbone}"
+    return f"sha256:{file_sha256(_existing(spec.weights, 'weights'))}"
+
+
+def head_id(spec: TeacherSpec) -> str | None:
+    return None if spec.head is None else f"sha256:{file_sha256(_existing(spec.head, 'head'))}"
+
+
+def create_teacher(spec: TeacherSpec, heads: dict[str, int]) -> Teacher:
+    """The one door to a teacher: builds the backbone, loads weights and heads, checks they fit."""
+    import timm  # heavy import: keep `egodistill --help` fast
+
+    if not timm.is_model(spec.backbone.split(".")[0]) and not spec.backbone.startswith("hf_hub:"):
+        raise TeacherError(f"unknown backbone {spec.backbone!r}: pick a timm model name (see `timm.list_models()`)")
+    kwargs: dict = {"num_classes": 0, "in_chans": spec.in_chans}
+    if spec.weights == TIMM_PRETRAINED:
+        kwargs["pretrained"] = True
+    elif spec.weights is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(_existing(spec.weights, "weights"))})
+    torch.manual_seed(spec.seed)
+    try:
+        model = timm.create_model(spec.backbone, **kwargs)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing key" in line or "Unexpected key" in line), first[0] if first else "")
+        raise TeacherError(f"weights {spec.weights} do not fit backbone {spec.backbone}: {detail[:160]}") from err
+    except (OSError, ValueError) as err:
+        raise TeacherError(f"cannot build backbone {spec.backbone} with weights {spec.weights}: {str(err).splitlines()[0][:160]}") from err
+    model.eval()
+    feature_dim = int(model.num_features)
+    data_config = timm.data.resolve_data_config({}, model=model)
+    linear = _load_heads(spec.head, heads, feature_dim) if spec.head else {}
+    return Teacher(model=model, heads=linear, feature_dim=feature_dim, data_config=data_config)
+
+
+def _load_heads(path: str, heads: dict[str, int], feature_dim: int) -> dict[str, torch.nn.Linear]:
+    """A head file holds `<head>.weight` [C, D] and `<head>.bias` [C] for every manifest head."""
+    state = _read_state(Path(_existing(path, "head")))
+    missing = [h for h in heads if f"{h}.weight" not in state]
+    if missing:
+        raise TeacherError(f"head file {path} has no weights for head(s) {', '.join(missing)} (it holds {', '.join(sorted(state))}): give one linear layer per manifest head")
+    linear = {}
+    for head, classes in heads.items():
+        weight = state[f"{head}.weight"]
+        if weight.shape != (classes, feature_dim):
+            raise TeacherError(
+                f"head file {path}: head {head!r} is {tuple(weight.shape)[0]} classes x {tuple(weight.shape)[1]} features, "
+                f"the manifest has {classes} classes and the backbone {feature_dim} features: use a head trained for this dataset and backbone"
+            )
+        layer = torch.nn.Linear(feature_dim, classes)
+        layer.weight.data.copy_(weight)
+        bias = state.get(f"{head}.bias")
+        layer.bias.data.copy_(bias if bias is not None else torch.zeros(classes))
+        linear[head] = layer.eval()
+    return linear
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is the same user error
+        raise TeacherError(f"cannot read {path}: {str(err).splitlines()[0][:160] if str(err) else type(err).__name__}: give a torch state dict or .safetensors file") from err
+    if not isinstance(state, dict):
+        raise TeacherError(f"{path} is not a state dict: save it with torch.save(module.state_dict(), path)")
+    return state
+
+
+def _existing(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise TeacherError(f"{what} file {path} not found: check the --{what} path")
+    return p
+
+
+def pooled_logits(teacher: Teacher, features: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-head logits of one segment from its temporally mean-pooled features."""
+    pooled = torch.from_numpy(np.asarray(features, dtype=np.float32).mean(axis=0, keepdims=True))
+    with torch.no_grad():
+        return {head: layer(pooled)[0].numpy() for head, layer in teacher.heads.items()}

@@ -1,0 +1,227 @@
+"""What runs on a Dask worker: one task = a range of segments, decoded, embedded and written.
+
+The model is built once per worker process and kept in `_TEACHERS`; only the small
+`TaskSpec` travels in the graph. Decoding and preprocessing of the next segments run in
+threads while the model computes on the current batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cache
+from cache.errors import EgodistillError
+from extract.modalities import MediaSource, get_modality
+from extract.sampling import sample_indices
+from extract.teachers import Teacher, TeacherSpec, create_teacher, pooled_logits
+
+PREFETCH_SEGMENTS = 4
+_TEACHERS: dict[tuple, Teacher] = {}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One extraction run's settings as a worker needs them."""
+
+    cache: str
+    teacher_key: str
+    teacher: TeacherSpec
+    modality: str
+    settings: dict
+    policy: dict
+    heads: dict[str, int]
+    device: str = "cpu"
+    precision: str = "fp32"
+    batch_size: int = 64
+    threads: int = 1
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    index: int
+    segment_id: str
+    video: str | None   # an existing file, or None when the manifest's video was not found
+    start: float
+    stop: float
+    rows: int
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EgodistillError("--device cuda asked but no CUDA GPU is visible: use --device cpu or auto")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """bf16 on CUDA and on CPUs with native bf16; fp32 elsewhere (emulated bf16 is slower)."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX") or _cpu_has_bf16() else "fp32"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def worker_device(device: str) -> str:
+    """Pin each local Dask worker to its own GPU, by worker index, when there are several."""
+    if device != "cuda" or torch.cuda.device_count() <= 1:
+        return device
+    try:
+        from distributed import get_worker
+        name = str(get_worker().name)
+        index = int(name.rsplit("-", 1)[-1]) if name.rsplit("-", 1)[-1].isdigit() else hash(name)
+    except (ImportError, ValueError):
+        index = 0
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def get_teacher(spec: TaskSpec, device: str) -> Teacher:
+    key = (spec.teacher, tuple(spec.heads.items()), device, spec.precision)
+    if key not in _TEACHERS:
+        teacher = create_teacher(spec.teacher, spec.heads)
+        teacher.model.to(device)
+        if spec.precision == "bf16" or device.startswith("cuda"):
+            teacher.model.to(memory_format=torch.channels_last)
+        _TEACHERS[key] = teacher
+    return _TEACHERS[key]
+
+
+def embed(teacher: Teacher, batch: np.ndarray, device: str, precision: str) -> np.ndarray:
+    """Pooled backbone features [B, D] as float32; halves the batch on out-of-memory."""
+    x = torch.from_numpy(batch).to(device, non_blocking=True)
+    if precision == "bf16" or device.startswith("cuda"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    try:
+        with torch.inference_mode(), autocast:
+            return teacher.model(x).float().cpu().numpy()
+    except torch.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(batch) // 2
+        return np.concatenate([embed(teacher, batch[:half], device, precision), embed(teacher, batch[half:], device, precision)])
+
+
+def _prepare(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Model input [T, C, H, W], timestamps [T] and why PyAV stood in for decord (if it did)."""
+    if job.video is None:
+        raise EgodistillError("video not found: check --videos and the manifest's video column")
+    source = sources.get(job.video)
+    if source is None:
+        for old in sources.values():  # segments of a task mostly share one video: keep only the current one
+            old.close()
+        sources.clear()
+        source = sources[job.video] = MediaSource(Path(job.video))
+    video = source.video
+    indices = sample_indices(spec.policy, job.rows, job.start, job.stop, video.fps, video.num_frames)
+    inputs = get_modality(spec.modality).make_inputs(source, indices, spec.settings)
+    fallback = f"{job.video}: {video.fallback_reason}" if video.fallback_reason else None
+    return inputs, video.frame_times(indices).astype(np.float32), fallback
+
+
+def _prefetched(jobs: list[SegmentJob], spec: TaskSpec) -> Iterator[tuple[SegmentJob, Future]]:
+    """Yield (job, future of its inputs) with a bounded look-ahead, so memory stays small."""
+    sources: dict[str, MediaSource] = {}
+    # One thread: MediaSource is not shared across threads, and decode overlaps the forward pass.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        pending: deque[tuple[SegmentJob, Future]] = deque()
+        for job in jobs:
+            pending.append((job, pool.submit(_prepare, job, spec, sources)))
+            if len(pending) > PREFETCH_SEGMENTS:
+                yield pending.popleft()
+        yield from pending
+    for source in sources.values():
+        source.close()
+
+
+def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
+    """Extract one task's segments and write them; a task already recorded as done is a no-op."""
+    started = time.perf_counter()
+    root = cache.open_cache(spec.cache, mode="r+", storage_options=spec.storage_options)
+    group = cache.open_teacher(root, spec.teacher_key)
+    if cache.task_done(group, task):
+        return {"task": task, "skipped": True, "segments": len(jobs), "failed": 0}
+    torch.set_num_threads(spec.threads)
+    device = worker_device(spec.device)
+    teacher = get_teacher(spec, device)
+    starts = np.cumsum([0] + [j.rows for j in jobs])  # row offsets within this task
+    features = np.full((int(starts[-1]), teacher.feature_dim), np.nan, dtype=np.float32)
+    timestamps = np.full(int(starts[-1]), np.nan, dtype=np.float32)
+    logits = {h: np.full((len(jobs), c), np.nan, dtype=np.float32) for h, c in spec.heads.items()} if teacher.heads else {}
+    failed: list[dict] = []
+    fallbacks: set[str] = set()
+    forward_seconds = 0.0
+
+    batch: list[tuple[int, np.ndarray]] = []  # (position in task, inputs)
+
+    def flush() -> None:
+        nonlocal forward_seconds
+        if not batch:
+            return
+        t0 = time.perf_counter()
+        out = embed(teacher, np.concatenate([inputs for _, inputs in batch]), device, spec.precision)
+        forward_seconds += time.perf_counter() - t0
+        cursor = 0
+        for pos, inputs in batch:
+            features[starts[pos]: starts[pos + 1]] = out[cursor: cursor + len(inputs)]
+            if teacher.heads:
+                for head, values in pooled_logits(teacher, out[cursor: cursor + len(inputs)]).items():
+                    logits[head][pos] = values
+            cursor += len(inputs)
+        batch.clear()
+
+    positions = {job.index: pos for pos, job in enumerate(jobs)}
+    for job, future in _prefetched(jobs, spec):
+        pos = positions[job.index]
+        try:
+            inputs, times, fallback = future.result()
+        except Exception as err:  # noqa: BLE001 - one bad segment must not sink its task: it goes to the ledger
+            reason = str(err) if isinstance(err, EgodistillError) else f"{type(err).__name__}: {str(err).strip()[:300]}"
+            failed.append({"segment": job.index, "id": job.segment_id, "video": job.video, "reason": reason, "expected_rows": job.rows, "written_rows": 0})
+            continue
+        if fallback:
+            fallbacks.add(fallback)
+        timestamps[starts[pos]: starts[pos + 1]] = times
+        batch.append((pos, inputs))
+        if sum(len(i) for _, i in batch) >= spec.batch_size:
+            flush()
+    flush()
+    cache.write_task(
+        group, task, features.astype(np.float16), timestamps, logits,
+        {"failed": failed, "worker": os.uname().nodename, "device": device, "seconds": round(time.perf_counter() - started, 3)},
+        lock=_dask_lock,
+    )
+    return {
+        "task": task, "skipped": False, "segments": len(jobs), "failed": len(failed), "rows": int(starts[-1]),
+        "seconds": time.perf_counter() - started, "forward_seconds": forward_seconds, "fallbacks": sorted(fallbacks),
+    }
+
+
+def _dask_lock(name: str):
+    """A cluster-wide lock for the rare shard two tasks share (ragged --fps layouts only)."""
+    try:
+        from distributed import Lock, get_worker
+        get_worker()
+    except (ImportError, ValueError):
+        return contextlib.nullcontext()
+    return Lock(name)

@@ -1,0 +1,1 @@
+"""Students distilled from the cache's teachers."""
