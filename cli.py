@@ -142,6 +142,10 @@ def cache_info(
     console.print(table)
 
 
+# --- student commands (fit-teachers, train-student, evaluate) -----------------------------
+# --- end of student commands --------------------------------------------------------------
+
+
 def main() -> None:
     try:
         app()

@@ -152,6 +152,30 @@ def create_teacher(
     return group, False
 
 
+def create_logits_teacher(root: zarr.Group, key: str, provenance: dict, logits: dict[str, np.ndarray], failed: list[dict] | None = None) -> zarr.Group:
+    """A teacher made of logits only (e.g. a head fitted on cached features), written whole at once.
+
+    An existing teacher of that key with the same provenance is replaced, another one is refused."""
+    teachers = root.require_group(GROUP)
+    if key in teachers:
+        stored = teachers[key].attrs.get("teacher", {}).get("provenance")
+        if stored is not None and stored != provenance:
+            raise CacheError(f"teacher {key!r} already exists with other settings: choose another name or remove it first")
+        del teachers[key]
+    n = len(next(iter(logits.values())))
+    layout = Layout(segments=n, rows=0, segments_per_task=max(n, 1), rows_per_shard=1, rows_per_chunk=1)
+    group = teachers.create_group(key)
+    for head, values in logits.items():
+        group.create_array(f"logits/{head}", shape=values.shape, dtype="float32", chunks=(max(1, min(n, 65536)), values.shape[1]), fill_value=np.nan, dimension_names=("segment", "class"))[:] = values
+    group.create_group("tasks").create_group(task_name(0)).attrs["record"] = {"segments": [0, n], "rows": [0, 0], "failed": failed or [], "finished_at": _now()}
+    group.attrs["teacher"] = {
+        "key": key, "modality": provenance["modality"], "provenance": provenance, "feature_dim": 0,
+        "heads": {h: int(v.shape[1]) for h, v in logits.items()}, "layout": asdict(layout),
+        "created_by": f"{getpass.getuser()}@{socket.gethostname()}", "created_at": _now(),
+    }
+    return group
+
+
 def layout_of(teacher: zarr.Group) -> Layout:
     return Layout(**teacher.attrs["teacher"]["layout"])
 
