@@ -48,7 +48,7 @@ def extract(
     flow: Annotated[str, typer.Option(help="Optical flow method: dis (CPU default) or tvl1.")] = "dis",
     flow_stack: Annotated[int, typer.Option(help="Flow pairs stacked per row (2L channels).")] = 1,
     name: Annotated[Optional[str], typer.Option(help="Teacher key (default: <modality>-<backbone>-<provenance hash>).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Local Dask workers (default: one per GPU, else one per core).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local Dask workers (default: one per GPU, else one per core; 0 = no cluster, run here).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://head:8786.")] = None,
     device: Annotated[Device, typer.Option(help="Where teachers run.")] = Device.auto,
     precision: Annotated[Precision, typer.Option(help="bf16 autocast (+channels_last) or fp32; auto = bf16 where the hardware has it.")] = Precision.auto,

@@ -156,14 +156,17 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
             if t in records:
                 del group["tasks"][f"{t:06d}"]
 
-    workers = cfg.workers or _default_workers(device)
+    workers = _default_workers(device) if cfg.workers is None else cfg.workers
     task_spec = TaskSpec(
         cache=cfg.cache, teacher_key=key, teacher=spec, modality=cfg.modality, settings=settings, policy=plan.policy,
         heads=heads if spec.head else {}, device=device, precision=precision, batch_size=cfg.batch_size,
-        threads=max(1, (os.cpu_count() or 1) // workers) if cfg.scheduler is None else 1, storage_options=cfg.storage_options,
+        threads=max(1, (os.cpu_count() or 1) // max(workers, 1)) if cfg.scheduler is None else 1, storage_options=cfg.storage_options,
     )
-    if todo:
-        _run_on_dask(cfg, workers, task_spec, [(t, _jobs(plan, layout, t)) for t in todo], summary, on_progress)
+    tasks = [(t, _jobs(plan, layout, t)) for t in todo]
+    if tasks and workers == 0 and not cfg.scheduler:
+        _run_in_process(task_spec, tasks, summary, on_progress)
+    elif tasks:
+        _run_on_dask(cfg, workers, task_spec, tasks, summary, on_progress)
     group = cache.open_teacher(cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options), key)
     summary.ledger = cache.ledger(group)
     summary.failed = len(summary.ledger)
@@ -187,6 +190,24 @@ def _default_workers(device: str) -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def _run_in_process(spec: TaskSpec, tasks: list[tuple[int, list[SegmentJob]]], summary: Summary, on_progress) -> None:
+    """--workers 0: no cluster, tasks one after another here (debugging, tiny jobs)."""
+    done = summary.done_before
+    for task, jobs in tasks:
+        _account(summary, run_task(spec, task, jobs))
+        done += len(jobs)
+        if on_progress:
+            on_progress(done, summary.segments)
+
+
+def _account(summary: Summary, result: dict) -> None:
+    if not result["skipped"]:
+        summary.extracted += result["segments"] - result["failed"]
+        summary.rows += result["rows"]
+        summary.forward_seconds += result["forward_seconds"]
+        summary.fallbacks.extend(result["fallbacks"])
+
+
 def _run_on_dask(cfg: ExtractConfig, workers: int, spec: TaskSpec, tasks: list[tuple[int, list[SegmentJob]]], summary: Summary, on_progress) -> None:
     from distributed import Client, LocalCluster, as_completed
 
@@ -208,11 +229,7 @@ def _run_on_dask(cfg: ExtractConfig, workers: int, spec: TaskSpec, tasks: list[t
             except Exception as err:  # noqa: BLE001 - a crashed task is reported and rerun next time
                 summary.crashed_tasks.append(f"{future.key}: {type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}")
             else:
-                if not result["skipped"]:
-                    summary.extracted += result["segments"] - result["failed"]
-                    summary.rows += result["rows"]
-                    summary.forward_seconds += result["forward_seconds"]
-                    summary.fallbacks.extend(result["fallbacks"])
+                _account(summary, result)
             done += size[future.key]
             if on_progress:
                 on_progress(done, summary.segments)

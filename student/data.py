@@ -1,0 +1,217 @@
+"""Streams student batches from the cache: whole-shard reads, a shuffle buffer, a prefetch thread.
+
+One epoch is a plan computed up front from (seed, epoch) alone: a shuffled order of blocks
+(segment ranges whose rows are whole shards, `cache.read_blocks`), cut into buffers of
+`buffer_blocks` blocks whose segments are shuffled together, plus one jitter draw per segment.
+Because the plan needs no data, a resumed run restarts at batch k of epoch e and sees exactly
+the batches it would have seen. Rows are read one buffer at a time, one `read_rows` call per
+block and input, never one call per segment.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zarr
+
+import cache
+
+
+@dataclass
+class Batch:
+    """One batch: inputs per modality, which are present, labels and teacher logits per head."""
+
+    features: list[torch.Tensor]          # per input: float16 [B, T, D_m] (zeros where absent)
+    present: torch.Tensor                 # bool [B, inputs]
+    labels: dict[str, torch.Tensor]       # head -> int64 [B], -1 unlabelled
+    teacher_logits: dict[str, torch.Tensor] | None  # head -> float32 [B, teachers, C]
+    index: torch.Tensor                   # int64 [B], segment index in the cache
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        non_blocking = torch.device(device).type == "cuda"
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            features=[move(f) for f in self.features], present=move(self.present),
+            labels={h: move(y) for h, y in self.labels.items()},
+            teacher_logits=None if self.teacher_logits is None else {h: move(t) for h, t in self.teacher_logits.items()},
+            index=move(self.index),
+        )
+
+
+def frame_indices(rows: np.ndarray, frames: int, jitter: np.ndarray) -> np.ndarray:
+    """Row indices [B, frames] inside each segment of `rows` rows: evenly strided frames, the window
+    placed at fraction `jitter` in [0, 1) of the free room (0.5 = centred). Short segments repeat rows."""
+    rows = np.maximum(np.asarray(rows, dtype=np.int64), 1)[:, None]
+    steps = np.arange(frames, dtype=np.int64)[None, :]
+    stride = np.maximum(rows // frames, 1)
+    room = rows - (stride * (frames - 1) + 1)
+    offset = np.floor(np.asarray(jitter, dtype=np.float64)[:, None] * (np.maximum(room, 0) + 1)).astype(np.int64)
+    offset = np.minimum(offset, np.maximum(room, 0))
+    long_enough = offset + stride * steps
+    short = (steps * rows) // frames  # fewer rows than frames: spread and repeat
+    return np.where(room >= 0, long_enough, short)
+
+
+def present_inputs(root: zarr.Group, input_keys: list[str]) -> np.ndarray:
+    """bool [N, inputs]: the segment has usable rows in that input teacher."""
+    cols = []
+    for key in input_keys:
+        teacher = cache.open_teacher(root, key)
+        offsets = cache.read_offsets(teacher)
+        cols.append(cache.usable_segments(teacher) & (np.diff(offsets) > 0))
+    return np.stack(cols, axis=1)
+
+
+def teacher_logit_table(root: zarr.Group, teacher_keys: list[str], heads: list[str]) -> dict[str, np.ndarray]:
+    """head -> float32 [N, teachers, C] (NaN where a teacher has no logits for a segment)."""
+    teachers = [cache.open_teacher(root, k) for k in teacher_keys]
+    return {h: np.stack([cache.read_logits(t, h) for t in teachers], axis=1).astype(np.float32) for h in heads}
+
+
+class CacheLoader:
+    """Batches of the given segments, streamed from the cache (see module doc).
+
+    train=True shuffles and jitters (seeded by (seed, epoch)); train=False keeps cache order and
+    centres the frame window. in_memory=True reads every input's rows once, up front."""
+
+    def __init__(
+        self,
+        root: zarr.Group,
+        input_keys: list[str],
+        segments: np.ndarray,
+        labels: dict[str, np.ndarray],
+        *,
+        teacher_logits: dict[str, np.ndarray] | None = None,
+        batch_size: int = 64,
+        frames: int = 8,
+        train: bool = True,
+        seed: int = 0,
+        buffer_blocks: int = 8,
+        prefetch: int = 4,
+        in_memory: bool = False,
+        present: np.ndarray | None = None,
+    ) -> None:
+        self.teachers = [cache.open_teacher(root, k) for k in input_keys]
+        self.offsets = [cache.read_offsets(t) for t in self.teachers]
+        self.present = present if present is not None else present_inputs(root, input_keys)
+        self.segments = np.asarray(segments, dtype=np.int64)
+        self.labels, self.teacher_logits = labels, teacher_logits
+        self.batch_size, self.frames, self.train, self.seed = batch_size, frames, train, seed
+        self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
+        # Blocks of the first input define the read unit; other inputs are read over the same
+        # segment ranges (one call each), which are whole shards too when layouts agree.
+        selected = np.zeros(len(self.present), dtype=bool)
+        selected[self.segments] = True
+        self.blocks = [b for b in cache.read_blocks(self.teachers[0]) if selected[b.start:b.stop].any()]
+        self.block_segments = [np.arange(b.start, b.stop)[selected[b.start:b.stop]] for b in self.blocks]
+        self.memory = [cache.read_rows(t, 0, int(o[-1]))[0] for t, o in zip(self.teachers, self.offsets)] if in_memory else None
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return -(-len(self.segments) // self.batch_size)
+
+    def plan(self, epoch: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        """(block order, segment order, the buffer each segment belongs to, jitter per segment)."""
+        if not self.train:
+            order = list(range(len(self.blocks)))
+            segs = np.concatenate(self.block_segments) if self.blocks else np.zeros(0, np.int64)
+            buffers = np.concatenate([np.full(len(s), i // self.buffer_blocks) for i, s in enumerate(self.block_segments)]) if self.blocks else np.zeros(0, np.int64)
+            return order, segs, buffers, np.full(len(segs), 0.5)
+        rng = np.random.default_rng([self.seed, epoch])
+        order = [int(i) for i in rng.permutation(len(self.blocks))]
+        segs, buffers = [], []
+        for g in range(0, len(order), self.buffer_blocks):
+            members = np.concatenate([self.block_segments[b] for b in order[g:g + self.buffer_blocks]])
+            segs.append(rng.permutation(members))
+            buffers.append(np.full(len(members), g // self.buffer_blocks))
+        segs_all = np.concatenate(segs) if segs else np.zeros(0, np.int64)
+        return order, segs_all, np.concatenate(buffers) if buffers else np.zeros(0, np.int64), rng.random(len(segs_all))
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        """The batches of one epoch from batch `start_batch` on, assembled in a background thread."""
+        out: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for batch in self._batches(epoch, start_batch):
+                    while not stop.is_set():
+                        try:
+                            out.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                out.put(done)
+            except BaseException as err:  # handed to the consumer, which re-raises it
+                out.put(err)
+
+        worker = threading.Thread(target=produce, name="egodistill-loader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = out.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join(timeout=5)
+
+    def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
+        order, segs, buffers, jitter = self.plan(epoch)
+        groups = [order[g:g + self.buffer_blocks] for g in range(0, len(order), self.buffer_blocks)]
+        loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # buffer -> (rows per input, segment -> row start)
+        for a in range(start_batch * self.batch_size, len(segs), self.batch_size):
+            batch, need = segs[a:a + self.batch_size], np.unique(buffers[a:a + self.batch_size])
+            for g in list(loaded):
+                if g < need[0]:
+                    del loaded[g]  # the plan never returns to a buffer it has left
+            for g in need:
+                if int(g) not in loaded:
+                    loaded[int(g)] = self._read_buffer(groups[int(g)])
+            yield self._assemble(batch, buffers[a:a + self.batch_size], jitter[a:a + self.batch_size], loaded)
+
+    def _read_buffer(self, block_ids: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Rows of every input for these blocks, concatenated, and each segment's first row in them."""
+        rows, starts = [], []
+        n = len(self.present)
+        for m, (teacher, offsets) in enumerate(zip(self.teachers, self.offsets)):
+            parts, start, at = [], np.full(n, -1, dtype=np.int64), 0
+            for b in block_ids:
+                block = self.blocks[b]
+                r0, r1 = int(offsets[block.start]), int(offsets[block.stop])
+                parts.append(self.memory[m][r0:r1] if self.memory is not None else cache.read_rows(teacher, r0, r1)[0])
+                start[block.start:block.stop] = offsets[block.start:block.stop] - r0 + at
+                at += r1 - r0
+            rows.append(np.concatenate(parts) if len(parts) > 1 else parts[0])
+            starts.append(start)
+        return rows, starts
+
+    def _assemble(self, batch: np.ndarray, buffers: np.ndarray, jitter: np.ndarray, loaded: dict) -> Batch:
+        present = self.present[batch]
+        features = []
+        for m, offsets in enumerate(self.offsets):
+            d = self.teachers[m]["features"].shape[1]
+            out = np.zeros((len(batch), self.frames, d), dtype=np.float16)
+            within = frame_indices(offsets[batch + 1] - offsets[batch], self.frames, jitter)
+            for g in np.unique(buffers):  # usually one buffer; two where a batch straddles buffers
+                rows, starts = loaded[int(g)][0][m], loaded[int(g)][1][m]
+                pick = (buffers == g) & present[:, m]
+                out[pick] = rows[starts[batch[pick]][:, None] + within[pick]]
+            features.append(torch.from_numpy(out))
+        labels = {h: torch.from_numpy(y[batch].astype(np.int64)) for h, y in self.labels.items()}
+        teachers = None if self.teacher_logits is None else {h: torch.from_numpy(t[batch]) for h, t in self.teacher_logits.items()}
+        return Batch(features, torch.from_numpy(present.copy()), labels, teachers, torch.from_numpy(batch.copy()))

@@ -1,0 +1,117 @@
+"""Distillation losses: temperature KD, teacher-ensemble weighting, and the combined student loss.
+
+The formulas follow research/seeds.md (Radevski et al. 2023): the ensemble is a weighted sum of
+teacher *logits*; `per-sample` weights are softmin(CE_i / tau) against the sample's label;
+`dataset` weights are softmin(mean CE_i / tau) over held-out training data, fixed for a run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+SCHEMES = ("uniform", "per-sample", "dataset")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), mean over the batch ("batchmean").
+
+    The T^2 factor keeps the gradient scale independent of T (Hinton et al.), so kd_weight means
+    the same thing at every temperature. Both inputs are [batch, classes]."""
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape")
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+def teacher_ce(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every teacher against the label: [batch, teachers]; 0 where the label is -1."""
+    b, k, c = teacher_logits.shape
+    safe = labels.clamp(min=0).long()
+    log_probs = F.log_softmax(teacher_logits.float(), dim=-1)
+    ce = -log_probs.gather(-1, safe.view(b, 1, 1).expand(b, k, 1)).squeeze(-1)
+    return torch.where((labels >= 0).view(b, 1), ce, torch.zeros_like(ce))
+
+
+def softmin(values: torch.Tensor, tau: float, dim: int = -1) -> torch.Tensor:
+    """softmax(-values / tau). tau = 0 picks the minimum (ties share); tau = inf is uniform."""
+    if tau < 0 or math.isnan(tau):
+        raise ValueError(f"tau must be >= 0, got {tau}")
+    if tau == 0:
+        best = values == values.min(dim=dim, keepdim=True).values
+        return best.float() / best.sum(dim=dim, keepdim=True)
+    if math.isinf(tau):
+        return torch.full_like(values, 1.0 / values.shape[dim])
+    return torch.softmax(-values / tau, dim=dim)
+
+
+def dataset_weights(teacher_logits: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """[teachers] weights: softmin of each teacher's mean CE over the labelled samples given."""
+    labelled = labels >= 0
+    if not bool(labelled.any()):
+        raise ValueError("dataset weights need labelled held-out samples, none were given")
+    mean_ce = teacher_ce(teacher_logits[labelled], labels[labelled]).mean(dim=0)
+    return softmin(mean_ce, tau)
+
+
+def ensemble_logits(
+    teacher_logits: torch.Tensor, labels: torch.Tensor | None, scheme: str, tau: float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weighted sum of teacher logits [batch, teachers, classes] -> [batch, classes].
+
+    scheme "uniform": 1/N; "per-sample": softmin(CE_i / tau) per sample, uniform where the label
+    is -1; "dataset": the fixed `weights` [teachers] (see `dataset_weights`)."""
+    if teacher_logits.dim() != 3:
+        raise ValueError(f"teacher logits must be [batch, teachers, classes], got {tuple(teacher_logits.shape)}")
+    b, k, _ = teacher_logits.shape
+    logits = teacher_logits.float()
+    if scheme == "uniform":
+        w = torch.full((b, k), 1.0 / k, device=logits.device)
+    elif scheme == "per-sample":
+        if labels is None:
+            raise ValueError("per-sample weighting needs labels (-1 for unlabelled samples)")
+        per_sample = softmin(teacher_ce(logits, labels), tau, dim=1)
+        w = torch.where((labels >= 0).view(b, 1), per_sample, torch.full_like(per_sample, 1.0 / k))
+    elif scheme == "dataset":
+        if weights is None:
+            raise ValueError("dataset weighting needs the fixed per-teacher weights (see dataset_weights)")
+        w = weights.to(logits).view(1, k).expand(b, k)
+    else:
+        raise ValueError(f"unknown weighting {scheme!r}: use one of {', '.join(SCHEMES)}")
+    return (w.unsqueeze(-1) * logits).sum(dim=1)
+
+
+def student_loss(
+    student_logits: dict[str, torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    teacher_logits: dict[str, torch.Tensor] | None,
+    *,
+    scheme: str = "uniform",
+    tau: float = 1.0,
+    temperature: float = 1.0,
+    kd_weight: float = 1.0,
+    gt_weight: float = 1.0,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """kd_weight * KD + gt_weight * CE, averaged over output heads.
+
+    CE ignores label -1, so unlabelled samples contribute only the KD term; without teachers
+    (teacher_logits None) the loss is the ground-truth term alone."""
+    total = 0.0
+    for head, logits in student_logits.items():
+        y = labels[head]
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if gt_weight and bool((y >= 0).any()):
+            loss = loss + gt_weight * F.cross_entropy(logits.float(), y.long(), ignore_index=-1)
+        if kd_weight and teacher_logits is not None:
+            w = None if weights is None else weights[head]
+            target = ensemble_logits(teacher_logits[head], y, scheme, tau, w)
+            loss = loss + kd_weight * kd_loss(logits, target, temperature)
+        total = total + loss
+    return total / len(student_logits)
