@@ -63,9 +63,13 @@ def open_cache(location: str | os.PathLike, mode: str = "r", storage_options: di
 
 
 def _check_writable(path: Path) -> None:
-    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise CacheError(f"cache path {path} is not writable: choose a --cache under a folder you can write to")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise CacheError(f"cache path {path} is not writable ({err.strerror or type(err).__name__}): choose a --cache under a folder you can write to") from err
 
 
 def _short(err: BaseException) -> str:

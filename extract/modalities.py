@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cache.errors import MediaError
 from extract.decode import Video, open_video, read_audio_track
 
 FLOW_BOUND_PX = 20.0  # EPIC's released flow: clipped to +-20 px and scaled to [-1, 1]
@@ -186,6 +187,8 @@ def _audio_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> n
     rate = settings["sample_rate"]
     half = int(round(settings["window_sec"] * rate / 2))
     centres = np.round(source.video.frame_times(indices) * rate).astype(np.int64)
+    if centres.max() >= len(track):  # the picture goes on but the sound stopped: a cut or broken file
+        raise MediaError(f"audio of {source.path} ends at {len(track) / rate:.2f} s, before frame time {centres.max() / rate:.2f} s: the file may be truncated")
     padded = np.pad(track, (half, half))
     h, w = settings["input_size"]
     rows = []

@@ -39,6 +39,7 @@ class ExtractConfig:
     audio_window: float | None = None
     name: str | None = None
     workers: int | None = None
+    threads: int | None = None   # torch threads per worker; default: cores / workers
     scheduler: str | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -160,7 +161,8 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     task_spec = TaskSpec(
         cache=cfg.cache, teacher_key=key, teacher=spec, modality=cfg.modality, settings=settings, policy=plan.policy,
         heads=heads if spec.head else {}, device=device, precision=precision, batch_size=cfg.batch_size,
-        threads=max(1, (os.cpu_count() or 1) // max(workers, 1)) if cfg.scheduler is None else 1, storage_options=cfg.storage_options,
+        threads=cfg.threads or (max(1, (os.cpu_count() or 1) // max(workers, 1)) if cfg.scheduler is None else 1),
+        storage_options=cfg.storage_options,
     )
     tasks = [(t, _jobs(plan, layout, t)) for t in todo]
     if tasks and workers == 0 and not cfg.scheduler:

@@ -62,24 +62,49 @@ def create_teacher(spec: TeacherSpec, heads: dict[str, int]) -> Teacher:
     if not timm.is_model(spec.backbone.split(".")[0]) and not spec.backbone.startswith("hf_hub:"):
         raise TeacherError(f"unknown backbone {spec.backbone!r}: pick a timm model name (see `timm.list_models()`)")
     kwargs: dict = {"num_classes": 0, "in_chans": spec.in_chans}
-    if spec.weights == TIMM_PRETRAINED:
-        kwargs["pretrained"] = True
-    elif spec.weights is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(_existing(spec.weights, "weights"))})
     torch.manual_seed(spec.seed)
     try:
-        model = timm.create_model(spec.backbone, **kwargs)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing key" in line or "Unexpected key" in line), first[0] if first else "")
-        raise TeacherError(f"weights {spec.weights} do not fit backbone {spec.backbone}: {detail[:160]}") from err
-    except (OSError, ValueError) as err:
-        raise TeacherError(f"cannot build backbone {spec.backbone} with weights {spec.weights}: {str(err).splitlines()[0][:160]}") from err
+        model = timm.create_model(spec.backbone, pretrained=spec.weights == TIMM_PRETRAINED, **kwargs)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise TeacherError(f"cannot build backbone {spec.backbone} with weights {spec.weights}: {_first_line(err)}") from err
+    if spec.weights not in (None, TIMM_PRETRAINED):
+        _load_weights(model, Path(_existing(spec.weights, "weights")), spec)
     model.eval()
     feature_dim = int(model.num_features)
     data_config = timm.data.resolve_data_config({}, model=model)
     linear = _load_heads(spec.head, heads, feature_dim) if spec.head else {}
     return Teacher(model=model, heads=linear, feature_dim=feature_dim, data_config=data_config)
+
+
+def _load_weights(model: torch.nn.Module, path: Path, spec: TeacherSpec) -> None:
+    """Strictly load a backbone state dict: every backbone weight present and of the right shape.
+
+    The classifier is dropped (features are what we keep) and the first conv is adapted to the
+    modality's channels the way timm adapts pretrained weights (flow: 2, audio: 1)."""
+    from timm.models import adapt_input_conv
+
+    state = _read_state(path)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    classifier = model.pretrained_cfg.get("classifier")
+    classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier] if classifier else []
+    state = {k: v for k, v in state.items() if not any(k.startswith(f"{c}.") for c in classifiers)}
+    first = f"{model.pretrained_cfg.get('first_conv')}.weight"
+    if first in state and state[first].ndim == 4 and state[first].shape[1] != spec.in_chans:
+        state[first] = adapt_input_conv(spec.in_chans, state[first])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "size mismatch" in line), lines[-1] if lines else "")
+        raise TeacherError(f"weights {path} do not fit backbone {spec.backbone}: {detail[:200]}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def _load_heads(path: str, heads: dict[str, int], feature_dim: int) -> dict[str, torch.nn.Linear]:
@@ -111,7 +136,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file is the same user error
-        raise TeacherError(f"cannot read {path}: {str(err).splitlines()[0][:160] if str(err) else type(err).__name__}: give a torch state dict or .safetensors file") from err
+        raise TeacherError(f"cannot read {path}: {_first_line(err)}: give a torch state dict or .safetensors file") from err
     if not isinstance(state, dict):
         raise TeacherError(f"{path} is not a state dict: save it with torch.save(module.state_dict(), path)")
     return state

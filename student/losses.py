@@ -24,8 +24,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape")
-    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    # At least float32 (bf16 autocast outputs); float64 inputs stay float64, which high T needs.
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    student_log_probs = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
     kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
     return kl * temperature**2
 

@@ -26,6 +26,7 @@ class SyntheticSpec:
     feature_dim: int = 32
     segments_per_task: int = 16
     unlabelled: float = 0.0        # fraction of training segments whose labels are -1
+    failed: dict[str, list[int]] = field(default_factory=dict)  # modality -> segments its ledger marks failed (NaN rows)
     seed: int = 0
 
 
@@ -67,5 +68,10 @@ def _write_teacher(root, modality, backbone, in_chans, size, strength, labels, s
         segs = cache.task_segments(layout, task)
         r0, r1 = int(offsets[segs.start]), int(offsets[segs.stop])
         times = np.tile(np.arange(t, dtype=np.float32) / t, len(segs)) + np.repeat(np.arange(segs.start, segs.stop, dtype=np.float32), t)
-        cache.write_task(group, task, rows[r0:r1], times, {}, {"worker": "synthetic", "failed": []})
+        failed = [i for i in spec.failed.get(modality, []) if i in segs]
+        values = rows[r0:r1].copy()
+        for i in failed:  # as extract leaves a failed segment: NaN rows and a ledger entry
+            values[offsets[i] - r0: offsets[i + 1] - r0] = np.nan
+        ledger = [{"segment": i, "id": f"seg{i:05d}", "video": "synthetic", "reason": "synthetic failure", "expected_rows": t, "written_rows": 0} for i in failed]
+        cache.write_task(group, task, values, times, {}, {"worker": "synthetic", "failed": ledger})
     return key

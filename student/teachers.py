@@ -70,7 +70,7 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[Fit
         raise FitError(f"--folds {cfg.folds}: cross-fitting needs at least 2 folds")
     if len(train) < cfg.folds:
         raise FitError(f"--folds {cfg.folds} needs at least {cfg.folds} labelled {cfg.train_split!r} segments, the cache has {len(train)}: lower --folds")
-    features, present = _load_features(root, keys, cfg)
+    features, present = load_features(root, keys, cfg)
     fold = fold_assignment(len(train), cfg.folds, cfg.seed)
     jobs = [(cache.teacher_info(cache.open_teacher(root, k))["modality"], [m]) for m, k in enumerate(keys)]
     if cfg.fusion:
@@ -110,7 +110,7 @@ def _labelled_training(table: cache.SegmentTable, cfg: FitConfig) -> np.ndarray:
     return train
 
 
-def _load_features(root, keys: list[str], cfg: FitConfig) -> tuple[list[np.ndarray], np.ndarray]:
+def load_features(root, keys: list[str], cfg: FitConfig) -> tuple[list[np.ndarray], np.ndarray]:
     """Centred T-row windows of every segment and input, in memory: [N, T, D_m] float16 each."""
     present = present_inputs(root, keys)
     n = len(present)
@@ -131,8 +131,8 @@ def _cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads) ->
         fit_on = train[fold != f] if f >= 0 else train
         predict = train[fold == f] if f >= 0 else np.setdiff1d(np.arange(n), train)
         predict = predict[present[predict].any(axis=1)]  # nothing to predict from: stays NaN, ledger
-        model = _fit(features, present, labels, fit_on, cfg, heads, seed=cfg.seed * 1000 + f + 1)
-        for h, values in _predict(model, features, present, predict, cfg).items():
+        model = fit_head(features, present, labels, fit_on, cfg, heads, seed=cfg.seed * 1000 + f + 1)
+        for h, values in predict_head(model, features, present, predict, cfg).items():
             logits[h][predict] = values
         source[predict] = f
         trained_on[f] = fit_on
@@ -144,7 +144,7 @@ def _tensors(features, present, labels, idx, device):
     return xs, torch.from_numpy(present[idx]).to(device), {h: torch.from_numpy(y[idx].astype(np.int64)).to(device) for h, y in labels.items()}
 
 
-def _fit(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, heads, seed: int) -> Student:
+def fit_head(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, heads, seed: int) -> Student:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = Student(ModelConfig([x.shape[2] for x in features], dict(heads), frames=cfg.frames, dim=cfg.dim, depth=1, num_heads=4, dropout=0.1)).to(cfg.device)
@@ -164,7 +164,7 @@ def _fit(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, heads, s
 
 
 @torch.no_grad()
-def _predict(model: Student, features, present, idx: np.ndarray, cfg: FitConfig) -> dict[str, np.ndarray]:
+def predict_head(model: Student, features, present, idx: np.ndarray, cfg: FitConfig) -> dict[str, np.ndarray]:
     model.eval()
     parts: dict[str, list[np.ndarray]] = {h: [] for h in model.heads}
     for a in range(0, len(idx), cfg.batch_size):

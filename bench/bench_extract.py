@@ -1,0 +1,157 @@
+"""Extraction benchmarks (issue 2): overlap, against the common per-video loop, scaling, footprint.
+
+    python bench/bench_extract.py [--videos 8] [--seconds 8] [--backbone resnet18]
+
+Same videos, same model, same cores in one run; prints figures and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from extract.modalities import MediaSource, get_modality  # noqa: E402
+from extract.run import ExtractConfig, run_extraction  # noqa: E402
+from extract.sampling import sample_indices  # noqa: E402
+from extract.teachers import TeacherSpec, create_teacher  # noqa: E402
+from extract.worker import embed  # noqa: E402
+from tests import media  # noqa: E402
+
+
+def make_dataset(root: Path, videos: int, seconds: float, segment_sec: float) -> Path:
+    rows = ["segment_id,video,start_sec,stop_sec,split"]
+    for v in range(videos):
+        media.make_video(root / "videos" / f"v{v:02d}.mp4", seconds=seconds, fps=25, size=(320, 240), seed=v)
+        for s in range(int(seconds // segment_sec)):
+            rows.append(f"v{v:02d}-{s},v{v:02d}.mp4,{s * segment_sec},{(s + 1) * segment_sec},train")
+    manifest = root / "segments.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def segments_of(manifest: Path) -> list[tuple[str, str, float, float]]:
+    lines = manifest.read_text().splitlines()[1:]
+    return [(p[0], p[1], float(p[2]), float(p[3])) for p in (line.split(",") for line in lines)]
+
+
+def extract(manifest: Path, videos: Path, out: Path, backbone: str, frames: int, workers: int, threads: int | None = None) -> tuple[float, object]:
+    cfg = ExtractConfig(manifest=str(manifest), videos=str(videos), cache=str(out), modality="rgb", backbone=backbone,
+                        frames=frames, workers=workers, threads=threads, device="cpu", precision="fp32", batch_size=64)
+    t0 = time.perf_counter()
+    summary = run_extraction(cfg, log=lambda _: None)
+    return time.perf_counter() - t0, summary
+
+
+def forward_only(manifest: Path, videos: Path, backbone: str, frames: int, batch: int, modality: str = "rgb") -> float:
+    """Time of the model forward passes alone, on the same input batches, inputs prepared beforehand."""
+    spec = get_modality(modality)
+    teacher = create_teacher(TeacherSpec(backbone, in_chans=spec.in_chans({})), {})
+    settings = spec.settings({}, teacher.data_config)
+    inputs = []
+    for _, name, start, stop in segments_of(manifest):
+        source = MediaSource(videos / name)
+        idx = sample_indices({"frames": frames}, frames, start, stop, source.video.fps, source.video.num_frames)
+        inputs.append(spec.make_inputs(source, idx, settings))
+    x = np.concatenate(inputs)
+    torch.set_num_threads(os.cpu_count() or 1)
+    embed(teacher, x[:batch], "cpu", "fp32")  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(x), batch):
+        embed(teacher, x[i: i + batch], "cpu", "fp32")
+    return time.perf_counter() - t0
+
+
+def common_practice(manifest: Path, videos: Path, backbone: str, frames: int, out: Path) -> float:
+    """The popular per-video extractor loop: read every frame of a video with OpenCV, then per segment
+    sample, preprocess, run the model on that segment alone and np.save its features."""
+    spec = get_modality("rgb")
+    teacher = create_teacher(TeacherSpec(backbone, in_chans=3), {})
+    settings = spec.settings({}, teacher.data_config)
+    mean, std = np.asarray(settings["mean"]) * 255, np.asarray(settings["std"]) * 255
+    torch.set_num_threads(os.cpu_count() or 1)
+    out.mkdir(parents=True, exist_ok=True)
+    by_video: dict[str, list] = {}
+    for seg in segments_of(manifest):
+        by_video.setdefault(seg[1], []).append(seg)
+    t0 = time.perf_counter()
+    for name, segs in by_video.items():
+        cap = cv2.VideoCapture(str(videos / name))
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        all_frames = []
+        ok, frame = cap.read()
+        while ok:
+            all_frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            ok, frame = cap.read()
+        for seg_id, _, start, stop in segs:
+            idx = sample_indices({"frames": frames}, frames, start, stop, fps, len(all_frames))
+            h, w = settings["input_size"]
+            batch = []
+            for i in idx:
+                f = all_frames[i]
+                scale = settings["resize_short"] / min(f.shape[:2])
+                f = cv2.resize(f, (round(f.shape[1] * scale), round(f.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+                top, left = (f.shape[0] - h) // 2, (f.shape[1] - w) // 2
+                batch.append(((f[top: top + h, left: left + w] - mean) / std).transpose(2, 0, 1))
+            with torch.inference_mode():
+                feats = teacher.model(torch.from_numpy(np.stack(batch)).float()).numpy()
+            np.save(out / f"{seg_id}.npy", feats)
+    return time.perf_counter() - t0
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--segment-sec", type=float, default=2.0)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--backbone", default="resnet18")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    try:
+        manifest = make_dataset(work, args.videos, args.seconds, args.segment_sec)
+        videos = work / "videos"
+        n_segments = len(segments_of(manifest))
+        images = n_segments * args.frames
+        print(f"{n_segments} segments x {args.frames} frames = {images} images, {args.videos} H.264 320x240 videos, "
+              f"backbone {args.backbone} fp32, {os.cpu_count()} cores")
+
+        fwd = forward_only(manifest, videos, args.backbone, args.frames, 64)
+        wall_inproc, s0 = extract(manifest, videos, work / "inproc.zarr", args.backbone, args.frames, workers=0)
+        print(f"1. overlap: extraction wall {wall_inproc:.2f} s (one process, all cores) / forward alone {fwd:.2f} s "
+              f"= {wall_inproc / fwd:.2f}  (target <= 1.25); model time inside the run {s0.forward_seconds:.2f} s")
+
+        loop = common_practice(manifest, videos, args.backbone, args.frames, work / "npy")
+        wall2, _ = extract(manifest, videos, work / "two.zarr", args.backbone, args.frames, workers=2)
+        print(f"2. vs per-video loop: loop {images / loop:.1f} img/s, egodistill (2 workers, incl. cluster start) "
+              f"{images / wall2:.1f} img/s = {loop / wall2:.2f}x  (target >= 2x); in-process {loop / wall_inproc:.2f}x")
+
+        wall1w, _ = extract(manifest, videos, work / "one-worker.zarr", args.backbone, args.frames, workers=1, threads=1)
+        wall2w, _ = extract(manifest, videos, work / "two-workers.zarr", args.backbone, args.frames, workers=2, threads=1)
+        print(f"3. scaling: 1 worker x 1 thread {wall1w:.2f} s, 2 workers x 1 thread {wall2w:.2f} s = {wall1w / wall2w:.2f}x  (target >= 1.6x)")
+
+        npy = tree_bytes(work / "npy")  # the loop saved the same features as float32 .npy
+        cache_bytes = tree_bytes(work / "two.zarr")
+        print(f"4. footprint: cache {cache_bytes / 1e6:.3f} MB / float32 .npy {npy / 1e6:.3f} MB = {cache_bytes / npy:.2f}  (target <= 0.55)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""`train-student`: the training loop, read top to bottom (data, model, optimiser, then the loop).
+
+Each step: mask inputs, forward, distillation loss, backward, clip, AdamW step, log. Each epoch
+ends with the held-out loss, one line in metrics.jsonl, last.pt and (if better) best.pt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+import cache
+from cache.errors import EgodistillError
+from student import rundir
+from student.data import CacheLoader, present_inputs, teacher_logit_table
+from student.losses import SCHEMES, dataset_weights, student_loss
+from student.model import ModelConfig, Student, mask_modalities
+from student.sources import resolve_inputs, resolve_teachers
+
+
+class TrainError(EgodistillError):
+    """train-student cannot run with these options on this cache."""
+
+
+@dataclass
+class TrainConfig:
+    cache: str
+    inputs: list[str]
+    teachers: list[str] = field(default_factory=list)
+    out: str = "runs/student"
+    weighting: str = "uniform"      # uniform | per-sample | dataset
+    tau: float = 1.0                # softmin temperature of the ensemble weights
+    temperature: float = 1.0        # KD temperature T
+    kd_weight: float = 1.0
+    gt_weight: float = 1.0
+    mask_prob: float = 0.0          # per-sample, per-input drop probability (never all inputs)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.02
+    warmup: float = 0.1             # fraction of all steps spent warming up, then linear decay to 0
+    clip: float = 5.0
+    frames: int = 8
+    dim: int = 256
+    depth: int = 2
+    num_heads: int = 4
+    dropout: float = 0.1
+    holdout: float = 0.1            # fraction of labelled training segments kept out: dataset weights, best.pt
+    train_split: str = "train"
+    seed: int = 0
+    buffer_blocks: int = 8
+    save_every: int = 0             # also save last.pt every N steps (0: at epoch ends only)
+    device: str = "auto"
+    in_memory: bool = False
+    prefetch: int = 4
+
+
+@dataclass
+class Setup:
+    """Everything a run derives from its config and the cache, before any training."""
+
+    root: object
+    table: cache.SegmentTable
+    input_keys: list[str]
+    teacher_keys: list[str]
+    present: np.ndarray
+    teacher_logits: dict[str, np.ndarray] | None
+    train_segments: np.ndarray
+    holdout_segments: np.ndarray
+    weights: dict[str, torch.Tensor] | None
+    model: ModelConfig
+
+    def record(self, cfg: TrainConfig) -> dict:
+        return {"config": asdict(cfg), "input_keys": self.input_keys, "teacher_keys": self.teacher_keys, "model": self.model.to_dict()}
+
+
+def setup(cfg: TrainConfig) -> Setup:
+    """Resolve names, choose the training and held-out segments, read teacher logits, fix weights."""
+    if cfg.weighting not in SCHEMES:
+        raise TrainError(f"--weighting {cfg.weighting!r} is unknown: use one of {', '.join(SCHEMES)}")
+    root = cache.open_cache(cfg.cache, mode="r")
+    table = cache.read_segments(root)
+    if not table.heads:
+        raise TrainError("the cache has no label heads, so the student has no outputs: extract a manifest with label columns")
+    input_keys = resolve_inputs(root, cfg.inputs)
+    teacher_keys = resolve_teachers(root, cfg.teachers, table.heads) if cfg.teachers else []
+    if not teacher_keys and cfg.weighting != "uniform":
+        raise TrainError(f"--weighting {cfg.weighting} needs --teachers")
+    present = present_inputs(root, input_keys)
+    logits = teacher_logit_table(root, teacher_keys, list(table.heads)) if teacher_keys else None
+    usable = (table.split == cfg.train_split) & present.any(axis=1)
+    if logits is not None:
+        usable &= np.all([np.isfinite(v).all(axis=(1, 2)) for v in logits.values()], axis=0)
+    candidates = np.flatnonzero(usable)
+    if len(candidates) == 0:
+        raise TrainError(f"no {cfg.train_split!r} segments have both input features and teacher logits in the cache: check --inputs/--teachers and the split names")
+    labelled = candidates[np.any([table.labels[h][candidates] >= 0 for h in table.heads], axis=0)]
+    needs_labels = cfg.gt_weight > 0 or cfg.weighting != "uniform" or not teacher_keys
+    if len(labelled) == 0 and needs_labels:
+        raise TrainError(f"the cache has no labels for its {cfg.train_split!r} segments: train with --gt-weight 0 --weighting uniform and --teachers, or extract a labelled manifest")
+    held = max(1, round(cfg.holdout * len(labelled))) if cfg.holdout > 0 and len(labelled) >= 2 else 0
+    holdout = np.sort(np.random.default_rng(cfg.seed).permutation(labelled)[:held])
+    weights = None
+    if cfg.weighting == "dataset":
+        if held == 0:
+            raise TrainError("--weighting dataset needs held-out labelled training segments: set --holdout > 0 (and have >= 2 labelled segments)")
+        weights = {h: dataset_weights(torch.from_numpy(v[holdout]), torch.from_numpy(table.labels[h][holdout].astype(np.int64)), cfg.tau) for h, v in logits.items()}
+    dims = [cache.teacher_info(cache.open_teacher(root, k))["feature_dim"] for k in input_keys]
+    model = ModelConfig(dims, dict(table.heads), frames=cfg.frames, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, dropout=cfg.dropout)
+    return Setup(root, table, input_keys, teacher_keys, present, logits, np.setdiff1d(candidates, holdout), holdout, weights, model)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainError("--device cuda asked for, but torch sees no CUDA device: use --device cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then linear decay to 0 at the last step."""
+    warmup = max(1, int(cfg.warmup * total))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    return cfg.lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def loaders(cfg: TrainConfig, s: Setup) -> tuple[CacheLoader, CacheLoader | None]:
+    common = dict(teacher_logits=s.teacher_logits, frames=cfg.frames, seed=cfg.seed, buffer_blocks=cfg.buffer_blocks,
+                  prefetch=cfg.prefetch, in_memory=cfg.in_memory, present=s.present)
+    train = CacheLoader(s.root, s.input_keys, s.train_segments, s.table.labels, batch_size=cfg.batch_size, train=True, **common)
+    held = CacheLoader(s.root, s.input_keys, s.holdout_segments, s.table.labels, batch_size=max(cfg.batch_size, 256), train=False, **common) if len(s.holdout_segments) else None
+    return train, held
+
+
+def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[Setup, bool]:
+    """Check everything that can be wrong before any work: the cache, the names, the run dir.
+    Returns the setup and whether there is a checkpoint to resume from."""
+    s = setup(cfg)
+    return s, rundir.claim_run_dir(cfg.out, s.record(cfg), resume)
+
+
+def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
+          on_step: Callable[[int, int, float, float], None] | None = None, stop_after: int | None = None,
+          started_run: tuple[Setup, bool] | None = None) -> list[dict]:
+    """Train (or resume) the student; returns the metrics lines of every epoch in the run dir.
+
+    on_step(step, total_steps, loss, segments_per_s) reports progress; stop_after ends the run
+    after that many steps with last.pt saved, as if it had been killed right after a checkpoint.
+    started_run is what start_run returned, for callers that check before showing progress."""
+    s, resuming = started_run or start_run(cfg, resume)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    train_loader, held_loader = loaders(cfg, s)
+    model = Student(s.model).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    masking = torch.Generator().manual_seed(cfg.seed + 1)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    total_steps = cfg.epochs * len(train_loader)
+    state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "seen": 0, "best": math.inf}
+    if resuming:
+        ckpt = rundir.load_checkpoint(cfg.out, rundir.LAST)
+        model.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimiser"])
+        state = dict(ckpt["state"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        masking.set_state(ckpt["rng"]["masking"])
+        if device.type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        rundir.truncate_metrics(cfg.out, state["epoch"])
+        log(f"resuming {cfg.out} at epoch {state['epoch']}, batch {state['batch']} (step {state['step']} of {total_steps})")
+    loss_args = dict(scheme=cfg.weighting, tau=cfg.tau, temperature=cfg.temperature, kd_weight=cfg.kd_weight,
+                     gt_weight=cfg.gt_weight, weights=None if s.weights is None else {h: w.to(device) for h, w in s.weights.items()})
+
+    def checkpoint(name: str) -> None:
+        rng = {"torch": torch.get_rng_state(), "masking": masking.get_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        rundir.save_checkpoint(cfg.out, name, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": dict(state), "rng": rng, "model_config": s.model.to_dict()})
+
+    while state["epoch"] < cfg.epochs:
+        model.train()
+        started, seen_now = time.perf_counter(), 0
+        for batch in train_loader.epoch(state["epoch"], state["batch"]):
+            batch = batch.to(device)
+            present = mask_modalities(batch.present, cfg.mask_prob, masking)
+            for group in optimiser.param_groups:
+                group["lr"] = lr_at(state["step"], total_steps, cfg)
+            with autocast():
+                logits = model(batch.features, present)
+            loss = student_loss(logits, batch.labels, batch.teacher_logits, **loss_args)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimiser.step()
+            state["step"] += 1
+            state["batch"] += 1
+            state["loss_sum"] += loss.detach().item() * len(batch)
+            state["seen"] += len(batch)
+            seen_now += len(batch)
+            if on_step:
+                on_step(state["step"], total_steps, loss.detach().item(), seen_now / max(time.perf_counter() - started, 1e-9))
+            if cfg.save_every and state["step"] % cfg.save_every == 0:
+                checkpoint(rundir.LAST)
+            if stop_after is not None and state["step"] >= stop_after:
+                checkpoint(rundir.LAST)
+                return rundir.read_metrics(cfg.out)
+        seconds = time.perf_counter() - started
+        line = {"epoch": state["epoch"], "step": state["step"], "lr": lr_at(max(state["step"] - 1, 0), total_steps, cfg),
+                "train_loss": state["loss_sum"] / max(state["seen"], 1), **held_out(model, held_loader, device, autocast, loss_args),
+                "seconds": seconds, "segments_per_s": seen_now / max(seconds, 1e-9)}
+        rundir.append_metrics(cfg.out, line)
+        log(_summary(line))
+        score = line.get("holdout_loss", line["train_loss"])
+        state.update(epoch=state["epoch"] + 1, batch=0, loss_sum=0.0, seen=0)
+        if score < state["best"]:
+            state["best"] = score
+            checkpoint(rundir.BEST)
+        checkpoint(rundir.LAST)
+    return rundir.read_metrics(cfg.out)
+
+
+@torch.no_grad()
+def held_out(model: Student, loader: CacheLoader | None, device, autocast, loss_args: dict) -> dict:
+    """Loss and top-1 per head on the held-out training segments (all inputs present as cached)."""
+    if loader is None:
+        return {}
+    model.eval()
+    loss_sum, count, correct, labelled = 0.0, 0, {}, {}
+    for batch in loader.epoch(0):
+        batch = batch.to(device)
+        with autocast():
+            logits = model(batch.features, batch.present)
+        loss_sum += float(student_loss(logits, batch.labels, batch.teacher_logits, **loss_args)) * len(batch)
+        count += len(batch)
+        for h, out in logits.items():
+            y = batch.labels[h]
+            correct[h] = correct.get(h, 0) + int(((out.argmax(-1) == y) & (y >= 0)).sum())
+            labelled[h] = labelled.get(h, 0) + int((y >= 0).sum())
+    model.train()
+    return {"holdout_loss": loss_sum / max(count, 1), **{f"holdout_top1_{h}": correct[h] / max(labelled[h], 1) for h in correct}}
+
+
+def _summary(line: dict) -> str:
+    parts = [f"epoch {line['epoch']}", f"train loss {line['train_loss']:.4f}"]
+    parts += [f"{k.replace('_', ' ')} {v:.4f}" for k, v in line.items() if k.startswith("holdout_")]
+    parts.append(f"{line['segments_per_s']:.0f} segments/s")
+    return ", ".join(parts)

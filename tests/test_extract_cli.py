@@ -1,0 +1,147 @@
+"""The `egodistill extract` command as a user runs it: exit codes, one-line errors, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def egodistill(*args, cwd=None, check=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd or ROOT, timeout=300)
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def videos(tmp_path, media_dir):
+    folder = tmp_path / "videos"
+    shutil.copytree(media_dir, folder)
+    return folder
+
+
+def manifest(path: Path, rows: list[str], header="segment_id,video,start_sec,stop_sec,split,label:action") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def base_args(tmp_path, videos, csv, *extra):
+    return ["extract", "--manifest", csv, "--videos", videos, "--cache", tmp_path / "c.zarr", "--backbone", "test_resnet",
+            "--frames", "2", "--workers", "0", "--device", "cpu", "--precision", "fp32", *extra]
+
+
+def test_extract_then_info_through_the_cli(tmp_path, videos):
+    csv = manifest(tmp_path / "m.csv", ["a,h264_aac.mp4,0,1,train,0", "b,vp9_opus.webm,0,2,val,1", "c,empty.mp4,0,1,train,1"])
+    result = egodistill(*base_args(tmp_path, videos, csv), check=3)  # 3: finished, but a segment failed
+    assert "failed" in result.stdout and "empty" in result.stdout
+    info = json.loads(egodistill("cache", "info", tmp_path / "c.zarr", "--json", check=0).stdout)
+    [teacher] = info["teachers"]
+    assert info["segments"]["count"] == 3 and info["segments"]["heads"] == {"action": 2}
+    assert (teacher["segments_done"], teacher["segments_failed"], teacher["segments_pending"]) == (2, 1, 0)
+    assert teacher["arrays"]["features"]["shape"] == [6, 96] and teacher["provenance"]["weights"] == "random-init:0"
+    assert teacher["failures"][0]["id"] == "c"
+    assert "rgb" in egodistill("cache", "info", tmp_path / "c.zarr", check=0).stdout
+
+
+def test_dry_run_reports_missing_videos_and_writes_nothing(tmp_path, videos):
+    csv = manifest(tmp_path / "m.csv", ["a,h264_aac.mp4,0,1,train,0", "b,gone.mp4,0,2,val,1"])
+    result = egodistill(*base_args(tmp_path, videos, csv, "--dry-run"), check=0)
+    assert "missing videos (1): gone.mp4" in result.stdout and "4 rows" in result.stdout
+    assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, media_dir):
+    """A cache that one successful run wrote; each bad-input test gets a copy and must leave it as it was."""
+    tmp_path = tmp_path_factory.mktemp("finished")
+    csv = manifest(tmp_path / "m.csv", ["a,h264_aac.mp4,0,1,train,0", "b,h264_aac.mp4,1,2,val,1"])
+    egodistill(*base_args(tmp_path, media_dir, csv), check=0)
+    return tmp_path / "c.zarr"
+
+
+@pytest.mark.parametrize("problem, extra, expected", [
+    ("unknown backbone", ["--backbone", "resnet_does_not_exist"], "unknown backbone"),
+    ("weights that do not fit", ["--weights", "WEIGHTS"], "do not fit"),
+    ("class-count mismatch", ["--head", "HEAD"], "classes"),
+    ("missing manifest", ["--manifest", "nowhere.csv"], "nowhere.csv"),
+    ("cache not writable", ["--cache", "/proc/c.zarr"], "not writable"),
+    ("both samplings", ["--fps", "2"], "--frames or --fps"),
+])
+def test_bad_input_is_one_line_and_nothing_is_lost(tmp_path, videos, finished, problem, extra, expected):
+    csv = manifest(tmp_path / "m.csv", ["a,h264_aac.mp4,0,1,train,0", "b,h264_aac.mp4,1,2,val,1"])
+    shutil.copytree(finished, tmp_path / "c.zarr")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "c.zarr").rglob("*") if p.is_file()}
+    torch.save({"conv1.weight": torch.zeros(3, 3, 3, 3)}, tmp_path / "weights.pt")
+    torch.save({"action.weight": torch.zeros(5, 96), "action.bias": torch.zeros(5)}, tmp_path / "head.pt")
+    extra = [str(tmp_path / "weights.pt") if e == "WEIGHTS" else str(tmp_path / "head.pt") if e == "HEAD" else e for e in extra]
+    line = one_line_error(egodistill(*base_args(tmp_path, videos, csv), *extra))
+    assert expected in line, line
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "c.zarr").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_malformed_manifest_names_file_and_line(tmp_path, videos):
+    csv = manifest(tmp_path / "m.csv", ["a,h264_aac.mp4,0,1,train,0", "b,h264_aac.mp4,zero,2,val,1"])
+    line = one_line_error(egodistill(*base_args(tmp_path, videos, csv)))
+    assert "m.csv:3" in line
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, videos):
+    rows = [f"s{i},h264_aac.mp4,{(i % 4) * 0.5},{(i % 4) * 0.5 + 0.5},train,{i % 2}" for i in range(12)]
+    csv = manifest(tmp_path / "m.csv", rows)
+    args = ["extract", "--manifest", csv, "--videos", videos, "--backbone", "test_resnet", "--frames", "3",
+            "--workers", "0", "--device", "cpu", "--precision", "fp32", "--segments-per-task", "1"]
+    egodistill(*args, "--cache", tmp_path / "whole.zarr", check=0)
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args), "--cache", str(tmp_path / "killed.zarr")], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "killed.zarr").glob("teachers/*/tasks/*/zarr.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list((tmp_path / "killed.zarr").glob("teachers/*/tasks/*/zarr.json")))
+    assert 3 <= done_at_kill < 12, "the run must be killed mid-way for this test to mean anything"
+
+    result = egodistill(*args, "--cache", tmp_path / "killed.zarr", check=0)
+    assert "resuming" in result.stdout
+    whole = cache.open_cache(tmp_path / "whole.zarr")
+    killed = cache.open_cache(tmp_path / "killed.zarr")
+    [key] = cache.list_teachers(whole)
+    assert cache.list_teachers(killed) == [key]
+    a, b = cache.open_teacher(whole, key), cache.open_teacher(killed, key)
+    np.testing.assert_array_equal(a["features"][:], b["features"][:])
+    np.testing.assert_array_equal(a["timestamps"][:], b["timestamps"][:])
+    assert (cache.segment_status(b) == 1).all()
+
+
+def test_python_dash_m_cli_and_console_script_agree():
+    result = egodistill("--help", check=0)
+    assert "extract" in result.stdout
+    script = shutil.which("egodistill")
+    if script:
+        assert "extract" in subprocess.run([script, "--help"], capture_output=True, text=True).stdout

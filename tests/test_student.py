@@ -1,0 +1,267 @@
+"""The student on a small synthetic cache: masking, the streaming loader, resume, evaluation, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import cache
+from student import data as student_data
+from student.data import CacheLoader, frame_indices, present_inputs
+from student.evaluate import EvalConfig, evaluate, input_subsets
+from student.model import ModelConfig, Student, mask_modalities
+from student.rundir import RunDirError
+from student.sources import SourceError
+from student.synthetic import SyntheticSpec, build_synthetic_cache
+from student.train import TrainConfig, TrainError, train
+
+HEADS = {"verb": 4, "noun": 6}
+SMALL = dict(epochs=2, batch_size=16, dim=32, depth=1, num_heads=2, lr=1e-3, device="cpu", prefetch=2, buffer_blocks=2)
+
+
+def add_logits_teacher(root: zarr.Group, modality: str, quality: float, seed: int, heads: dict[str, int] = HEADS) -> str:
+    """A logits-only teacher whose logits point at the label with strength `quality` (what fit-teachers writes)."""
+    table = cache.read_segments(root)
+    rng = np.random.default_rng(seed)
+    logits = {}
+    for head, classes in heads.items():
+        y = np.clip(table.labels.get(head, np.zeros(len(table), np.int32)), 0, classes - 1)
+        logits[head] = (rng.normal(size=(len(table), classes)) + quality * np.eye(classes)[y]).astype(np.float32)
+    provenance = {"modality": modality, "backbone": "temporal_head", "source_teachers": [], "seed": seed}
+    key = cache.teacher_key(provenance)
+    cache.create_logits_teacher(root, key, provenance, logits)
+    return key
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("synthetic") / "cache.zarr")
+    keys = build_synthetic_cache(path, SyntheticSpec(segments=96, feature_dim=16, segments_per_task=8, unlabelled=0.2))
+    root = cache.open_cache(path, mode="a")
+    teachers = {m: add_logits_teacher(root, m, q, i) for i, (m, q) in enumerate({"rgb": 3.0, "flow": 2.0, "audio": 1.0}.items())}
+    return path, keys, teachers
+
+
+def config(path, out, **overrides):
+    return TrainConfig(**{"cache": path, "inputs": ["rgb", "flow", "audio"], "teachers": ["rgb", "flow", "audio"], "out": str(out), **SMALL, **overrides})
+
+
+# --- masking and the missing-modality token --------------------------------------------------
+
+def test_masking_never_drops_every_input_and_never_invents_one():
+    generator = torch.Generator().manual_seed(0)
+    present = torch.rand(4000, 3, generator=generator) < 0.7
+    for prob in (0.5, 0.9, 1.0):
+        kept = mask_modalities(present, prob, generator)
+        assert not (kept & ~present).any()
+        assert (kept.any(dim=1) == present.any(dim=1)).all()  # a sample with inputs keeps at least one
+    everything = torch.ones(1000, 3, dtype=torch.bool)
+    assert (mask_modalities(everything, 1.0, generator).sum(dim=1) == 1).all()
+    dropped = 1 - mask_modalities(everything, 0.3, generator).float().mean().item()
+    assert 0.25 < dropped < 0.32  # ~p, slightly less because a sample never loses all three
+
+
+def test_the_missing_token_stands_in_for_an_absent_input_and_gets_gradients():
+    torch.manual_seed(0)
+    model = Student(ModelConfig([5, 7], HEADS, frames=4, dim=16, depth=1, num_heads=2))
+    features = [torch.randn(6, 4, 5), torch.full((6, 4, 7), float("nan"))]  # input 1 holds garbage (NaN rows)
+    present = torch.tensor([[True, False]] * 6)
+    out = model(features, present)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    sum(v.sum() for v in out.values()).backward()
+    assert model.missing_token.grad[1].abs().sum() > 0
+    assert model.missing_token.grad[0].abs().sum() == 0  # input 0 was never missing
+
+
+# --- the streaming loader --------------------------------------------------------------------
+
+def test_frame_indices_stride_centre_jitter_and_short_segments():
+    assert frame_indices(np.array([16]), 8, np.array([0.5]))[0].tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert frame_indices(np.array([16]), 8, np.array([0.0]))[0].tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert frame_indices(np.array([4]), 8, np.array([0.9]))[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert frame_indices(np.array([10]), 4, np.array([0.999]))[0].tolist() == [3, 5, 7, 9]
+
+
+def loader_for(path, keys, train_mode, **kw):
+    root = cache.open_cache(path)
+    table = cache.read_segments(root)
+    segments = np.flatnonzero(table.split == "train")
+    return root, segments, CacheLoader(root, keys, segments, table.labels, batch_size=10, frames=8, train=train_mode, seed=3, buffer_blocks=2, **kw)
+
+
+def test_loader_reads_whole_blocks_and_gives_every_segment_its_own_rows(synthetic, monkeypatch):
+    path, keys, _ = synthetic
+    calls = []
+    real = cache.read_rows
+    monkeypatch.setattr(student_data.cache, "read_rows", lambda t, a, b: calls.append(b - a) or real(t, a, b))
+    inputs = [keys["rgb"], keys["audio"]]
+    root, segments, loader = loader_for(path, inputs, train_mode=False)
+    seen = []
+    teachers = [cache.open_teacher(root, k) for k in inputs]
+    for batch in loader.epoch(0):
+        for row, i in enumerate(batch.index.tolist()):
+            for m, t in enumerate(teachers):
+                o = cache.read_offsets(t)
+                np.testing.assert_array_equal(batch.features[m][row].numpy(), cache.read_rows(t, o[i], o[i + 1])[0])
+        seen += batch.index.tolist()
+    assert sorted(seen) == segments.tolist()
+    # One call per block and input, each a whole block (8 segments x 8 rows); the rest are this test's own reads.
+    block_reads = [n for n in calls if n == 64]
+    assert len(block_reads) == len(loader.blocks) * len(inputs)
+
+
+def test_loader_shuffles_per_epoch_and_resumes_mid_epoch_with_the_same_batches(synthetic):
+    path, keys, _ = synthetic
+    _, segments, loader = loader_for(path, [keys["rgb"]], train_mode=True)
+    epoch0 = list(loader.epoch(0))
+    order0 = np.concatenate([b.index.numpy() for b in epoch0])
+    order1 = np.concatenate([b.index.numpy() for b in loader.epoch(1)])
+    assert sorted(order0.tolist()) == sorted(segments.tolist()) and not np.array_equal(order0, order1)
+    resumed = list(loader.epoch(0, start_batch=3))
+    assert len(resumed) == len(epoch0) - 3
+    for a, b in zip(epoch0[3:], resumed):
+        assert torch.equal(a.index, b.index) and torch.equal(a.features[0], b.features[0])
+
+
+def test_temporal_jitter_in_training_centred_window_at_evaluation(synthetic):
+    path, keys, _ = synthetic
+    root = cache.open_cache(path)
+    table = cache.read_segments(root)
+    segments = np.flatnonzero(table.split == "train")
+    make = lambda train_mode: CacheLoader(root, [keys["rgb"]], segments, table.labels, batch_size=200, frames=4, train=train_mode, seed=0)  # noqa: E731
+    teacher = cache.open_teacher(root, keys["rgb"])
+    o = cache.read_offsets(teacher)
+
+    def starts(batch):  # which of a segment's 8 rows each sample's first frame came from
+        out = []
+        for row, i in enumerate(batch.index.tolist()):
+            rows = cache.read_rows(teacher, o[i], o[i + 1])[0]
+            out.append(int(np.flatnonzero((rows == batch.features[0][row, 0].numpy()).all(axis=1))[0]))
+        return out
+
+    assert set(starts(next(make(False).epoch(0)))) == {1}  # 8 rows, 4 frames, stride 2: centred at row 1
+    assert set(starts(next(make(True).epoch(0)))) == {0, 1}
+
+
+def test_in_memory_loader_gives_the_same_batches(synthetic):
+    path, keys, _ = synthetic
+    _, _, streaming = loader_for(path, [keys["rgb"], keys["flow"]], train_mode=True)
+    _, _, memory = loader_for(path, [keys["rgb"], keys["flow"]], train_mode=True, in_memory=True)
+    for a, b in zip(streaming.epoch(2), memory.epoch(2)):
+        assert torch.equal(a.index, b.index) and all(torch.equal(x, y) for x, y in zip(a.features, b.features))
+
+
+# --- training runs -----------------------------------------------------------------------------
+
+def strip_times(metrics):
+    return [{k: v for k, v in m.items() if k not in ("seconds", "segments_per_s")} for m in metrics]
+
+
+def test_resume_gives_the_same_metrics_and_weights_as_an_uninterrupted_run(synthetic, tmp_path):
+    path, _, _ = synthetic
+    whole = train(config(path, tmp_path / "whole", mask_prob=0.5, weighting="per-sample"), log=lambda _: None)
+    assert len(whole) == 2
+    cut = config(path, tmp_path / "cut", mask_prob=0.5, weighting="per-sample")
+    train(cut, log=lambda _: None, stop_after=6)  # killed mid-epoch 1 (5 batches per epoch), after a checkpoint
+    with pytest.raises(RunDirError, match="--resume"):
+        train(cut, log=lambda _: None)
+    resumed = train(cut, resume=True, log=lambda _: None)
+    assert strip_times(resumed) == strip_times(whole)
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["input_keys"]
+
+
+def test_dataset_weighting_and_ground_truth_only_runs(synthetic, tmp_path):
+    path, _, _ = synthetic
+    metrics = train(config(path, tmp_path / "dataset", weighting="dataset", tau=0.5, temperature=2.0, epochs=1), log=lambda _: None)
+    assert np.isfinite(metrics[-1]["train_loss"])
+    metrics = train(config(path, tmp_path / "gt", inputs=["rgb"], teachers=[], epochs=1), log=lambda _: None)
+    assert np.isfinite(metrics[-1]["holdout_loss"])
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+def test_evaluation_reports_every_input_subset_teachers_and_cost(synthetic, tmp_path):
+    path, _, _ = synthetic
+    out = tmp_path / "run"
+    train(config(path, out, mask_prob=0.5, epochs=3), log=lambda _: None)
+    result = evaluate(EvalConfig(cache=path, run=str(out), split="val", device="cpu"))
+    names = [s["name"] for s in result["subsets"]]
+    assert names == ["rgb+flow+audio", "rgb+flow", "rgb+audio", "flow+audio", "rgb", "flow", "audio"]
+    assert len(input_subsets(3)) == 7
+    for s in result["subsets"]:
+        m = s["metrics"]
+        assert set(m) == {"verb_top1", "verb_top5", "verb_ece", "noun_top1", "noun_top5", "noun_ece", "action_top1"}
+        assert 0 <= m["action_top1"] <= min(m["verb_top1"], m["noun_top1"]) <= 1 and m["verb_top1"] <= m["verb_top5"]
+        assert 0 <= m["verb_ece"] <= 100
+    assert [t["teacher"] for t in result["teacher_metrics"]] == result["teachers"]
+    cost = result["cost"]
+    assert cost["student"]["flops"] > 0 and cost["student"]["parts"][0]["backbone"] == "resnet18"
+    folder = out / "eval-val"
+    assert json.loads((folder / "metrics.json").read_text())["segments"] == result["segments"]
+    assert "student[rgb]" in (folder / "table.txt").read_text()
+    for png in ("reliability.png", "subsets.png"):
+        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+def one_line(err) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def test_bad_inputs_and_teachers_are_one_line_errors(synthetic, tmp_path):
+    path, keys, teachers = synthetic
+    with pytest.raises(SourceError) as err:
+        train(config(path, tmp_path / "a", inputs=["depth"]))
+    assert "'depth'" in one_line(err) and "rgb" in one_line(err)
+    with pytest.raises(SourceError) as err:
+        train(config(path, tmp_path / "b", teachers=["layout"]))
+    assert "fit-teachers" in one_line(err)
+    with pytest.raises(SourceError) as err:
+        train(config(path, tmp_path / "c", teachers=[keys["rgb"]]))  # features only, no logits
+    assert "no logits" in one_line(err)
+    assert not (tmp_path / "a").exists()  # nothing is written before the checks pass
+
+
+def test_teachers_with_other_class_counts_or_ambiguous_names_are_refused(tmp_path):
+    path = str(tmp_path / "cache.zarr")
+    build_synthetic_cache(path, SyntheticSpec(segments=32, feature_dim=8, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    root = cache.open_cache(path, mode="a")
+    good = add_logits_teacher(root, "rgb", 2.0, 0)
+    odd = add_logits_teacher(root, "flow", 2.0, 1, heads={"verb": 5, "noun": 6})
+    with pytest.raises(SourceError) as err:
+        train(config(path, tmp_path / "r", inputs=["rgb"], teachers=[good, odd]))
+    assert odd in one_line(err) and "5 classes" in one_line(err)
+    add_logits_teacher(root, "rgb", 1.0, 2)
+    with pytest.raises(SourceError) as err:
+        train(config(path, tmp_path / "r", inputs=["rgb"], teachers=["rgb"]))
+    assert "ambiguous" in one_line(err) and good in one_line(err)
+
+
+def test_a_cache_without_training_labels_is_refused(tmp_path):
+    path = str(tmp_path / "cache.zarr")
+    build_synthetic_cache(path, SyntheticSpec(segments=32, feature_dim=8, unlabelled=1.0, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    teacher = add_logits_teacher(cache.open_cache(path, mode="a"), "fusion", 2.0, 0)
+    with pytest.raises(TrainError) as err:
+        train(config(path, tmp_path / "r", inputs=["rgb"], teachers=[teacher]))
+    assert "no labels" in one_line(err)
+    # Pure distillation needs no labels.
+    metrics = train(config(path, tmp_path / "kd", inputs=["rgb"], teachers=[teacher], gt_weight=0.0, epochs=1), log=lambda _: None)
+    assert np.isfinite(metrics[0]["train_loss"])
+
+
+def test_a_run_dir_with_another_config_is_refused(synthetic, tmp_path):
+    path, _, _ = synthetic
+    train(config(path, tmp_path / "run", inputs=["rgb"], epochs=1), log=lambda _: None)
+    with pytest.raises(RunDirError) as err:
+        train(config(path, tmp_path / "run", inputs=["rgb"], epochs=1, lr=5e-4), resume=True)
+    assert "another config" in one_line(err) and "lr" in one_line(err)
