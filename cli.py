@@ -135,11 +135,15 @@ def cache_info(
         return
     seg = info["segments"]
     console.print(f"cache {location}: {seg['count']} segments, heads {seg['heads']}, schema {info['schema'].get('schema_version')}")
-    table = Table("teacher", "modality", "backbone", "weights", "sampling", "D", "rows", "done", "failed", "pending")
     for t in info["teachers"]:
         p = t["provenance"]
-        table.add_row(t["key"], t["modality"], p["backbone"], p["weights"][:24], json.dumps(p["sampling"]), str(t["feature_dim"]), str(t["rows"]), str(t["segments_done"]), str(t["segments_failed"]), str(t["segments_pending"]))
-    console.print(table)
+        sampling = ",".join(f"{k}={v}" for k, v in p["sampling"].items())
+        console.print(
+            f"  {t['key']}  {t['modality']}  {p['backbone']}  weights {p['weights'][:23]}  {sampling}  D={t['feature_dim']}  "
+            f"rows={t['rows']}  done {t['segments_done']}  failed {t['segments_failed']}  pending {t['segments_pending']}"
+            + (f"  logits {t['heads']}" if t["heads"] else ""),
+            markup=False, highlight=False, soft_wrap=True,
+        )
 
 
 # --- student commands (fit-teachers, train-student, evaluate) -----------------------------

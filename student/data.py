@@ -4,7 +4,7 @@ One epoch is a plan computed up front from (seed, epoch) alone: a shuffled order
 (segment ranges whose rows are whole shards, `cache.read_blocks`), cut into buffers of
 `buffer_blocks` blocks whose segments are shuffled together, plus one jitter draw per segment.
 Because the plan needs no data, a resumed run restarts at batch k of epoch e and sees exactly
-the batches it would have seen. Rows are read one buffer at a time, one `read_rows` call per
+the batches it would have seen. Rows are read one buffer at a time, one read call per
 block and input, never one call per segment.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import torch
 import zarr
 
 import cache
+from cache.student_io import feature_dim, feature_reader
 
 
 @dataclass
@@ -98,9 +100,12 @@ class CacheLoader:
         prefetch: int = 4,
         in_memory: bool = False,
         present: np.ndarray | None = None,
+        read_threads: int = 4,
     ) -> None:
         self.teachers = [cache.open_teacher(root, k) for k in input_keys]
         self.offsets = [cache.read_offsets(t) for t in self.teachers]
+        self.readers = [feature_reader(t) for t in self.teachers]
+        self.dims = [feature_dim(t) for t in self.teachers]
         self.present = present if present is not None else present_inputs(root, input_keys)
         self.segments = np.asarray(segments, dtype=np.int64)
         self.labels, self.teacher_logits = labels, teacher_logits
@@ -112,7 +117,8 @@ class CacheLoader:
         selected[self.segments] = True
         self.blocks = [b for b in cache.read_blocks(self.teachers[0]) if selected[b.start:b.stop].any()]
         self.block_segments = [np.arange(b.start, b.stop)[selected[b.start:b.stop]] for b in self.blocks]
-        self.memory = [cache.read_rows(t, 0, int(o[-1]))[0] for t, o in zip(self.teachers, self.offsets)] if in_memory else None
+        self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="egodistill-read")
+        self.memory = [read(0, int(o[-1])) for read, o in zip(self.readers, self.offsets)] if in_memory else None
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -186,17 +192,22 @@ class CacheLoader:
 
     def _read_buffer(self, block_ids: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Rows of every input for these blocks, concatenated, and each segment's first row in them."""
+        spans = [[(int(o[self.blocks[b].start]), int(o[self.blocks[b].stop])) for b in block_ids] for o in self.offsets]
+        if self.memory is not None:
+            parts = [[self.memory[m][r0:r1] for r0, r1 in spans[m]] for m in range(len(spans))]
+        else:
+            # The reads are independent whole-shard reads; a few at once overlap I/O and decoding.
+            jobs = [[self._pool.submit(self.readers[m], r0, r1) for r0, r1 in spans[m]] for m in range(len(spans))]
+            parts = [[job.result() for job in row] for row in jobs]
         rows, starts = [], []
         n = len(self.present)
-        for m, (teacher, offsets) in enumerate(zip(self.teachers, self.offsets)):
-            parts, start, at = [], np.full(n, -1, dtype=np.int64), 0
-            for b in block_ids:
+        for m, offsets in enumerate(self.offsets):
+            start, at = np.full(n, -1, dtype=np.int64), 0
+            for b, (r0, r1) in zip(block_ids, spans[m]):
                 block = self.blocks[b]
-                r0, r1 = int(offsets[block.start]), int(offsets[block.stop])
-                parts.append(self.memory[m][r0:r1] if self.memory is not None else cache.read_rows(teacher, r0, r1)[0])
                 start[block.start:block.stop] = offsets[block.start:block.stop] - r0 + at
                 at += r1 - r0
-            rows.append(np.concatenate(parts) if len(parts) > 1 else parts[0])
+            rows.append(np.concatenate(parts[m]) if len(parts[m]) > 1 else parts[m][0])
             starts.append(start)
         return rows, starts
 
@@ -204,8 +215,7 @@ class CacheLoader:
         present = self.present[batch]
         features = []
         for m, offsets in enumerate(self.offsets):
-            d = self.teachers[m]["features"].shape[1]
-            out = np.zeros((len(batch), self.frames, d), dtype=np.float16)
+            out = np.zeros((len(batch), self.frames, self.dims[m]), dtype=np.float16)
             within = frame_indices(offsets[batch + 1] - offsets[batch], self.frames, jitter)
             for g in np.unique(buffers):  # usually one buffer; two where a batch straddles buffers
                 rows, starts = loaded[int(g)][0][m], loaded[int(g)][1][m]
