@@ -75,9 +75,14 @@ class Summary:
     rows: int = 0
     seconds: float = 0.0
     forward_seconds: float = 0.0
+    working: tuple[float, float] | None = None  # first task start to last task end, models loaded
     crashed_tasks: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
     ledger: list[dict] = field(default_factory=list)
+
+    @property
+    def working_seconds(self) -> float:
+        return self.working[1] - self.working[0] if self.working else 0.0
 
     @property
     def ok(self) -> bool:
@@ -208,6 +213,8 @@ def _account(summary: Summary, result: dict) -> None:
         summary.rows += result["rows"]
         summary.forward_seconds += result["forward_seconds"]
         summary.fallbacks.extend(result["fallbacks"])
+        start, end = result["working"]
+        summary.working = (min(start, summary.working[0]), max(end, summary.working[1])) if summary.working else (start, end)
 
 
 def _run_on_dask(cfg: ExtractConfig, workers: int, spec: TaskSpec, tasks: list[tuple[int, list[SegmentJob]]], summary: Summary, on_progress) -> None:

@@ -70,7 +70,8 @@ def create_teacher(spec: TeacherSpec, heads: dict[str, int]) -> Teacher:
     if spec.weights not in (None, TIMM_PRETRAINED):
         _load_weights(model, Path(_existing(spec.weights, "weights")), spec)
     model.eval()
-    feature_dim = int(model.num_features)
+    # Pooled pre-logits width: differs from num_features where a head conv follows (MobileNetV3).
+    feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
     data_config = timm.data.resolve_data_config({}, model=model)
     linear = _load_heads(spec.head, heads, feature_dim) if spec.head else {}
     return Teacher(model=model, heads=linear, feature_dim=feature_dim, data_config=data_config)

@@ -164,6 +164,7 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
     torch.set_num_threads(spec.threads)
     device = worker_device(spec.device)
     teacher = get_teacher(spec, device)
+    working_since = time.time()  # after the (once per worker) model load: what throughput figures measure
     starts = np.cumsum([0] + [j.rows for j in jobs])  # row offsets within this task
     features = np.full((int(starts[-1]), teacher.feature_dim), np.nan, dtype=np.float32)
     timestamps = np.full(int(starts[-1]), np.nan, dtype=np.float32)
@@ -214,6 +215,7 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
     return {
         "task": task, "skipped": False, "segments": len(jobs), "failed": len(failed), "rows": int(starts[-1]),
         "seconds": time.perf_counter() - started, "forward_seconds": forward_seconds, "fallbacks": sorted(fallbacks),
+        "working": (working_since, time.time()),
     }
 
 

@@ -82,18 +82,20 @@ def test_bad_media_goes_to_the_ledger_and_the_rest_is_written(dataset):
         ("missing", "nowhere.mp4", 0.0, 1.0, "train"),
         ("late", "h264_aac.mp4", 5.0, 6.0, "train"),
         ("silent", "no_audio.mp4", 0.0, 1.0, "train"),
+        ("garbage", "garbage.mp4", 0.0, 1.0, "train"),
     ])
+    (videos / "garbage.mp4").write_bytes(b"this is not a video" * 100)
     cfg = config(tmp_path, manifest, videos, modality="audio", cache=str(tmp_path / "bad.zarr"))
     summary = run_extraction(cfg, log=lambda _: None)
     reasons = {entry["id"]: entry["reason"] for entry in summary.ledger}
-    assert set(reasons) == {"truncated", "empty", "missing", "late", "silent"}
+    assert set(reasons) == {"truncated", "empty", "missing", "late", "silent", "garbage"}
     assert "no audio" in reasons["silent"]
     assert "empty" in reasons["empty"] and "not found" in reasons["missing"]
     assert "after the end" in reasons["late"]
     assert all(e["expected_rows"] == 4 and e["written_rows"] == 0 for e in summary.ledger)
     group = teacher_of(cfg.cache, summary.teacher_key)
     status = cache.segment_status(group)
-    assert status.tolist() == [1, -1, -1, -1, -1, -1]
+    assert status.tolist() == [1, -1, -1, -1, -1, -1, -1]
     assert np.isfinite(group["features"][0:4]).all() and np.isnan(group["features"][4:8]).all()
 
 
@@ -177,3 +179,44 @@ def test_head_writes_logits_from_pooled_features(dataset):
     expected = features @ head["action.weight"].numpy().T + head["action.bias"].numpy()
     np.testing.assert_allclose(logits[0], expected, rtol=1e-2, atol=1e-2)
     assert json.loads(json.dumps(group.attrs["teacher"]))["heads"] == {"action": 3}
+
+
+def test_dask_workers_write_the_same_rows_as_one_process(dataset):
+    tmp_path, manifest, videos = dataset
+    here = run_extraction(config(tmp_path, manifest, videos, cache=str(tmp_path / "here.zarr")), log=lambda _: None)
+    dask = run_extraction(config(tmp_path, manifest, videos, cache=str(tmp_path / "dask.zarr"), workers=2), log=lambda _: None)
+    assert dask.ok and dask.teacher_key == here.teacher_key and dask.extracted == 4
+    a = teacher_of(str(tmp_path / "here.zarr"), here.teacher_key)
+    b = teacher_of(str(tmp_path / "dask.zarr"), dask.teacher_key)
+    np.testing.assert_allclose(a["features"][:].astype(np.float32), b["features"][:].astype(np.float32), rtol=1e-2, atol=1e-2)
+    np.testing.assert_array_equal(a["timestamps"][:], b["timestamps"][:])
+
+
+def test_ragged_rows_with_shared_shards_lose_nothing(dataset):
+    """--fps gives segments of different lengths, so tasks share shards: every row must still arrive."""
+    tmp_path, _, videos = dataset
+    rows = [(f"s{i}", "h264_aac.mp4", 0.0, 0.4 + 0.1 * (i % 5), "train") for i in range(10)]
+    manifest = write_manifest(tmp_path / "ragged.csv", rows)
+    cfg = config(tmp_path, manifest, videos, cache=str(tmp_path / "ragged.zarr"), frames=None, fps=10.0, segments_per_task=1, workers=2)
+    plan = plan_extraction(cfg)
+    assert len(set(plan.rows_per_segment.tolist())) > 1
+    task_starts = plan.offsets[:-1]  # one segment per task
+    assert any(start % plan.layout.rows_per_shard for start in task_starts)  # some shards are shared by two tasks
+    summary = run_extraction(cfg, plan, log=lambda _: None)
+    assert summary.ok
+    group = teacher_of(cfg.cache, summary.teacher_key)
+    assert np.isfinite(group["features"][:]).all() and np.isfinite(group["timestamps"][:]).all()
+
+
+def test_weights_file_loads_strictly_and_is_hashed(dataset):
+    tmp_path, manifest, videos = dataset
+    torch.manual_seed(5)
+    import timm
+    torch.save(timm.create_model(BACKBONE, num_classes=10).state_dict(), tmp_path / "w.pt")
+    rgb = run_extraction(config(tmp_path, manifest, videos, weights=str(tmp_path / "w.pt")), log=lambda _: None)
+    flow = run_extraction(config(tmp_path, manifest, videos, modality="flow", weights=str(tmp_path / "w.pt")), log=lambda _: None)
+    root = cache.open_cache(str(tmp_path / "cache.zarr"), mode="r")
+    for key in (rgb.teacher_key, flow.teacher_key):
+        provenance = cache.teacher_info(cache.open_teacher(root, key))["provenance"]
+        assert provenance["weights"].startswith("sha256:") and len(provenance["weights"]) == 7 + 64
+    assert cache.teacher_info(cache.open_teacher(root, flow.teacher_key))["provenance"]["in_chans"] == 2
