@@ -45,7 +45,8 @@ def extract(
     head: Annotated[Optional[str], typer.Option(help="Linear heads file (<head>.weight/.bias per output head); with it the run writes teacher logits.")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Segment-uniform N frames per segment (default 8).")] = None,
     fps: Annotated[Optional[float], typer.Option(help="Instead of --frames: one row every 1/F seconds.")] = None,
-    flow: Annotated[str, typer.Option(help="Optical flow method: dis (CPU default) or tvl1.")] = "dis",
+    flow: Annotated[str, typer.Option(help="Optical flow: dis (CPU default), tvl1 (opencv-contrib), raft_large or raft_small (torchvision, GPU; needs --flow-weights).")] = "dis",
+    flow_weights: Annotated[Optional[str], typer.Option(help="torchvision RAFT state dict for --flow raft_*.")] = None,
     flow_stack: Annotated[int, typer.Option(help="Flow pairs stacked per row (2L channels).")] = 1,
     name: Annotated[Optional[str], typer.Option(help="Teacher key (default: <modality>-<backbone>-<provenance hash>).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local Dask workers (default: one per GPU, else one per core; 0 = no cluster, run here).")] = None,
@@ -63,7 +64,7 @@ def extract(
 
     cfg = ExtractConfig(
         manifest=manifest, videos=videos, cache=cache, modality=modality, backbone=backbone, weights=weights, head=head,
-        frames=frames, fps=fps, flow=flow, flow_stack=flow_stack, name=name, workers=workers, scheduler=scheduler,
+        frames=frames, fps=fps, flow=flow, flow_stack=flow_stack, flow_weights=flow_weights, name=name, workers=workers, scheduler=scheduler,
         device=device.value, precision=precision.value, batch_size=batch_size, seed=seed,
         segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run,
     )

@@ -122,7 +122,14 @@ def _flow_settings(options: dict, data_cfg: dict) -> dict:
     method = options.get("flow") or "dis"
     if method not in FLOW_METHODS:
         raise ValueError(f"unknown flow method {method!r}: choose one of {', '.join(FLOW_METHODS)}")
-    return {**_geometry(data_cfg), "method": method, "stack": int(options.get("flow_stack") or 1), "bound_px": FLOW_BOUND_PX}
+    settings = {**_geometry(data_cfg), "method": method, "stack": int(options.get("flow_stack") or 1), "bound_px": FLOW_BOUND_PX}
+    if method.startswith("raft"):
+        weights = options.get("flow_weights")
+        if not weights or not Path(weights).is_file():
+            raise ValueError(f"--flow {method} needs --flow-weights FILE (a torchvision {method} state dict; no hub is used): got {weights!r}")
+        from extract.teachers import file_sha256
+        settings.update(weights=f"sha256:{file_sha256(weights)}", weights_file=str(Path(weights).resolve()))
+    return settings
 
 
 def _dis(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
@@ -145,7 +152,38 @@ def _tvl1_instance():
     return cv2.optflow.DualTVL1OpticalFlow_create()
 
 
-FLOW_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"dis": _dis, "tvl1": _tvl1}
+@lru_cache(maxsize=2)
+def _raft_model(arch: str, weights_file: str):
+    import torch
+    from torchvision.models import optical_flow
+
+    model = getattr(optical_flow, arch)(weights=None)
+    model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.eval().to(device), device
+
+
+def _raft_flows(frames: dict[int, np.ndarray], pairs: list[tuple[int, int]], settings: dict) -> list[np.ndarray]:
+    """All pairs of one segment in one batch through torchvision's RAFT (on the GPU when there is one)."""
+    import torch
+
+    model, device = _raft_model(settings["method"], settings["weights_file"])
+    first = np.stack([frames[a] for a, _ in pairs])
+    second = np.stack([frames[b] for _, b in pairs])
+    h, w = first.shape[1:3]
+    pad_h, pad_w = (-h) % 8, (-w) % 8  # RAFT needs sizes divisible by 8
+
+    def tensor(x: np.ndarray):
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        return torch.nn.functional.pad(t, (0, pad_w, 0, pad_h), mode="replicate").to(device)
+
+    with torch.inference_mode():
+        flow = model(tensor(first), tensor(second))[-1][:, :, :h, :w]
+    return list(flow.permute(0, 2, 3, 1).cpu().numpy())
+
+
+_PAIRWISE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {"dis": _dis, "tvl1": _tvl1}
+FLOW_METHODS = ("dis", "tvl1", "raft_large", "raft_small")
 
 
 def _flow_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np.ndarray:
@@ -153,17 +191,17 @@ def _flow_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np
     stack, last = settings["stack"], video.num_frames - 1
     # Pair j of row t: frame indices[t]+j -> indices[t]+j+1 (clipped at the video's end).
     starts = np.minimum(indices[:, None] + np.arange(stack)[None, :], last)
-    needed = np.unique(np.concatenate([starts.ravel(), np.minimum(starts.ravel() + 1, last)]))
-    grey = {int(i): cv2.cvtColor(_resize_short(f, settings["resize_short"], settings["interpolation"]), cv2.COLOR_RGB2GRAY) for i, f in zip(needed, video.frames(needed))}
-    method = FLOW_METHODS[settings["method"]]
+    pairs = [(int(i), int(min(i + 1, last))) for i in starts.ravel()]
+    needed = np.unique(np.array(pairs).ravel())
+    resized = {int(i): _resize_short(f, settings["resize_short"], settings["interpolation"]) for i, f in zip(needed, video.frames(needed))}
+    if settings["method"].startswith("raft"):
+        flows = _raft_flows(resized, pairs, settings)
+    else:
+        grey = {i: cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for i, f in resized.items()}
+        flows = [_PAIRWISE[settings["method"]](grey[a], grey[b]) for a, b in pairs]
     bound = settings["bound_px"]
-    rows = []
-    for row in starts:
-        channels = []
-        for i in row:
-            flow = method(grey[int(i)], grey[int(min(i + 1, last))])
-            channels.append(np.clip(_centre_crop(flow, settings["input_size"]), -bound, bound) / bound)
-        rows.append(np.concatenate(channels, axis=2).transpose(2, 0, 1))
+    crops = [np.clip(_centre_crop(f, settings["input_size"]), -bound, bound) / bound for f in flows]
+    rows = [np.concatenate(crops[r * stack:(r + 1) * stack], axis=2).transpose(2, 0, 1) for r in range(len(starts))]
     return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
 

@@ -36,6 +36,7 @@ class ExtractConfig:
     fps: float | None = None
     flow: str = "dis"
     flow_stack: int = 1
+    flow_weights: str | None = None
     audio_window: float | None = None
     name: str | None = None
     workers: int | None = None
@@ -136,7 +137,7 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     started = time.perf_counter()
     plan = plan or plan_extraction(cfg)
     modality = get_modality(cfg.modality)
-    options = {"flow": cfg.flow, "flow_stack": cfg.flow_stack, "audio_window": cfg.audio_window}
+    options = {"flow": cfg.flow, "flow_stack": cfg.flow_stack, "flow_weights": cfg.flow_weights, "audio_window": cfg.audio_window}
     spec = TeacherSpec(backbone=cfg.backbone or modality.default_backbone, in_chans=modality.in_chans(options), weights=cfg.weights, head=cfg.head, seed=cfg.seed)
     heads = plan.manifest.heads
     teacher = create_teacher(spec, heads)  # here, once, so a bad backbone/weights/head fails before any work

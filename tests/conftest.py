@@ -26,3 +26,27 @@ def media_dir(tmp_path_factory) -> Path:
     media.truncate(whole, folder / "truncated.mp4", 0.5)
     media.make_empty(folder / "empty.mp4")
     return folder
+
+
+@pytest.fixture(scope="session")
+def extracted_cache(tmp_path_factory) -> Path:
+    """A cache made by `extract` from generated videos: rgb, flow and audio teachers (timm's tiny
+    test_resnet, random init) over 18 labelled clips (3 classes, 12 train / 6 val), 4 frames each."""
+    if not media.have_ffmpeg():
+        pytest.skip("ffmpeg is not on PATH: install it (apt-get install -y ffmpeg) to make test videos")
+    from extract.run import ExtractConfig, run_extraction
+
+    folder = tmp_path_factory.mktemp("extracted")
+    rows = ["segment_id,video,start_sec,stop_sec,split,label:action"]
+    for i in range(18):
+        label = i % 3
+        media.make_video(folder / "videos" / f"clip{i:02d}.mp4", seconds=1.0, fps=12, size=(64, 48), seed=label * 3 + i % 2, tone_hz=300.0 + 400.0 * label)
+        rows.append(f"clip{i:02d},clip{i:02d}.mp4,0,1,{'train' if i < 12 else 'val'},{label}")
+    (folder / "segments.csv").write_text("\n".join(rows) + "\n")
+    for modality in ("rgb", "flow", "audio"):
+        summary = run_extraction(ExtractConfig(
+            manifest=str(folder / "segments.csv"), videos=str(folder / "videos"), cache=str(folder / "cache.zarr"), modality=modality,
+            backbone="test_resnet", frames=4, workers=0, device="cpu", precision="fp32", segments_per_task=6,
+        ), log=lambda _: None)
+        assert summary.ok, summary.ledger
+    return folder / "cache.zarr"

@@ -220,3 +220,19 @@ def test_weights_file_loads_strictly_and_is_hashed(dataset):
         provenance = cache.teacher_info(cache.open_teacher(root, key))["provenance"]
         assert provenance["weights"].startswith("sha256:") and len(provenance["weights"]) == 7 + 64
     assert cache.teacher_info(cache.open_teacher(root, flow.teacher_key))["provenance"]["in_chans"] == 2
+
+
+def test_raft_flow_from_a_local_weights_file(dataset, tmp_path):
+    from torchvision.models.optical_flow import raft_small
+
+    _, _, videos = dataset
+    torch.manual_seed(0)
+    torch.save(raft_small(weights=None).state_dict(), tmp_path / "raft_small.pth")
+    flow = get_modality("flow")
+    geometry = {"input_size": (2, 48, 48), "crop_pct": 1.0, "interpolation": "bilinear"}
+    with pytest.raises(ValueError, match="--flow-weights"):
+        flow.settings({"flow": "raft_small"}, geometry)
+    settings = flow.settings({"flow": "raft_small", "flow_weights": str(tmp_path / "raft_small.pth")}, geometry)
+    assert settings["weights"].startswith("sha256:")
+    x = flow.make_inputs(MediaSource(videos / "h264_aac.mp4"), np.array([2, 9]), settings)
+    assert x.shape == (2, 2, 48, 48) and np.isfinite(x).all() and np.abs(x).max() <= 1.0
