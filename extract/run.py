@@ -14,6 +14,7 @@ import numpy as np
 
 import cache
 from cache.errors import EgodistillError
+from cache.lease import teacher_lease
 from extract.manifests import Manifest, read_manifest, resolve_videos
 from extract.modalities import get_modality
 from extract.sampling import rows_for, sampling_policy
@@ -152,7 +153,19 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
 
     root = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
     cache.write_segments(root, _segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
-    group, resumed = cache.create_teacher(root, key, provenance, teacher.feature_dim, plan.offsets, plan.layout, heads if spec.head else {})
+    with teacher_lease(str(cfg.cache), key) as renew:
+        group, resumed = cache.create_teacher(root, key, provenance, teacher.feature_dim, plan.offsets, plan.layout, heads if spec.head else {})
+        summary = _run_tasks(cfg, plan, spec, settings, device, precision, key, group, resumed, heads, on_progress, renew, log)
+    group = cache.open_teacher(cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options), key)
+    summary.ledger = cache.ledger(group)
+    summary.failed = len(summary.ledger)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: TeacherSpec, settings: dict, device: str, precision: str, key: str,
+               group, resumed: bool, heads: dict[str, int], on_progress, renew, log) -> Summary:
+    """Run every task of the teacher that has no record yet (or failed segments, with --retry-failed)."""
     layout = cache.layout_of(group)
     records = cache.task_records(group)
     todo = [t for t in range(layout.tasks) if t not in records or (cfg.retry_failed and records[t].get("failed"))]
@@ -172,14 +185,18 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     )
     tasks = [(t, _jobs(plan, layout, t)) for t in todo]
     if tasks and workers == 0 and not cfg.scheduler:
-        _run_in_process(task_spec, tasks, summary, on_progress)
+        _run_in_process(task_spec, tasks, summary, _renewing(on_progress, renew))
     elif tasks:
-        _run_on_dask(cfg, workers, task_spec, tasks, summary, on_progress)
-    group = cache.open_teacher(cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options), key)
-    summary.ledger = cache.ledger(group)
-    summary.failed = len(summary.ledger)
-    summary.seconds = time.perf_counter() - started
+        _run_on_dask(cfg, workers, task_spec, tasks, summary, _renewing(on_progress, renew))
     return summary
+
+
+def _renewing(on_progress, renew):
+    def progress(done: int, total: int) -> None:
+        renew()
+        if on_progress:
+            on_progress(done, total)
+    return progress
 
 
 def _jobs(plan: Plan, layout: cache.Layout, task: int) -> list[SegmentJob]:

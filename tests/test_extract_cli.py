@@ -145,3 +145,25 @@ def test_python_dash_m_cli_and_console_script_agree():
     script = shutil.which("egodistill")
     if script:
         assert "extract" in subprocess.run([script, "--help"], capture_output=True, text=True).stdout
+
+
+def test_two_writers_same_teacher_refused_other_teacher_side_by_side(tmp_path, videos):
+    rows = [f"s{i},h264_aac.mp4,{(i % 4) * 0.5},{(i % 4) * 0.5 + 0.5},train,{i % 2}" for i in range(24)]
+    csv = manifest(tmp_path / "m.csv", rows)
+    # resnet18 at 8 frames: slow enough (~15 s on 2 cores) that the second command arrives while the first runs.
+    args = [*base_args(tmp_path, videos, csv), "--segments-per-task", "1", "--backbone", "resnet18", "--frames", "8"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "c.zarr").glob("teachers/*/egodistill-lease.json")):
+        time.sleep(0.05)
+    second = egodistill(*args)
+    assert "being extracted by" in one_line_error(second) and f"pid {first.pid}" in second.stderr
+    flow = egodistill(*base_args(tmp_path, videos, csv, "--modality", "flow"), check=0)  # another teacher, same cache, meanwhile
+    assert first.wait(timeout=300) == 0, first.stderr
+    root = cache.open_cache(tmp_path / "c.zarr")
+    keys = cache.list_teachers(root)
+    assert len(keys) == 2 and "flow" in flow.stdout
+    for key in keys:
+        assert (cache.segment_status(cache.open_teacher(root, key)) == 1).all()
+    assert not list((tmp_path / "c.zarr").glob("teachers/*/egodistill-lease.json"))

@@ -1,0 +1,83 @@
+"""One writer per teacher: a lease file beside the teacher's arrays, named after its holder.
+
+Zarr readers ignore the file. A lease whose holder process is gone (same host) or that has
+not been renewed for `STALE_AFTER_SEC` is taken over. Remote stores have no atomic create
+here, so they get no lease: run one extraction per teacher there.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cache.errors import CacheError
+from cache.store import is_url
+
+LEASE_FILE = "egodistill-lease.json"
+STALE_AFTER_SEC = 600.0
+
+
+def _holder() -> dict:
+    return {"user": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "renewed": time.time()}
+
+
+def _alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return time.time() - float(holder.get("renewed", 0)) < STALE_AFTER_SEC
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def teacher_lease(location: str, key: str) -> Iterator[Callable[[], None]]:
+    """Hold the lease on teacher `key` of the cache at `location` for the block; yields `renew()`."""
+    if is_url(location) and not location.startswith("file://"):
+        yield lambda: None
+        return
+    folder = Path(location.removeprefix("file://")) / "teachers" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LEASE_FILE
+    me = _holder()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            if holder and _alive(holder):
+                since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(holder.get("since", 0))))
+                raise CacheError(
+                    f"teacher {key} is being extracted by {holder.get('user')}@{holder.get('host')} pid {holder.get('pid')} "
+                    f"since {since}: wait for that run to finish (or delete {path} if it is gone)"
+                ) from None
+            path.unlink(missing_ok=True)  # stale: its holder died
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise CacheError(f"could not take the lease {path}: another run took it at the same moment; retry")
+    def renew() -> None:
+        path.write_text(json.dumps({**me, "renewed": time.time()}))
+
+    try:
+        yield renew
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == me["pid"]:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
