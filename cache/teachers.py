@@ -31,6 +31,7 @@ GROUP = "teachers"
 FEATURE_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 ROW_CHUNK_TARGET = 512  # rows per inner chunk: the loader's read unit
 TASKS_TARGET = 64       # aim for this many tasks so a cluster has work to spread
+MIN_ROWS_PER_TASK = 32  # ... but give each task enough frames to batch the model's forward passes
 MAX_SEGMENTS_PER_TASK = 256
 
 LockFactory = Callable[[str], AbstractContextManager]
@@ -65,7 +66,9 @@ def plan_layout(rows_per_segment: np.ndarray, segments_per_task: int | None = No
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(rows_per_segment, out=offsets[1:])
     if segments_per_task is None:
-        segments_per_task = int(np.clip(math.ceil(n / TASKS_TARGET), 1, MAX_SEGMENTS_PER_TASK))
+        mean_rows = max(1.0, float(offsets[-1]) / max(n, 1))
+        wanted = max(math.ceil(n / TASKS_TARGET), math.ceil(MIN_ROWS_PER_TASK / mean_rows))
+        segments_per_task = int(np.clip(wanted, 1, MAX_SEGMENTS_PER_TASK))
     uniform = n > 0 and bool(np.all(rows_per_segment == rows_per_segment[0]))
     if uniform:
         # Shard = one task's rows exactly, so no two tasks ever touch one shard.
@@ -88,10 +91,14 @@ def list_teachers(root: zarr.Group) -> list[str]:
 
 
 def open_teacher(root: zarr.Group, key: str) -> zarr.Group:
+    try:
+        group = root[f"{GROUP}/{key}"]
+        if "teacher" in group.attrs:
+            return group
+    except KeyError:
+        pass
     keys = list_teachers(root)
-    if key not in keys:
-        raise CacheError(f"teacher {key!r} is not in the cache (it holds: {', '.join(keys) or 'none'}): run `egodistill cache info` to see them")
-    return root[GROUP][key]
+    raise CacheError(f"teacher {key!r} is not in the cache (it holds: {', '.join(keys) or 'none'}): run `egodistill cache info` to see them")
 
 
 def teacher_info(teacher: zarr.Group) -> dict:

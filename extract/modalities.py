@@ -171,7 +171,8 @@ def _raft_flows(frames: dict[int, np.ndarray], pairs: list[tuple[int, int]], set
     first = np.stack([frames[a] for a, _ in pairs])
     second = np.stack([frames[b] for _, b in pairs])
     h, w = first.shape[1:3]
-    pad_h, pad_w = (-h) % 8, (-w) % 8  # RAFT needs sizes divisible by 8
+    # RAFT needs sizes divisible by 8 and at least 128 (its correlation pyramid).
+    pad_h, pad_w = max(128, -(-h // 8) * 8) - h, max(128, -(-w // 8) * 8) - w
 
     def tensor(x: np.ndarray):
         t = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
