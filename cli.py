@@ -147,6 +147,205 @@ def cache_info(
         )
 
 
+@cache_app.command("ls")
+def cache_ls(location: Annotated[str, typer.Argument(help="Cache path or URL (s3://, gs://, http(s)://, file://).")]) -> None:
+    """The catalog: one row per teacher with provenance, who and when, rows and completeness."""
+    import cache as cache_lib
+
+    info = cache_lib.describe(cache_lib.open_cache(location, mode="r"))
+    seg = info["segments"]
+    console.print(f"cache {location}: {seg['count']} segments, heads {seg['heads']}, schema {info['schema'].get('schema_version')}", markup=False, highlight=False)
+    for t in info["teachers"]:
+        p = t["provenance"]
+        finished = t["segments_done"] + t["segments_failed"]
+        done = f"{finished}/{seg['count']}" + (" complete" if t["complete"] else f" ({100 * finished // max(seg['count'], 1)}%, {t['segments_pending']} pending)")
+        sampling = ",".join(f"{k}={v}" for k, v in p.get("sampling", {}).items())
+        created = (t["created_at"] or "")[:16].replace("T", " ")
+        imported = f"  imported from {t['imported']['from']}" if t.get("imported") else ""
+        console.print(
+            f"  {t['key']}  {t['modality']}  {p.get('backbone')}  weights {str(p.get('weights'))[:23]}  {sampling}  D={t['feature_dim']}  "
+            f"rows={t['rows']}  done {done}  failed {t['segments_failed']}  by {t['created_by']} {created}  egodistill {t.get('egodistill')}{imported}",
+            markup=False, highlight=False, soft_wrap=True,
+        )
+
+
+@cache_app.command("verify")
+def cache_verify(
+    location: Annotated[str, typer.Argument(help="Cache path or URL.")],
+    teacher: Annotated[Optional[str], typer.Option(help="Only this teacher key (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+) -> None:
+    """Re-read every shard and chunk and compare it with the checksum its task recorded; exit 2 when any changed."""
+    import cache as cache_lib
+    from cache.verify import verify_cache
+
+    report = verify_cache(cache_lib.open_cache(location, mode="r"), [teacher] if teacher else None)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for t in report["teachers"]:
+            state = "ok" if not t["damaged"] else f"DAMAGED ({len(t['damaged'])})"
+            console.print(f"{t['key']}: {state}: {t['objects_checked']} objects checked, {t['tasks_done']}/{t['tasks']} tasks done"
+                          + (f", incomplete tasks {t['tasks_incomplete']} (written but unrecorded: not data, rerun extract)" if t["tasks_incomplete"] else "")
+                          + (f", {t['tasks_pending']} pending" if t["tasks_pending"] else "")
+                          + (f", {len(t['tasks_without_checksums'])} tasks without checksums (decoded only)" if t["tasks_without_checksums"] else ""),
+                          markup=False, highlight=False, soft_wrap=True)
+            for d in t["damaged"]:
+                rows = f" rows {d['rows'][0]}:{d['rows'][1]}" if d["rows"] else ""
+                console.print(f"  {d['problem']}: {d['object']} (array {d['array']}, task {d['task']}{rows})", markup=False, highlight=False, soft_wrap=True)
+    if not report["ok"]:
+        raise typer.Exit(EXIT_DAMAGED)
+
+
+EXIT_DAMAGED = 2
+
+
+@cache_app.command("rm")
+def cache_rm(
+    location: Annotated[str, typer.Argument(help="Cache path or URL (not http).")],
+    teacher: Annotated[str, typer.Option(help="Key of the teacher to remove (see `cache ls`).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove one teacher (its arrays, task records and ledger); other teachers are not touched."""
+    from cache.catalog import remove_teacher
+
+    if not yes and not typer.confirm(f"remove teacher {teacher} from {location}?"):
+        raise typer.Exit(1)
+    remove_teacher(location, teacher)
+    console.print(f"removed {teacher} from {location}", markup=False, highlight=False)
+
+
+@cache_app.command("export-h5")
+def cache_export_h5(
+    location: Annotated[str, typer.Argument(help="Cache path or URL.")],
+    out: Annotated[str, typer.Argument(help="HDF5 file to write.")],
+    teacher: Annotated[str, typer.Option(help="Key of the teacher to export (see `cache ls`).")],
+) -> None:
+    """Write one teacher and the segments table to an HDF5 file (same names as the Zarr layout)."""
+    from cache.hdf5 import export_teacher
+
+    path = export_teacher(location, teacher, out)
+    console.print(f"exported {teacher} to {path}", markup=False, highlight=False)
+
+
+@cache_app.command("import-h5")
+def cache_import_h5(
+    file: Annotated[str, typer.Argument(help="An HDF5 file: an `export-h5` file, or features with one T x D dataset per segment or per video.")],
+    cache: Annotated[str, typer.Option(help="Cache to add the teacher to (path or URL, not http).")],
+    modality: Annotated[Optional[str], typer.Option(help="Modality of imported features (rgb, flow, audio, ...); not needed for export-h5 files.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Teacher key (default: the exported key, or <modality>-<backbone>-<hash>).")] = None,
+    backbone: Annotated[str, typer.Option(help="What produced imported features, recorded in the provenance.")] = "imported",
+    by: Annotated[str, typer.Option(help="Dataset names are segment ids, video ids, or auto (whichever matches more).")] = "auto",
+    fps: Annotated[Optional[float], typer.Option(help="Rows per second of per-video features without timestamps.")] = None,
+) -> None:
+    """Add a teacher from an HDF5 file: an export comes back bit-identical; other files become a new teacher."""
+    from cache.hdf5 import import_export, is_export
+    from cache.h5features import import_features
+
+    if is_export(file):
+        key = import_export(file, cache, name)
+    elif modality is None:
+        raise EgodistillError(f"{file} is not an egodistill export: say what its features are with --modality rgb|flow|audio|...")
+    else:
+        key = import_features(file, cache, modality, name=name, backbone=backbone, by=by, fps=fps)
+    console.print(f"imported {file} as teacher {key}; see `egodistill cache ls {cache}`", markup=False, highlight=False)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Folder for the data, the cache, the runs and report.html.")] = "demo-run",
+    small: Annotated[bool, typer.Option(help="A reduced demo (fewer clips and epochs) for CI.")] = False,
+    seeds: Annotated[int, typer.Option(help="Student seeds; the report gives mean ± std over them.")] = 3,
+    workers: Annotated[int, typer.Option(help="Dask workers for extraction (0: in this process).")] = 2,
+) -> None:
+    """The whole pipeline on built-in data: generate clips, extract teachers once, distil students, report."""
+    import statistics
+    import time
+    from pathlib import Path
+
+    from extract.demo_data import DemoSpec, describe_demo, generate_demo_data
+    from extract.run import ExtractConfig, plan_extraction, run_extraction
+    from student.demo import StudentBudget, check_claims, explain_claims, run_students, summarise
+    from student.report import write_report
+
+    folder = Path(out)
+    spec = DemoSpec.small() if small else DemoSpec()
+    budget = StudentBudget(epochs=12, fit_epochs=15) if small else StudentBudget()
+    t0 = time.perf_counter()
+    with console.status("generating demo clips ..."):
+        manifest = generate_demo_data(folder / "data", spec, workers=max(1, workers))
+    generate_seconds = time.perf_counter() - t0
+    console.print(f"demo data: {manifest} ({generate_seconds:.1f} s)")
+
+    cache = str(folder / "cache.zarr")
+    backbones = {"rgb": DEMO_BACKBONE, "flow": DEMO_BACKBONE, "audio": DEMO_BACKBONE}
+    extract_seconds: dict[str, float] = {}
+    for modality, backbone in backbones.items():
+        cfg = ExtractConfig(manifest=str(manifest), videos=str(manifest.parent / "videos"), cache=cache, modality=modality,
+                            backbone=backbone, frames=budget.frames, workers=workers, device="cpu", seed=0)
+        summary = _run_with_progress(run_extraction, cfg, plan_extraction(cfg))
+        extract_seconds[modality] = summary.seconds
+        if not summary.ok:
+            raise EgodistillError(f"demo extraction of {modality} failed for {summary.failed} segments: see `egodistill cache info {cache}`")
+    first = _first_extraction(folder, extract_seconds)
+    reused = first != extract_seconds
+
+    raw = run_students(cache, folder, list(range(seeds)), budget, log=console.print)
+    summary = summarise(raw)
+    claims = check_claims(summary)
+    run_seconds = statistics.fmean(s["seconds"]["mean"] for s in summary["students"].values())
+    results = {
+        "data": {**describe_demo(spec), "manifest": str(manifest)},
+        "backbones": backbones,
+        "seeds": list(range(seeds)),
+        "budget": vars(budget),
+        "timings": {"generate": generate_seconds, "extract": extract_seconds, "extract_first": first, "extraction_reused": reused,
+                    "fit_teachers": raw["timings"]["fit_teachers"]},
+        "student_run_seconds": run_seconds,
+        "ratio_student_run_over_extraction": run_seconds / sum(first.values()),
+        **summary,
+        "claims": claims,
+        "explanations": explain_claims(claims),
+        "commands": _demo_commands(manifest, cache, backbones, budget, summary),
+    }
+    report = write_report(folder, results, raw)
+    _print_demo_table(results)
+    console.print(f"report: {report}")
+
+
+DEMO_BACKBONE = "test_resnet"  # timm's smallest ResNet: the demo fits in minutes on 2 CPU cores
+
+
+def _first_extraction(folder, seconds: dict[str, float]) -> dict[str, float]:
+    """Extraction times of the run that actually extracted (a later demo reuses the cache)."""
+    path = folder / "extraction-seconds.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    path.write_text(json.dumps(seconds))
+    return seconds
+
+
+def _demo_commands(manifest, cache: str, backbones: dict, budget, summary: dict) -> list[str]:
+    videos = manifest.parent / "videos"
+    lines = [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {b} --frames {budget.frames} --device cpu"
+             for m, b in backbones.items()]
+    lines.append(f"egodistill fit-teachers --cache {cache} --modalities rgb,flow,audio --fusion --folds {budget.folds} --epochs {budget.fit_epochs} --frames {budget.frames} --seed 0")
+    for name, s in summary["students"].items():
+        lines.extend(s["commands"])
+        lines.append(f"egodistill evaluate --cache {cache} --run {s['commands'][0].split('--out ')[1].split()[0]}")
+    return lines
+
+
+def _print_demo_table(results: dict) -> None:
+    table = Table("student", "top-1 % (mean ± std)", "ECE x100", "train s", title=f"demo: {len(results['seeds'])} seeds, validation split")
+    for name, s in results["students"].items():
+        table.add_row(name, f"{s['top1']['mean']:.1f} ± {s['top1']['std']:.1f}", f"{s['ece']['mean']:.1f} ± {s['ece']['std']:.1f}", f"{s['seconds']['mean']:.1f}")
+    console.print(table)
+    for key, claim in results["claims"].items():
+        console.print(f"{key}: {'HOLDS' if claim['holds'] else 'does not hold'} — {results['explanations'][key]}")
+    console.print(f"one student run / extraction = {results['ratio_student_run_over_extraction']:.3f}")
+
+
 # --- student commands (fit-teachers, train-student, evaluate) -----------------------------
 
 

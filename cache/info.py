@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import zarr
 
 from cache.segments import GROUP as SEGMENTS
 from cache.store import ROOT_ATTR
-from cache.teachers import layout_of, ledger, list_teachers, open_teacher, segment_status, teacher_info
+from cache.teachers import layout_of, list_teachers, open_teacher, task_records, teacher_info
 
 
 def describe(root: zarr.Group) -> dict:
@@ -20,21 +21,29 @@ def describe(root: zarr.Group) -> dict:
 
 def describe_teacher(teacher: zarr.Group) -> dict:
     info = teacher_info(teacher)
-    status = segment_status(teacher)
     layout = layout_of(teacher)
+    records = task_records(teacher)  # read once: on S3 or HTTP each read is a round trip
+    status, failures = _status(layout.segments, records)
     arrays = {name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks), "shards": list(a.shards) if a.shards else None}
               for name, a in _arrays(teacher)}
+    finished = sorted(r["finished_at"] for r in records.values() if "finished_at" in r)
     return {
         **{k: info[k] for k in ("key", "modality", "feature_dim", "heads", "created_by", "created_at")},
+        "egodistill": info["provenance"].get("egodistill"),
         "provenance": info["provenance"],
+        "imported": info.get("imported"),
         "rows": layout.rows,
         "tasks": layout.tasks,
+        "tasks_done": len(records),
+        "written_by": sorted({str(r["worker"]) for r in records.values() if r.get("worker")}),
+        "last_finished_at": finished[-1] if finished else None,
+        "checksummed": bool(records) and all("checksums" in r for r in records.values()),
         "segments_done": int((status == 1).sum()),
         "segments_failed": int((status == -1).sum()),
         "segments_pending": int((status == 0).sum()),
         "complete": bool((status != 0).all()),
         "arrays": arrays,
-        "failures": ledger(teacher),
+        "failures": failures,
     }
 
 
@@ -46,3 +55,16 @@ def _arrays(group: zarr.Group, prefix: str = ""):
             yield prefix + name, member
         else:
             yield from _arrays(member, f"{prefix}{name}/")
+
+
+def _status(segments: int, records: dict[int, dict]) -> tuple[np.ndarray, list[dict]]:
+    """As teachers.segment_status and teachers.ledger, from records already read."""
+    status = np.zeros(segments, dtype=np.int8)
+    failures = []
+    for record in records.values():
+        a, b = record["segments"]
+        status[a:b] = 1
+        for failure in record.get("failed", []):
+            status[failure["segment"]] = -1
+            failures.append(failure)
+    return status, sorted(failures, key=lambda f: f["segment"])

@@ -39,6 +39,28 @@ def _alive(holder: dict) -> bool:
     return True
 
 
+def lease_path(location: str, key: str) -> Path | None:
+    """Where teacher `key`'s lease file lives, or None on a remote store (which has no leases)."""
+    if is_url(location) and not location.startswith("file://"):
+        return None
+    return Path(location.removeprefix("file://")) / "teachers" / key / LEASE_FILE
+
+
+def current_holder(location: str, key: str) -> dict | None:
+    """The live holder of teacher `key`'s lease ({user, host, pid, since, renewed}), or None."""
+    path = lease_path(location, key)
+    try:
+        holder = json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+    return holder if holder and _alive(holder) else None
+
+
+def describe_holder(holder: dict) -> str:
+    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(holder.get("since", 0))))
+    return f"{holder.get('user')}@{holder.get('host')} pid {holder.get('pid')} since {since}"
+
+
 @contextmanager
 def teacher_lease(location: str, key: str) -> Iterator[Callable[[], None]]:
     """Hold the lease on teacher `key` of the cache at `location` for the block; yields `renew()`."""
@@ -58,10 +80,9 @@ def teacher_lease(location: str, key: str) -> Iterator[Callable[[], None]]:
             except (OSError, ValueError):
                 holder = {}
             if holder and _alive(holder):
-                since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(holder.get("since", 0))))
                 raise CacheError(
-                    f"teacher {key} is being extracted by {holder.get('user')}@{holder.get('host')} pid {holder.get('pid')} "
-                    f"since {since}: wait for that run to finish (or delete {path} if it is gone)"
+                    f"teacher {key} is being extracted by {describe_holder(holder)}: "
+                    f"wait for that run to finish (or delete {path} if it is gone)"
                 ) from None
             path.unlink(missing_ok=True)  # stale: its holder died
             continue

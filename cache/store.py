@@ -22,6 +22,12 @@ def egodistill_version() -> str:
         return "0+unknown"
 
 
+READ_CACHE_ENV = "EGODISTILL_READ_CACHE"  # a folder: remote caches opened read-only are read through it
+READ_THROUGH = ("filecache::", "simplecache::")  # fsspec's spelling of "keep a local copy" in front of a URL
+READ_ONLY_PROTOCOLS = ("http://", "https://")
+NEEDS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "http": "aiohttp", "https": "aiohttp"}
+
+
 def is_url(location: str) -> bool:
     return "://" in str(location)
 
@@ -33,16 +39,42 @@ def _store_location(location: str | os.PathLike) -> str:
     return location
 
 
-def open_cache(location: str | os.PathLike, mode: str = "r", storage_options: dict[str, Any] | None = None) -> zarr.Group:
-    """Open the cache root group. mode "r" never writes; "a" creates the root when it is absent."""
-    path = _store_location(location)
+def _split_read_through(location: str) -> tuple[str, bool]:
+    for prefix in READ_THROUGH:
+        if location.startswith(prefix):
+            return location[len(prefix):], True
+    return location, False
+
+
+def open_cache(
+    location: str | os.PathLike,
+    mode: str = "r",
+    storage_options: dict[str, Any] | None = None,
+    read_cache: str | os.PathLike | None = None,
+) -> zarr.Group:
+    """Open the cache root group. mode "r" never writes; "a" creates the root when it is absent.
+
+    `location` is a path or an fsspec URL (s3://, gs://, http(s):// read-only, file://); credentials
+    come from the usual environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, ...). A remote cache
+    opened read-only is read through a local folder when `read_cache`, or the EGODISTILL_READ_CACHE
+    environment variable, names one, or when the URL starts with `filecache::`/`simplecache::`."""
+    path, chained = _split_read_through(_store_location(location))
+    if chained and not is_url(path):
+        path, chained = _store_location(path), False  # a local cache needs no local copy
     if mode == "r" and not is_url(path) and not Path(path, "zarr.json").exists():
         raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` first")
+    if mode != "r" and chained:
+        raise CacheError(f"{location} is a read-through URL, which is for reading: write to {path} itself")
+    if mode != "r" and path.startswith(READ_ONLY_PROTOCOLS):
+        raise CacheError(f"cache {location} is served over HTTP, which is read-only: write to the server's folder or an s3:// URL")
     if mode != "r" and not is_url(path):
         _check_writable(Path(path))
-    kwargs = {"storage_options": storage_options} if is_url(path) and storage_options else {}
     try:
-        root = zarr.open_group(path, mode=mode, zarr_format=3, **kwargs)
+        store = _remote_store(path, mode, storage_options, read_cache, chained) if is_url(path) else path
+        root = zarr.open_group(store, mode=mode, zarr_format=3)
+    except ImportError as err:
+        package = NEEDS.get(path.split("://", 1)[0], "the fsspec backend for it")
+        raise CacheError(f"opening {location} needs {package}: pip install {package}") from err
     except (FileNotFoundError, KeyError) as err:
         raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` first") from err
     except (OSError, ValueError, TypeError) as err:
@@ -60,6 +92,21 @@ def open_cache(location: str | os.PathLike, mode: str = "r", storage_options: di
             f"({SCHEMA_VERSION}): upgrade egodistill"
         )
     return root
+
+
+def _remote_store(url: str, mode: str, storage_options: dict[str, Any] | None, read_cache, chained: bool):
+    """zarr's fsspec store for `url`, wrapped in a read-through local copy where one is asked for."""
+    from zarr.storage import FsspecStore
+
+    store = FsspecStore.from_url(url, storage_options=storage_options or {}, read_only=mode == "r")
+    folder = read_cache or os.environ.get(READ_CACHE_ENV) or None
+    if mode != "r" or not (folder or chained):
+        return store
+    from cache.readthrough import ReadThroughStore
+
+    if folder is None:  # simplecache::/filecache:: without a folder: a per-user default
+        folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "egodistill" / "read-through"
+    return ReadThroughStore(store, folder, url)
 
 
 def _check_writable(path: Path) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from cache.checksums import task_checksums
 from cache.errors import CacheError
 
 GROUP = "teachers"
@@ -226,9 +227,12 @@ def write_task(
         _write_rows(teacher, array_name, r0, values, layout.rows_per_shard, lock)
     for head, values in logits.items():
         teacher[f"logits/{head}"][segs.start: segs.stop] = values
+    # Checksums of what is now stored, taken before the record makes the rows count as data.
+    written = {"features": features, "timestamps": timestamps, **{f"logits/{h}": v for h, v in logits.items()}}
+    sums = task_checksums(teacher, segs, r0, r1, written)
     tasks = teacher["tasks"]
     group = tasks[task_name(task)] if task_name(task) in tasks else tasks.create_group(task_name(task))
-    group.attrs["record"] = {**record, "segments": [segs.start, segs.stop], "rows": [r0, r1], "finished_at": _now()}
+    group.attrs["record"] = {**record, "segments": [segs.start, segs.stop], "rows": [r0, r1], "finished_at": _now(), **sums}
 
 
 def _write_rows(teacher: zarr.Group, name: str, r0: int, values: np.ndarray, shard: int, lock: LockFactory | None) -> None:

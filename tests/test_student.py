@@ -11,7 +11,7 @@ import zarr
 
 import cache
 from student import data as student_data
-from student.data import CacheLoader, frame_indices, present_inputs
+from student.data import CacheLoader, frame_indices
 from student.evaluate import EvalConfig, evaluate, input_subsets
 from student.model import ModelConfig, Student, mask_modalities
 from student.rundir import RunDirError
@@ -96,8 +96,13 @@ def loader_for(path, keys, train_mode, **kw):
 def test_loader_reads_whole_blocks_and_gives_every_segment_its_own_rows(synthetic, monkeypatch):
     path, keys, _ = synthetic
     calls = []
-    real = cache.read_rows
-    monkeypatch.setattr(student_data.cache, "read_rows", lambda t, a, b: calls.append(b - a) or real(t, a, b))
+    real = student_data.feature_reader
+
+    def counting_reader(teacher):  # the real reader, with every call's row count noted
+        read = real(teacher)
+        return lambda a, b: calls.append(b - a) or read(a, b)
+
+    monkeypatch.setattr(student_data, "feature_reader", counting_reader)
     inputs = [keys["rgb"], keys["audio"]]
     root, segments, loader = loader_for(path, inputs, train_mode=False)
     seen = []
@@ -109,9 +114,8 @@ def test_loader_reads_whole_blocks_and_gives_every_segment_its_own_rows(syntheti
                 np.testing.assert_array_equal(batch.features[m][row].numpy(), cache.read_rows(t, o[i], o[i + 1])[0])
         seen += batch.index.tolist()
     assert sorted(seen) == segments.tolist()
-    # One call per block and input, each a whole block (8 segments x 8 rows); the rest are this test's own reads.
-    block_reads = [n for n in calls if n == 64]
-    assert len(block_reads) == len(loader.blocks) * len(inputs)
+    # One call per block and input, each a whole block (8 segments x 8 rows = one shard).
+    assert calls == [64] * (len(loader.blocks) * len(inputs))
 
 
 def test_loader_shuffles_per_epoch_and_resumes_mid_epoch_with_the_same_batches(synthetic):

@@ -1,0 +1,141 @@
+"""A teacher as one HDF5 file (export), and such a file back into a cache bit for bit (import).
+
+The file mirrors the Zarr layout, so h5py users read it the same way:
+
+    /segments/<column>         the cache's segments table (id, video, start_sec, ..., label_<head>)
+    /teacher/features [rows, D] float16, /teacher/timestamps [rows], /teacher/offsets [N+1]
+    /teacher/logits/<head> [N, C]
+    attrs["egodistill_export"] JSON: {"format": 1, "teacher": {...}, "segments": {...}, "records": {task: record}, ...}
+
+Only finished tasks' records are exported, so an incomplete teacher stays incomplete after a
+round trip; rows of unfinished tasks are exported as stored (NaN) and are not data.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cache.errors import CacheError
+from cache.segments import GROUP as SEGMENTS
+from cache.segments import SegmentTable, read_segments, write_segments
+from cache.store import egodistill_version, open_cache
+from cache.teachers import Layout, create_logits_teacher, create_teacher, open_teacher, task_records, task_segments, teacher_info, write_task
+
+EXPORT_ATTR = "egodistill_export"
+EXPORT_FORMAT = 1
+# Task-record fields that describe the write itself; an import writes anew and records its own.
+WRITE_FIELDS = ("segments", "rows", "finished_at", "checksums", "row_checksums")
+
+
+def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike, storage_options: dict | None = None) -> Path:
+    """Write teacher `key` of the cache at `location`, with the segments table, to the HDF5 file `out`."""
+    root = open_cache(location, mode="r", storage_options=storage_options)
+    teacher = open_teacher(root, key)
+    table = read_segments(root)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".part")  # a killed export never leaves a file that looks whole
+    with h5py.File(tmp, "w") as f:
+        segments = f.create_group("segments")
+        for name, values in _segment_columns(table).items():
+            segments.create_dataset(name, data=values, dtype=h5py.string_dtype() if values.dtype == object else values.dtype)
+        group = f.create_group("teacher")
+        names = [n for n in ("features", "timestamps", "offsets") if n in teacher]
+        names += [f"logits/{h}" for h in teacher_info(teacher)["heads"]]
+        for name in names:
+            array = teacher[name]
+            data = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=_h5_chunks(array.shape))
+            step = max(1, (64 << 20) // max(1, array.dtype.itemsize * int(np.prod(array.shape[1:]))))  # ~64 MB at a time
+            for a in range(0, array.shape[0], step):
+                data[a:a + step] = array[a:a + step]
+        f.attrs[EXPORT_ATTR] = json.dumps({
+            "format": EXPORT_FORMAT, "teacher": teacher_info(teacher), "segments": root[SEGMENTS].attrs.asdict(),
+            "records": {str(t): r for t, r in sorted(task_records(teacher).items())},
+            "exported_from": str(location), "exported_at": _now(), "egodistill": egodistill_version(),
+        })
+    os.replace(tmp, out)
+    return out
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    with h5py.File(path, "r") as f:
+        return EXPORT_ATTR in f.attrs
+
+
+def import_export(path: str | os.PathLike, location: str | os.PathLike, name: str | None = None, storage_options: dict | None = None) -> str:
+    """Recreate an exported teacher in the cache at `location` (created if absent); returns its key.
+
+    Arrays come back bit-identical; the teacher keeps its provenance, creator and creation time and
+    gains `imported` (file, sha256, who, when). Task records are rewritten with fresh checksums."""
+    with h5py.File(path, "r") as f:
+        meta = json.loads(f.attrs[EXPORT_ATTR])
+        if int(meta.get("format", 0)) > EXPORT_FORMAT:
+            raise CacheError(f"{path} was exported by a newer egodistill (format {meta['format']}): upgrade egodistill")
+        info, records = meta["teacher"], {int(t): r for t, r in meta["records"].items()}
+        key = name or info["key"]
+        root = open_cache(location, mode="a", storage_options=storage_options)
+        write_segments(root, _table_from(f["segments"], meta["segments"]), meta["segments"].get("source", {}))
+        if "teachers" in root and key in root["teachers"]:
+            raise CacheError(f"teacher {key} is already in {location}: `egodistill cache rm {location} --teacher {key}` first, or import with --name")
+        data = f["teacher"]
+        heads = {h: int(c) for h, c in info["heads"].items()}
+        provenance = info["provenance"]
+        if "features" not in data:  # a logits-only teacher (fitted on cached features)
+            failed = [x for r in records.values() for x in r.get("failed", [])]
+            group = create_logits_teacher(root, key, provenance, {h: data[f"logits/{h}"][:] for h in heads}, failed)
+        else:
+            layout = Layout(**info["layout"])
+            group, _ = create_teacher(root, key, provenance, int(info["feature_dim"]), data["offsets"][:], layout, heads)
+            offsets = data["offsets"][:]
+            for task, record in sorted(records.items()):
+                segs = task_segments(layout, task)
+                r0, r1 = int(offsets[segs.start]), int(offsets[segs.stop])
+                logits = {h: data[f"logits/{h}"][segs.start:segs.stop] for h in heads}
+                kept = {k: v for k, v in record.items() if k not in WRITE_FIELDS}
+                write_task(group, task, data["features"][r0:r1], data["timestamps"][r0:r1], logits, kept)
+    group.attrs["teacher"] = {**info, "key": key, "imported": imported_note(path)}
+    return key
+
+
+def imported_note(path: str | os.PathLike, **extra) -> dict:
+    return {"from": str(path), "sha256": file_sha256(path), "by": f"{getpass.getuser()}@{socket.gethostname()}", "at": _now(), **extra}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _segment_columns(table: SegmentTable) -> dict[str, np.ndarray]:
+    columns = {"id": table.ids, "video": table.videos, "start_sec": table.start_sec, "stop_sec": table.stop_sec, "split": table.split}
+    columns = {k: np.asarray(v, dtype=object) if k in ("id", "video", "split") else np.asarray(v) for k, v in columns.items()}
+    return {**columns, **{f"label_{h}": np.asarray(v, dtype=np.int32) for h, v in table.labels.items()}}
+
+
+def _table_from(group: h5py.Group, attrs: dict) -> SegmentTable:
+    heads = {h: int(c) for h, c in attrs["heads"].items()}
+    text = {k: group[k].asstr()[:].astype(object) for k in ("id", "video", "split")}
+    return SegmentTable(ids=text["id"], videos=text["video"], start_sec=group["start_sec"][:], stop_sec=group["stop_sec"][:],
+                        split=text["split"], labels={h: group[f"label_{h}"][:] for h in heads}, heads=heads)
+
+
+def _h5_chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    if not shape or shape[0] == 0:
+        return None
+    return (min(shape[0], 4096), *shape[1:])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+

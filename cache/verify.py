@@ -1,0 +1,114 @@
+"""`cache verify`: re-read every object a task record checksummed and name what changed.
+
+Read-only: it opens nothing for writing and reads each stored object once. A task without a
+record whose objects are already on disk was killed mid-write (or is running now): it is
+reported as incomplete, and its rows are not data (docs/cache-format.md).
+"""
+
+from __future__ import annotations
+
+import zarr
+from zarr.core.sync import sync
+
+from cache.checksums import ABSENT, digest, object_key, objects_along_rows, read_object, rows_digest
+from cache.teachers import layout_of, list_teachers, open_teacher, task_records, task_segments
+
+
+def verify_cache(root: zarr.Group, teachers: list[str] | None = None) -> dict:
+    """{"ok": bool, "teachers": [per-teacher report]}; ok is False when any object changed or cannot be read."""
+    reports = [verify_teacher(open_teacher(root, key)) for key in (teachers or list_teachers(root))]
+    return {"ok": all(not r["damaged"] for r in reports), "teachers": reports}
+
+
+def verify_teacher(teacher: zarr.Group) -> dict:
+    layout = layout_of(teacher)
+    records = task_records(teacher)
+    expected: dict[str, tuple[str, int]] = {}  # object key -> (checksum, task that recorded it)
+    unchecked: list[int] = []
+    damaged: list[dict] = []
+    rows_checked = 0
+    for task, record in sorted(records.items()):
+        if "checksums" not in record:
+            unchecked.append(task)
+            continue
+        for key, checksum in record["checksums"].items():
+            expected.setdefault(key, (checksum, task))
+        for part in record.get("row_checksums", []):
+            lo, hi = part["rows"]
+            rows_checked += hi - lo
+            try:
+                found = rows_digest(teacher[part["array"]][lo:hi])
+            except Exception as err:  # noqa: BLE001 - a corrupt shard fails to decode: that is the finding
+                damaged.append(_finding(teacher, part["array"], None, task, f"unreadable ({type(err).__name__})", [lo, hi]))
+                continue
+            if found != part["sha256"]:
+                damaged.append(_finding(teacher, part["array"], None, task, "row values changed", [lo, hi]))
+    for key, (checksum, task) in sorted(expected.items()):
+        found = digest(read_object(teacher, key))
+        if found != checksum:
+            problem = "missing" if found == ABSENT else ("present but recorded as empty" if checksum == ABSENT else "bytes changed")
+            damaged.append(_finding(teacher, _array_of(teacher, key), key, task, problem))
+    for task in unchecked:  # no checksums to compare: at least every value must decode
+        damaged.extend(_decode_task(teacher, layout, task))
+    incomplete = [t for t in range(layout.tasks) if t not in records and _has_objects(teacher, layout, t)]
+    return {
+        "key": teacher.basename,
+        "tasks": layout.tasks,
+        "tasks_done": len(records),
+        "tasks_incomplete": incomplete,
+        "tasks_pending": layout.tasks - len(records) - len(incomplete),
+        "tasks_without_checksums": unchecked,
+        "objects_checked": len(expected),
+        "rows_checked_by_value": rows_checked,
+        "damaged": damaged,
+    }
+
+
+def _finding(teacher: zarr.Group, array: str, key: str | None, task: int, problem: str, rows: list[int] | None = None) -> dict:
+    where = key or f"{teacher.path}/{array}"
+    return {"teacher": teacher.basename, "array": array, "object": where, "task": task, "rows": rows, "problem": problem}
+
+
+def _array_of(teacher: zarr.Group, key: str) -> str:
+    """The array name an object key belongs to: "features", "logits/verb", or "segments/id"."""
+    head, _, _ = key.partition("/c/")
+    prefix = teacher.path + "/"
+    return head[len(prefix):] if head.startswith(prefix) else head
+
+
+def _task_arrays(teacher: zarr.Group) -> list[str]:
+    names = [n for n in ("features", "timestamps") if n in teacher]
+    if "logits" in teacher:
+        names += [f"logits/{h}" for h, _ in sorted(teacher["logits"].arrays())]
+    return names
+
+
+def _task_span(teacher: zarr.Group, layout, task: int, name: str) -> tuple[int, int]:
+    segs = task_segments(layout, task)
+    if name.startswith("logits/"):
+        return segs.start, segs.stop
+    offsets = teacher["offsets"]
+    return int(offsets[segs.start]), int(offsets[segs.stop])
+
+
+def _decode_task(teacher: zarr.Group, layout, task: int) -> list[dict]:
+    findings = []
+    for name in _task_arrays(teacher):
+        a, b = _task_span(teacher, layout, task, name)
+        try:
+            teacher[name][a:b]
+        except Exception as err:  # noqa: BLE001 - see verify_teacher
+            findings.append(_finding(teacher, name, None, task, f"unreadable ({type(err).__name__})", [a, b]))
+    return findings
+
+
+def _has_objects(teacher: zarr.Group, layout, task: int) -> bool:
+    """Whether objects that only this task writes are already stored (so it started writing)."""
+    store = teacher.store_path.store
+    for name in _task_arrays(teacher):
+        array = teacher[name]
+        a, b = _task_span(teacher, layout, task, name)
+        for coords, start, stop in objects_along_rows(array, a, b):
+            if a <= start and stop <= b and sync(store.exists(object_key(array, coords))):
+                return True
+    return False

@@ -1,0 +1,52 @@
+"""Helpers shared by the cache tests: run the CLI, copy a cache, snapshot a file tree."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def egodistill(*args, env: dict | None = None, cwd=None, check: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def copy_cache(source: Path, dest: Path) -> Path:
+    shutil.copytree(source, dest)
+    return dest
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """(mtime_ns, size, sha256) of every file and (mtime_ns, 0, "") of every folder under `folder`."""
+    state = {}
+    for path in sorted(folder.rglob("*")):
+        stat = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        state[str(path.relative_to(folder))] = (stat.st_mtime_ns, stat.st_size, digest)
+    state["."] = (folder.stat().st_mtime_ns, 0, "")
+    return state
+
+
+def teacher_key_of(location, modality: str) -> str:
+    import cache
+
+    root = cache.open_cache(location)
+    [key] = [k for k in cache.list_teachers(root) if cache.teacher_info(cache.open_teacher(root, k))["modality"] == modality]
+    return key

@@ -1,0 +1,70 @@
+"""The catalog as a lab reads it: `cache ls` / `info --json`, removing one teacher, adding one,
+and proof that neither rewrites another teacher's arrays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import cache
+from tests.cache_helpers import copy_cache, egodistill, one_line_error, snapshot, teacher_key_of
+
+
+@pytest.fixture
+def copied(tmp_path, extracted_cache) -> Path:
+    return copy_cache(extracted_cache, tmp_path / "cache.zarr")
+
+
+def _teacher_files(location: Path, key: str) -> dict:
+    return snapshot(location / "teachers" / key)
+
+
+def test_ls_and_info_json_show_who_when_provenance_and_completeness(extracted_cache):
+    listing = egodistill("cache", "ls", extracted_cache, check=0).stdout
+    for modality in ("rgb", "flow", "audio"):
+        key = teacher_key_of(extracted_cache, modality)
+        [line] = [line for line in listing.splitlines() if key in line]
+        assert f"  {modality}  test_resnet" in line and "frames=4" in line and "done 18/18 complete" in line and "egodistill 0.1.0" in line
+    info = json.loads(egodistill("cache", "info", extracted_cache, "--json", check=0).stdout)
+    for t in info["teachers"]:
+        assert {"created_by", "created_at", "egodistill", "written_by", "last_finished_at", "tasks_done", "failures"} <= set(t)
+        assert t["provenance"]["weights"] == "random-init:0" and t["provenance"]["sampling"] == {"frames": 4}
+        assert "preprocessing" in t["provenance"] and t["rows"] == 72 and t["complete"] and t["checksummed"] and t["tasks_done"] == 3
+        assert "@" in t["created_by"] and t["written_by"]
+
+
+def test_rm_removes_one_teacher_and_leaves_the_others_byte_and_mtime_identical(copied):
+    flow, rgb, audio = (teacher_key_of(copied, m) for m in ("flow", "rgb", "audio"))
+    others = {k: _teacher_files(copied, k) for k in (rgb, audio)}
+    segments = snapshot(copied / "segments")
+    egodistill("cache", "rm", copied, "--teacher", flow, "--yes", check=0)
+    assert not (copied / "teachers" / flow).exists()
+    assert {k: _teacher_files(copied, k) for k in (rgb, audio)} == others and snapshot(copied / "segments") == segments
+    assert sorted(cache.list_teachers(cache.open_cache(copied))) == sorted([rgb, audio])
+    assert flow not in egodistill("cache", "ls", copied, check=0).stdout
+    assert "is not in the cache" in one_line_error(egodistill("cache", "rm", copied, "--teacher", flow, "--yes"))
+
+
+def test_rm_is_refused_while_an_extraction_holds_the_teacher(copied):
+    from cache.lease import teacher_lease
+
+    key = teacher_key_of(copied, "audio")
+    with teacher_lease(str(copied), key):  # this process plays the running extraction
+        assert "is being extracted by" in one_line_error(egodistill("cache", "rm", copied, "--teacher", key, "--yes"))
+    egodistill("cache", "rm", copied, "--teacher", key, "--yes", check=0)
+
+
+def test_adding_a_teacher_never_rewrites_another_teachers_arrays(copied, extracted_cache):
+    from extract.run import ExtractConfig, run_extraction
+
+    keys = cache.list_teachers(cache.open_cache(copied))
+    before = {k: _teacher_files(copied, k) for k in keys}
+    segments = snapshot(copied / "segments")
+    folder = extracted_cache.parent
+    summary = run_extraction(ExtractConfig(manifest=str(folder / "segments.csv"), videos=str(folder / "videos"), cache=str(copied), modality="rgb",
+                                           backbone="test_resnet", frames=2, seed=1, workers=0, device="cpu", precision="fp32"), log=lambda _: None)
+    assert summary.ok and summary.teacher_key not in keys
+    assert {k: _teacher_files(copied, k) for k in keys} == before and snapshot(copied / "segments") == segments
+    assert len(cache.list_teachers(cache.open_cache(copied))) == 4

@@ -1,0 +1,104 @@
+"""Integrity as a lab member meets it: checksums written with every task, `cache verify` naming what
+changed, half-finished tasks shown as incomplete, read-only opening that never writes, newer schemas refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cache
+from cache.verify import verify_cache
+from tests.cache_helpers import copy_cache, egodistill, one_line_error, snapshot, teacher_key_of
+
+
+@pytest.fixture
+def copied(tmp_path, extracted_cache) -> Path:
+    return copy_cache(extracted_cache, tmp_path / "cache.zarr")
+
+
+def test_every_task_record_holds_the_sha256_of_the_shards_it_wrote(extracted_cache):
+    root = cache.open_cache(extracted_cache)
+    for key in cache.list_teachers(root):
+        teacher = cache.open_teacher(root, key)
+        records = cache.task_records(teacher)
+        assert len(records) == cache.layout_of(teacher).tasks
+        shards = set()
+        for record in records.values():
+            for object_key, checksum in record["checksums"].items():
+                on_disk = extracted_cache / object_key
+                if checksum == "absent":  # only the fill value: zarr stores no object (here: start_sec, all 0)
+                    assert not on_disk.exists(), object_key
+                    continue
+                assert checksum == "sha256:" + hashlib.sha256(on_disk.read_bytes()).hexdigest(), object_key
+                shards.add(object_key)
+        written = {str(p.relative_to(extracted_cache)) for p in (extracted_cache / "teachers" / key / "features").rglob("*") if p.is_file() and p.name != "zarr.json"}
+        assert written and written <= shards  # every features shard is covered by a record
+
+
+def test_verify_names_the_shard_with_a_flipped_byte_and_exits_nonzero(copied):
+    assert "ok" in egodistill("cache", "verify", copied, check=0).stdout
+    key = teacher_key_of(copied, "flow")
+    shard = copied / "teachers" / key / "features" / "c" / "1" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    result = egodistill("cache", "verify", copied, check=2)
+    assert f"teachers/{key}/features/c/1/0" in result.stdout and "bytes changed" in result.stdout, result.stdout
+    report = json.loads(egodistill("cache", "verify", copied, "--json", check=2).stdout)
+    damaged = [d for t in report["teachers"] for d in t["damaged"]]
+    assert [(d["teacher"], d["array"], d["task"]) for d in damaged] == [(key, "features", 1)]
+    # the other teachers are reported intact
+    assert sum(not t["damaged"] for t in report["teachers"]) == 2
+
+
+def test_a_task_killed_between_its_rows_and_its_record_is_incomplete_until_resumed(copied, extracted_cache):
+    key = teacher_key_of(copied, "rgb")
+    # What kill -9 leaves after a task wrote its shard but before its record: the rows, no record.
+    shutil.rmtree(copied / "teachers" / key / "tasks" / "000001")
+    report = verify_cache(cache.open_cache(copied), [key])
+    assert report["ok"] and report["teachers"][0]["tasks_incomplete"] == [1]
+    assert "incomplete tasks [1]" in egodistill("cache", "verify", copied, "--teacher", key, check=0).stdout
+    teacher = cache.open_teacher(cache.open_cache(copied), key)
+    assert not cache.usable_segments(teacher)[6:12].any() and cache.usable_segments(teacher)[:6].all()
+    info = json.loads(egodistill("cache", "info", copied, "--json", check=0).stdout)
+    [described] = [t for t in info["teachers"] if t["key"] == key]
+    assert described["segments_pending"] == 6 and not described["complete"]
+
+    from extract.run import ExtractConfig, run_extraction  # the same command resumes and finishes it
+
+    folder = extracted_cache.parent
+    summary = run_extraction(ExtractConfig(manifest=str(folder / "segments.csv"), videos=str(folder / "videos"), cache=str(copied), modality="rgb",
+                                           backbone="test_resnet", frames=4, workers=0, device="cpu", precision="fp32", segments_per_task=6), log=lambda _: None)
+    assert summary.ok and summary.extracted == 6
+    report = verify_cache(cache.open_cache(copied), [key])
+    assert report["ok"] and report["teachers"][0]["tasks_incomplete"] == [] and report["teachers"][0]["tasks_done"] == 3
+
+
+def test_reading_never_writes_to_the_cache(copied):
+    before = snapshot(copied)
+    for command in (("cache", "info", copied, "--json"), ("cache", "ls", copied), ("cache", "verify", copied)):
+        egodistill(*command, check=0)
+    from student.data import CacheLoader  # what training reads, through its public loader
+
+    root = cache.open_cache(copied, mode="r")
+    keys = [teacher_key_of(copied, "rgb"), teacher_key_of(copied, "flow")]
+    table = cache.read_segments(root)
+    loader = CacheLoader(root, keys, np.arange(len(table)), table.labels, batch_size=4, frames=4)
+    assert sum(len(batch) for batch in loader.epoch(0)) == len(table)
+    assert snapshot(copied) == before
+
+
+def test_a_cache_from_a_newer_schema_is_refused_in_one_line(copied):
+    meta_path = copied / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["egodistill"]["schema_version"] = cache.SCHEMA_VERSION + 1
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(cache.CacheError, match="newer than this egodistill understands"):
+        cache.open_cache(copied)
+    for command in (("cache", "info", copied), ("cache", "ls", copied), ("cache", "verify", copied)):
+        assert "upgrade egodistill" in one_line_error(egodistill(*command))

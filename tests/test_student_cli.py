@@ -1,0 +1,67 @@
+"""A user's session on a cache made by `extract` from generated videos: fit-teachers, train-student, evaluate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import cache
+from cli import app
+from student.teachers import FitConfig, fit_teachers
+
+
+@pytest.fixture
+def session_cache(extracted_cache, tmp_path):
+    """A private copy: fit-teachers writes into the cache, other tests share the original."""
+    copy = tmp_path / "cache.zarr"
+    shutil.copytree(extracted_cache, copy)
+    return copy
+
+
+def test_cross_fitting_on_an_extracted_cache_never_uses_a_model_trained_on_the_segment(session_cache):
+    fitted = fit_teachers(FitConfig(cache=str(session_cache), modalities=["rgb", "audio"], fusion=True, folds=5, epochs=2, dim=32), log=lambda _: None)
+    split = cache.read_segments(cache.open_cache(session_cache)).split
+    for teacher in fitted:
+        assert (teacher.source_model[split == "train"] >= 0).all() and (teacher.source_model[split == "val"] == -1).all()
+        for i, model in enumerate(teacher.source_model):
+            assert i not in set(teacher.trained_on[int(model)].tolist())
+
+
+def test_fit_train_and_evaluate_through_the_cli(session_cache, tmp_path):
+    runner = CliRunner()
+    c = str(session_cache)
+    result = runner.invoke(app, ["fit-teachers", "--cache", c, "--modalities", "rgb,flow,audio", "--fusion", "--epochs", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "--teachers rgb,flow,audio,fusion" in result.output
+    small = ["--epochs", "2", "--dim", "32", "--depth", "1", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu"]
+    rgb_student = tmp_path / "rgb-student"
+    result = runner.invoke(app, ["train-student", "--cache", c, "--inputs", "rgb", "--teachers", "rgb,flow,audio",
+                                 "--weighting", "per-sample", "--temperature", "2", "--out", str(rgb_student), *small])
+    assert result.exit_code == 0, result.output
+    any_subset = tmp_path / "any-subset-student"
+    result = runner.invoke(app, ["train-student", "--cache", c, "--inputs", "rgb,flow,audio", "--teachers", "fusion", "--mask-prob", "0.5",
+                                 "--out", str(any_subset), *small])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["epoch"] for line in (any_subset / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    result = runner.invoke(app, ["evaluate", "--cache", c, "--run", str(any_subset), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((any_subset / "eval-val" / "metrics.json").read_text())
+    assert report["segments"] == 6 and len(report["subsets"]) == 7
+    assert np.isfinite(report["subsets"][0]["metrics"]["action_top1"])
+    costs = report["cost"]
+    assert costs["student"]["parts"][0]["backbone"] == "test_resnet" and costs["teachers"][0]["flops"] > costs["student"]["parts"][-1]["flops"]
+    assert "student[rgb+flow+audio]" in result.output
+
+
+def test_bad_input_is_one_line_on_stderr(session_cache, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import cli; cli.main()", "train-student", "--cache", str(session_cache), "--inputs", "depth",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --inputs 'depth'") and "Traceback" not in proc.stderr
