@@ -41,6 +41,7 @@ HEAD = "action"
 
 _OBJECT_HUES = (0.0, 120.0, 240.0)  # degrees: red cup, green box, blue bottle
 _SKIN_HUES = (10.0, 30.0)
+_TARGET_RADIUS = (17.0, 23.0)  # pixels at size 112: large moving patches, so random-init conv features see them
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ def _draw_scene(spec: DemoSpec, motion: int, obj: int, rng: np.random.Generator)
     for _ in range(rng.integers(0, 3)):
         kind = int(rng.integers(0, len(OBJECTS)))
         colour = _object_colour(rng, kind)
-        radius = rng.uniform(6, 10) * unit
+        radius = rng.uniform(8, 12) * unit
         cx, cy = rng.uniform(radius, big - radius), rng.uniform(radius, big - radius)
         _paint_object(canvas, kind, cx, cy, radius, float(rng.uniform(-25, 25)), colour)
 
@@ -280,7 +281,7 @@ def _draw_scene(spec: DemoSpec, motion: int, obj: int, rng: np.random.Generator)
     # The target object: class colour and shape with jitter; sometimes it looks like another class.
     shape = obj if rng.random() >= 0.15 else int(rng.integers(0, len(OBJECTS)))
     colour = _object_colour(rng, obj)
-    radius = rng.uniform(12, 17) * unit
+    radius = rng.uniform(*_TARGET_RADIUS) * unit
     angle = float(rng.uniform(-25, 25))
     # Trajectory: the action runs over part of the clip, smooth start and stop.
     start_f = rng.uniform(0.0, 0.3) * (t_count - 1)
@@ -292,7 +293,7 @@ def _draw_scene(spec: DemoSpec, motion: int, obj: int, rng: np.random.Generator)
         travel = rng.uniform(0.2, 0.35) * s
         scales = (1.25, 0.75) if motion == 0 else (0.75, 1.25)
         x0 = rng.uniform(lo, hi)
-        y_far, y_near = rng.uniform(0.25, 0.35) * s, None
+        y_far = rng.uniform(0.25, 0.35) * s
         y_near = y_far + travel
         y0, y1 = (y_near, y_far) if motion == 0 else (y_far, y_near)
         x1 = x0 + rng.normal(0, 0.04 * s)

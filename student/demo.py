@@ -56,13 +56,14 @@ class StudentBudget:
     fit_epochs: int = 30
     folds: int = 5
     device: str = "cpu"
+    in_memory: bool = True  # the demo's cache is a few MB: no reader threads competing with training
 
 
 def train_command(cache: str, recipe: StudentRecipe, budget: StudentBudget, seed: int, out: Path) -> str:
     """The CLI line that trains this row, for the report."""
     parts = [f"egodistill train-student --cache {cache} --inputs {','.join(recipe.inputs)} --out {out}",
              f"--epochs {budget.epochs} --batch-size {budget.batch_size} --lr {budget.lr} --dim {budget.dim} --depth {budget.depth}",
-             f"--frames {budget.frames} --seed {seed} --device {budget.device}"]
+             f"--frames {budget.frames} --seed {seed} --device {budget.device}" + (" --in-memory" if budget.in_memory else "")]
     if recipe.teachers:
         parts.append(f"--teachers {','.join(recipe.teachers)} --weighting {recipe.weighting} --temperature {budget.temperature} --tau {budget.tau}")
     if recipe.mask_prob:
@@ -90,7 +91,7 @@ def run_students(cache: str, out: Path, seeds: list[int], budget: StudentBudget,
                 cache=cache, inputs=recipe.inputs, teachers=recipe.teachers, out=str(run), weighting=recipe.weighting,
                 tau=budget.tau, temperature=budget.temperature, mask_prob=recipe.mask_prob, epochs=budget.epochs,
                 batch_size=budget.batch_size, lr=budget.lr, dim=budget.dim, depth=budget.depth, frames=budget.frames,
-                seed=seed, device=budget.device,
+                seed=seed, device=budget.device, in_memory=budget.in_memory,
             )
             started = time.perf_counter()
             train(cfg, log=lambda _: None)
