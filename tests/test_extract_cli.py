@@ -16,25 +16,7 @@ import pytest
 import torch
 
 import cache
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def egodistill(*args, cwd=None, check=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd or ROOT, timeout=300)
-    if check is not None:
-        assert result.returncode == check, result.stdout + result.stderr
-    return result
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
+from tests.cache_helpers import ROOT, egodistill, one_line_error
 
 @pytest.fixture
 def videos(tmp_path, media_dir):
