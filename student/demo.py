@@ -179,7 +179,9 @@ def explain_claims(claims: dict) -> dict[str, str]:
     best = c1["distilled"][c1["best_scheme"]]
     text1 = (f"Best scheme {c1['best_scheme']}: {best['top1'] - gt['top1']:+.1f} top-1 points and {best['ece'] - gt['ece']:+.1f} ECE "
              f"against the ground-truth student.")
-    if not c1["holds"]:
+    if c1["holds"]:
+        text1 += f" Both better for: {', '.join(c1['schemes_where_it_holds'])}."
+    else:
         worse = [k for k, v in c1["distilled"].items() if v["top1"] <= gt["top1"] or v["ece"] >= gt["ece"]]
         text1 += f" Not both better for: {', '.join(worse)}."
     c2 = claims["paper2"]
