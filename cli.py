@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cache.errors import EgodistillError
+from egodistill.cache.errors import EgodistillError
 
 app = typer.Typer(help="Run heavy multimodal teachers once into a shared Zarr cache; distil cheap students from it.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 cache_app = typer.Typer(help="Inspect a cache.", no_args_is_help=True)
@@ -60,7 +60,7 @@ def extract(
     dry_run: Annotated[bool, typer.Option(help="Read the manifest, find videos, show the planned rows and shards; run no model.")] = False,
 ) -> None:
     """Run one teacher over a dataset's segments into the cache (resumable: rerun to finish)."""
-    from extract.run import ExtractConfig, plan_extraction, run_extraction
+    from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 
     cfg = ExtractConfig(
         manifest=manifest, videos=videos, cache=cache, modality=modality, backbone=backbone, weights=weights, head=head,
@@ -128,7 +128,7 @@ def cache_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What a cache holds: segments, teachers with provenance, arrays, done and failed segments."""
-    import cache as cache_lib
+    from egodistill import cache as cache_lib
 
     info = cache_lib.describe(cache_lib.open_cache(location, mode="r"))
     if as_json:
@@ -150,7 +150,7 @@ def cache_info(
 @cache_app.command("ls")
 def cache_ls(location: Annotated[str, typer.Argument(help="Cache path or URL (s3://, gs://, http(s)://, file://).")]) -> None:
     """The catalog: one row per teacher with provenance, who and when, rows and completeness."""
-    import cache as cache_lib
+    from egodistill import cache as cache_lib
 
     info = cache_lib.describe(cache_lib.open_cache(location, mode="r"))
     seg = info["segments"]
@@ -176,8 +176,8 @@ def cache_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
 ) -> None:
     """Re-read every shard and chunk and compare it with the checksum its task recorded; exit 2 when any changed."""
-    import cache as cache_lib
-    from cache.verify import verify_cache
+    from egodistill import cache as cache_lib
+    from egodistill.cache.verify import verify_cache
 
     report = verify_cache(cache_lib.open_cache(location, mode="r"), [teacher] if teacher else None)
     if as_json:
@@ -207,7 +207,7 @@ def cache_rm(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Remove one teacher (its arrays, task records and ledger); other teachers are not touched."""
-    from cache.catalog import remove_teacher
+    from egodistill.cache.catalog import remove_teacher
 
     if not yes and not typer.confirm(f"remove teacher {teacher} from {location}?"):
         raise typer.Exit(1)
@@ -222,7 +222,7 @@ def cache_export_h5(
     teacher: Annotated[str, typer.Option(help="Key of the teacher to export (see `cache ls`).")],
 ) -> None:
     """Write one teacher and the segments table to an HDF5 file (same names as the Zarr layout)."""
-    from cache.hdf5 import export_teacher
+    from egodistill.cache.hdf5 import export_teacher
 
     path = export_teacher(location, teacher, out)
     console.print(f"exported {teacher} to {path}", markup=False, highlight=False)
@@ -239,8 +239,8 @@ def cache_import_h5(
     fps: Annotated[Optional[float], typer.Option(help="Rows per second of per-video features without timestamps.")] = None,
 ) -> None:
     """Add a teacher from an HDF5 file: an export comes back bit-identical; other files become a new teacher."""
-    from cache.hdf5 import import_export, is_export
-    from cache.h5features import import_features
+    from egodistill.cache.hdf5 import import_export, is_export
+    from egodistill.cache.h5features import import_features
 
     if is_export(file):
         key = import_export(file, cache, name)
@@ -259,81 +259,11 @@ def demo(
     workers: Annotated[int, typer.Option(help="Dask workers for extraction (0: in this process).")] = 2,
 ) -> None:
     """The whole pipeline on built-in data: generate clips, extract teachers once, distil students, report."""
-    import statistics
-    import time
-    from pathlib import Path
+    from egodistill.demo.pipeline import run_demo
 
-    from extract.demo_data import DemoSpec, describe_demo, generate_demo_data
-    from extract.run import ExtractConfig, plan_extraction, run_extraction
-    from student.demo import StudentBudget, check_claims, explain_claims, run_students, summarise
-    from student.report import write_report
-
-    folder = Path(out)
-    spec = DemoSpec.small() if small else DemoSpec()
-    budget = StudentBudget(epochs=12, fit_epochs=15) if small else StudentBudget()
-    t0 = time.perf_counter()
-    with console.status("generating demo clips ..."):
-        manifest = generate_demo_data(folder / "data", spec, workers=max(1, workers))
-    generate_seconds = time.perf_counter() - t0
-    console.print(f"demo data: {manifest} ({generate_seconds:.1f} s)")
-
-    cache = str(folder / "cache.zarr")
-    backbones = {"rgb": DEMO_BACKBONE, "flow": DEMO_BACKBONE, "audio": DEMO_BACKBONE}
-    extract_seconds: dict[str, float] = {}
-    for modality, backbone in backbones.items():
-        cfg = ExtractConfig(manifest=str(manifest), videos=str(manifest.parent / "videos"), cache=cache, modality=modality,
-                            backbone=backbone, frames=budget.frames, workers=workers, device="cpu", seed=0)
-        summary = _run_with_progress(run_extraction, cfg, plan_extraction(cfg))
-        extract_seconds[modality] = summary.seconds
-        if not summary.ok:
-            raise EgodistillError(f"demo extraction of {modality} failed for {summary.failed} segments: see `egodistill cache info {cache}`")
-    first = _first_extraction(folder, extract_seconds)
-    reused = first != extract_seconds
-
-    raw = run_students(cache, folder, list(range(seeds)), budget, log=console.print)
-    summary = summarise(raw)
-    claims = check_claims(summary)
-    run_seconds = statistics.fmean(s["seconds"]["mean"] for s in summary["students"].values())
-    results = {
-        "data": {**describe_demo(spec), "manifest": str(manifest)},
-        "backbones": backbones,
-        "seeds": list(range(seeds)),
-        "budget": vars(budget),
-        "timings": {"generate": generate_seconds, "extract": extract_seconds, "extract_first": first, "extraction_reused": reused,
-                    "fit_teachers": raw["timings"]["fit_teachers"]},
-        "student_run_seconds": run_seconds,
-        "ratio_student_run_over_extraction": run_seconds / sum(first.values()),
-        **summary,
-        "claims": claims,
-        "explanations": explain_claims(claims),
-        "commands": _demo_commands(manifest, cache, backbones, budget, summary),
-    }
-    report = write_report(folder, results, raw)
+    results, report = run_demo(out, small=small, seeds=seeds, workers=workers, extract=_run_with_progress, log=console.print)
     _print_demo_table(results)
     console.print(f"report: {report}")
-
-
-DEMO_BACKBONE = "test_resnet"  # timm's smallest ResNet: the demo fits in minutes on 2 CPU cores
-
-
-def _first_extraction(folder, seconds: dict[str, float]) -> dict[str, float]:
-    """Extraction times of the run that actually extracted (a later demo reuses the cache)."""
-    path = folder / "extraction-seconds.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    path.write_text(json.dumps(seconds))
-    return seconds
-
-
-def _demo_commands(manifest, cache: str, backbones: dict, budget, summary: dict) -> list[str]:
-    videos = manifest.parent / "videos"
-    lines = [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {b} --frames {budget.frames} --device cpu"
-             for m, b in backbones.items()]
-    lines.append(f"egodistill fit-teachers --cache {cache} --modalities rgb,flow,audio --fusion --folds {budget.folds} --epochs {budget.fit_epochs} --frames {budget.frames} --seed 0")
-    for name, s in summary["students"].items():
-        lines.extend(s["commands"])
-        lines.append(f"egodistill evaluate --cache {cache} --run {s['commands'][0].split('--out ')[1].split()[0]}")
-    return lines
 
 
 def _print_demo_table(results: dict) -> None:
@@ -367,9 +297,9 @@ def fit_teachers_command(
     device: Annotated[Device, typer.Option(help="Where the heads are fitted.")] = Device.auto,
 ) -> None:
     """Fit light teachers on cached features (per modality, optional fusion) and write their logits into the cache."""
-    from student.sources import split_names
-    from student.teachers import FitConfig, fit_teachers
-    from student.train import pick_device
+    from egodistill.student.sources import split_names
+    from egodistill.student.teachers import FitConfig, fit_teachers
+    from egodistill.student.train import pick_device
 
     cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, epochs=epochs, frames=frames,
                     device=str(pick_device(device.value)))
@@ -407,8 +337,8 @@ def train_student_command(
     """Distil a student from cached features and teacher logits."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from student.sources import split_names
-    from student.train import TrainConfig, start_run, train
+    from egodistill.student.sources import split_names
+    from egodistill.student.train import TrainConfig, start_run, train
 
     cfg = TrainConfig(cache=cache, inputs=split_names(inputs), teachers=split_names(teachers), out=out, weighting=weighting.value, tau=tau,
                       temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, epochs=epochs,
@@ -435,7 +365,7 @@ def evaluate_command(
     device: Annotated[Device, typer.Option(help="cpu, cuda or auto.")] = Device.auto,
 ) -> None:
     """Accuracy, action accuracy, ECE for every subset of the student's inputs, its teachers, and inference cost."""
-    from student.evaluate import EvalConfig, evaluate, format_table
+    from egodistill.student.evaluate import EvalConfig, evaluate, format_table
 
     result = evaluate(EvalConfig(cache=cache, run=run, split=split, checkpoint=checkpoint, device=device.value))
     console.print(format_table(result), markup=False, highlight=False)

@@ -17,18 +17,17 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from extract.modalities import MediaSource, get_modality  # noqa: E402
-from extract.run import ExtractConfig, run_extraction  # noqa: E402
-from extract.sampling import sample_indices  # noqa: E402
-from extract.teachers import TeacherSpec, create_teacher  # noqa: E402
-from extract.worker import embed  # noqa: E402
-from tests import media  # noqa: E402
+from egodistill.extract.modalities import MediaSource, get_modality  # noqa: E402
+from egodistill.extract.run import ExtractConfig, run_extraction  # noqa: E402
+from egodistill.extract.sampling import sample_indices  # noqa: E402
+from egodistill.extract.teachers import TeacherSpec, create_teacher  # noqa: E402
+from egodistill.extract.worker import embed  # noqa: E402
+from egodistill.extract import testing as media  # noqa: E402
 
 
 def make_dataset(root: Path, videos: int, seconds: float, segment_sec: float, every_sec: float) -> Path:

@@ -27,10 +27,9 @@ from pathlib import Path
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cache  # noqa: E402
-from student.synthetic import SyntheticSpec, build_synthetic_cache  # noqa: E402
+from egodistill import cache  # noqa: E402
+from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache  # noqa: E402
 
 
 def read_all(location: str, key: str, read_cache: str | None) -> tuple[float, int, int]:

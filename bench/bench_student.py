@@ -25,14 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cache  # noqa: E402
-from student.data import CacheLoader  # noqa: E402
-from student.losses import student_loss  # noqa: E402
-from student.model import ModelConfig, Student, mask_modalities  # noqa: E402
-from student.synthetic import SyntheticSpec, build_synthetic_cache  # noqa: E402
-from student.train import TrainConfig, setup, train  # noqa: E402
+from egodistill import cache  # noqa: E402
+from egodistill.student.data import CacheLoader  # noqa: E402
+from egodistill.student.losses import student_loss  # noqa: E402
+from egodistill.student.model import ModelConfig, Student, mask_modalities  # noqa: E402
+from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache  # noqa: E402
+from egodistill.student.train import TrainConfig, setup, train  # noqa: E402
 
 HEADS = {"verb": 97, "noun": 300}
 MODALITIES = {"rgb": ("resnet18", 3, 224, 1.0), "flow": ("resnet18", 2, 224, 0.7), "audio": ("resnet18", 1, 224, 0.4)}

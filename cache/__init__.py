@@ -1,11 +1,11 @@
 """The egodistill cache: a Zarr v3 store of segments, teacher features and logits (docs/cache-format.md)."""
 
-from cache.errors import CacheError, EgodistillError, ManifestError, MediaError, TeacherError
-from cache.info import describe
-from cache.read import has_features, logit_heads, read_blocks, read_logits, read_offsets, read_rows, usable_segments
-from cache.segments import SegmentTable, read_segments, write_segments
-from cache.store import SCHEMA_VERSION, egodistill_version, open_cache
-from cache.teachers import (
+from egodistill.cache.errors import CacheError, EgodistillError, ManifestError, MediaError, TeacherError
+from egodistill.cache.info import describe
+from egodistill.cache.read import has_features, logit_heads, read_blocks, read_logits, read_offsets, read_rows, usable_segments
+from egodistill.cache.segments import SegmentTable, read_segments, write_segments
+from egodistill.cache.store import SCHEMA_VERSION, egodistill_version, open_cache
+from egodistill.cache.teachers import (
     Layout,
     create_logits_teacher,
     create_teacher,

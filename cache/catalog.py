@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from cache.errors import CacheError
-from cache.lease import current_holder, describe_holder
-from cache.store import open_cache
-from cache.teachers import GROUP, open_teacher
+from egodistill.cache.errors import CacheError
+from egodistill.cache.lease import current_holder, describe_holder
+from egodistill.cache.store import open_cache
+from egodistill.cache.teachers import GROUP, open_teacher
 
 
 def remove_teacher(location: str | os.PathLike, key: str, storage_options: dict | None = None) -> None:

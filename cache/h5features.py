@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from cache.errors import CacheError
-from cache.hdf5 import file_sha256, imported_note
-from cache.segments import read_segments
-from cache.store import egodistill_version, open_cache
-from cache.teachers import create_teacher, plan_layout, task_segments, teacher_key, write_task
+from egodistill.cache.errors import CacheError
+from egodistill.cache.hdf5 import file_sha256, imported_note
+from egodistill.cache.segments import read_segments
+from egodistill.cache.store import egodistill_version, open_cache
+from egodistill.cache.teachers import create_teacher, plan_layout, task_segments, teacher_key, write_task
 
 
 @dataclass

@@ -24,11 +24,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cache.errors import CacheError
-from cache.segments import GROUP as SEGMENTS
-from cache.segments import SegmentTable, read_segments, write_segments
-from cache.store import egodistill_version, open_cache
-from cache.teachers import Layout, create_logits_teacher, create_teacher, open_teacher, task_records, task_segments, teacher_info, write_task
+from egodistill.cache.errors import CacheError
+from egodistill.cache.segments import GROUP as SEGMENTS
+from egodistill.cache.segments import SegmentTable, read_segments, write_segments
+from egodistill.cache.store import egodistill_version, open_cache
+from egodistill.cache.teachers import Layout, create_logits_teacher, create_teacher, open_teacher, task_records, task_segments, teacher_info, write_task
 
 EXPORT_ATTR = "egodistill_export"
 EXPORT_FORMAT = 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from cache.segments import GROUP as SEGMENTS
-from cache.store import ROOT_ATTR
-from cache.teachers import layout_of, list_teachers, open_teacher, task_records, teacher_info
+from egodistill.cache.segments import GROUP as SEGMENTS
+from egodistill.cache.store import ROOT_ATTR
+from egodistill.cache.teachers import layout_of, list_teachers, open_teacher, task_records, teacher_info
 
 
 def describe(root: zarr.Group) -> dict:

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cache.errors import CacheError
-from cache.store import is_url
+from egodistill.cache.errors import CacheError
+from egodistill.cache.store import is_url
 
 LEASE_FILE = "egodistill-lease.json"
 STALE_AFTER_SEC = 600.0

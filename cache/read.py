@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from cache.teachers import layout_of, segment_status, task_segments
+from egodistill.cache.teachers import layout_of, segment_status, task_segments
 
 
 def read_offsets(teacher: zarr.Group) -> np.ndarray:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from cache.errors import CacheError
+from egodistill.cache.errors import CacheError
 
 GROUP = "segments"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import zarr
 
-from cache.errors import CacheError
+from egodistill.cache.errors import CacheError
 
 SCHEMA_VERSION = 1
 ROOT_ATTR = "egodistill"
@@ -102,7 +102,7 @@ def _remote_store(url: str, mode: str, storage_options: dict[str, Any] | None, r
     folder = read_cache or os.environ.get(READ_CACHE_ENV) or None
     if mode != "r" or not (folder or chained):
         return store
-    from cache.readthrough import ReadThroughStore
+    from egodistill.cache.readthrough import ReadThroughStore
 
     if folder is None:  # simplecache::/filecache:: without a folder: a per-user default
         folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "egodistill" / "read-through"

@@ -25,8 +25,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from cache.checksums import task_checksums
-from cache.errors import CacheError
+from egodistill.cache.checksums import task_checksums
+from egodistill.cache.errors import CacheError
 
 GROUP = "teachers"
 FEATURE_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")

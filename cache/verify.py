@@ -10,8 +10,8 @@ from __future__ import annotations
 import zarr
 from zarr.core.sync import sync
 
-from cache.checksums import ABSENT, digest, object_key, objects_along_rows, read_object, rows_digest
-from cache.teachers import layout_of, list_teachers, open_teacher, task_records, task_segments
+from egodistill.cache.checksums import ABSENT, digest, object_key, objects_along_rows, read_object, rows_digest
+from egodistill.cache.teachers import layout_of, list_teachers, open_teacher, task_records, task_segments
 
 
 def verify_cache(root: zarr.Group, teachers: list[str] | None = None) -> dict:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.errors import ManifestError
+from egodistill.cache.errors import ManifestError
 
 EPIC_HEADS = {"verb": 97, "noun": 300}
 SSV2_HEAD = "action"

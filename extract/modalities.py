@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cache.errors import MediaError
-from extract.decode import Video, open_video, read_audio_track
+from egodistill.cache.errors import MediaError
+from egodistill.extract.decode import Video, open_video, read_audio_track
 
 FLOW_BOUND_PX = 20.0  # EPIC's released flow: clipped to +-20 px and scaled to [-1, 1]
 AUDIO_RATE = 24000
@@ -127,7 +127,7 @@ def _flow_settings(options: dict, data_cfg: dict) -> dict:
         weights = options.get("flow_weights")
         if not weights or not Path(weights).is_file():
             raise ValueError(f"--flow {method} needs --flow-weights FILE (a torchvision {method} state dict; no hub is used): got {weights!r}")
-        from extract.teachers import file_sha256
+        from egodistill.extract.teachers import file_sha256
         settings.update(weights=f"sha256:{file_sha256(weights)}", weights_file=str(Path(weights).resolve()))
     return settings
 

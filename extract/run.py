@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-import cache
-from cache.errors import EgodistillError
-from cache.lease import teacher_lease
-from extract.manifests import Manifest, read_manifest, resolve_videos
-from extract.modalities import get_modality
-from extract.sampling import rows_for, sampling_policy
-from extract.teachers import TeacherSpec, create_teacher, head_id, weights_id
-from extract.worker import SegmentJob, TaskSpec, resolve_device, resolve_precision, run_task
+from egodistill import cache
+from egodistill.cache.errors import EgodistillError
+from egodistill.cache.lease import teacher_lease
+from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos
+from egodistill.extract.modalities import get_modality
+from egodistill.extract.sampling import rows_for, sampling_policy
+from egodistill.extract.teachers import TeacherSpec, create_teacher, head_id, weights_id
+from egodistill.extract.worker import SegmentJob, TaskSpec, resolve_device, resolve_precision, run_task
 
 
 @dataclass
@@ -108,7 +108,7 @@ def _planned_rows(policy: dict, segment, path: Path | None) -> int:
     if "frames" in policy or math.isfinite(segment.stop_sec):
         return rows_for(policy, segment.start_sec, segment.stop_sec)
     # A whole-video segment at a fixed rate: its length is the video's.
-    from extract.decode import open_video
+    from egodistill.extract.decode import open_video
 
     if path is None:
         return 1

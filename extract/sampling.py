@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from cache.errors import MediaError
+from egodistill.cache.errors import MediaError
 
 
 def sampling_policy(frames: int | None, fps: float | None) -> dict:

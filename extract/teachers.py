@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache.errors import TeacherError
+from egodistill.cache.errors import TeacherError
 
 TIMM_PRETRAINED = "timm"  # --weights timm: timm's own pretrained weights, from its hub
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import cache
-from cache.errors import EgodistillError
-from extract.modalities import MediaSource, get_modality
-from extract.sampling import sample_indices
-from extract.teachers import Teacher, TeacherSpec, create_teacher, pooled_logits
+from egodistill import cache
+from egodistill.cache.errors import EgodistillError
+from egodistill.extract.modalities import MediaSource, get_modality
+from egodistill.extract.sampling import sample_indices
+from egodistill.extract.teachers import Teacher, TeacherSpec, create_teacher, pooled_logits
 
 PREFETCH_SEGMENTS = 4
 _TEACHERS: dict[tuple, Teacher] = {}

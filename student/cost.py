@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import cache
-from student.model import ModelConfig, Student, parameter_count
+from egodistill import cache
+from egodistill.student.model import ModelConfig, Student, parameter_count
 
 
 @functools.lru_cache(maxsize=32)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import zarr
 
-import cache
-from cache.student_io import feature_dim, feature_reader
+from egodistill import cache
+from egodistill.cache.student_io import feature_dim, feature_reader
 
 
 @dataclass

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import cache
-from cache.errors import EgodistillError
-from student import rundir
-from student.cost import student_cost, teacher_cost
-from student.data import CacheLoader, present_inputs
-from student.metrics import head_metrics, reliability
-from student.model import ModelConfig, Student
-from student.plots import reliability_diagram, subset_bars
-from student.train import pick_device
+from egodistill import cache
+from egodistill.cache.errors import EgodistillError
+from egodistill.student import rundir
+from egodistill.student.cost import student_cost, teacher_cost
+from egodistill.student.data import CacheLoader, present_inputs
+from egodistill.student.metrics import head_metrics, reliability
+from egodistill.student.model import ModelConfig, Student
+from egodistill.student.plots import reliability_diagram, subset_bars
+from egodistill.student.train import pick_device
 
 
 class EvaluateError(EgodistillError):

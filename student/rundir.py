@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cache.errors import EgodistillError
+from egodistill.cache.errors import EgodistillError
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import zarr
 
-import cache
-from cache.errors import CacheError
+from egodistill import cache
+from egodistill.cache.errors import CacheError
 
 
 class SourceError(CacheError):

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import cache
-from cache.errors import EgodistillError
-from student.data import CacheLoader, present_inputs
-from student.model import ModelConfig, Student
-from student.sources import resolve_inputs
+from egodistill import cache
+from egodistill.cache.errors import EgodistillError
+from egodistill.student.data import CacheLoader, present_inputs
+from egodistill.student.model import ModelConfig, Student
+from egodistill.student.sources import resolve_inputs
 
 
 class FitError(EgodistillError):

@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-import cache
-from cache.errors import EgodistillError
-from student import rundir
-from student.data import CacheLoader, present_inputs, teacher_logit_table
-from student.losses import SCHEMES, dataset_weights, student_loss
-from student.model import ModelConfig, Student, mask_modalities
-from student.sources import resolve_inputs, resolve_teachers
+from egodistill import cache
+from egodistill.cache.errors import EgodistillError
+from egodistill.student import rundir
+from egodistill.student.data import CacheLoader, present_inputs, teacher_logit_table
+from egodistill.student.losses import SCHEMES, dataset_weights, student_loss
+from egodistill.student.model import ModelConfig, Student, mask_modalities
+from egodistill.student.sources import resolve_inputs, resolve_teachers
 
 
 class TrainError(EgodistillError):

@@ -6,7 +6,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests import media  # noqa: E402
+from egodistill.extract import testing as media  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def extracted_cache(tmp_path_factory) -> Path:
     test_resnet, random init) over 18 labelled clips (3 classes, 12 train / 6 val), 4 frames each."""
     if not media.have_ffmpeg():
         pytest.skip("ffmpeg is not on PATH: install it (apt-get install -y ffmpeg) to make test videos")
-    from extract.run import ExtractConfig, run_extraction
+    from egodistill.extract.run import ExtractConfig, run_extraction
 
     folder = tmp_path_factory.mktemp("extracted")
     rows = ["segment_id,video,start_sec,stop_sec,split,label:action"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import cache
-from tests.cache_helpers import copy_cache, egodistill, one_line_error, snapshot, teacher_key_of
+from egodistill import cache
+from helpers import copy_cache, egodistill, one_line_error, snapshot, teacher_key_of
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_rm_removes_one_teacher_and_leaves_the_others_byte_and_mtime_identical(c
 
 
 def test_rm_is_refused_while_an_extraction_holds_the_teacher(copied):
-    from cache.lease import teacher_lease
+    from egodistill.cache.lease import teacher_lease
 
     key = teacher_key_of(copied, "audio")
     with teacher_lease(str(copied), key):  # this process plays the running extraction
@@ -57,7 +57,7 @@ def test_rm_is_refused_while_an_extraction_holds_the_teacher(copied):
 
 
 def test_adding_a_teacher_never_rewrites_another_teachers_arrays(copied, extracted_cache):
-    from extract.run import ExtractConfig, run_extraction
+    from egodistill.extract.run import ExtractConfig, run_extraction
 
     keys = cache.list_teachers(cache.open_cache(copied))
     before = {k: _teacher_files(copied, k) for k in keys}

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cache
-from cache.verify import verify_cache
-from tests.cache_helpers import copy_cache, egodistill, one_line_error, snapshot, teacher_key_of
+from egodistill import cache
+from egodistill.cache.verify import verify_cache
+from helpers import copy_cache, egodistill, one_line_error, snapshot, teacher_key_of
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_a_task_killed_between_its_rows_and_its_record_is_incomplete_until_resum
     [described] = [t for t in info["teachers"] if t["key"] == key]
     assert described["segments_pending"] == 6 and not described["complete"]
 
-    from extract.run import ExtractConfig, run_extraction  # the same command resumes and finishes it
+    from egodistill.extract.run import ExtractConfig, run_extraction  # the same command resumes and finishes it
 
     folder = extracted_cache.parent
     summary = run_extraction(ExtractConfig(manifest=str(folder / "segments.csv"), videos=str(folder / "videos"), cache=str(copied), modality="rgb",
@@ -83,7 +83,7 @@ def test_reading_never_writes_to_the_cache(copied):
     before = snapshot(copied)
     for command in (("cache", "info", copied, "--json"), ("cache", "ls", copied), ("cache", "verify", copied)):
         egodistill(*command, check=0)
-    from student.data import CacheLoader  # what training reads, through its public loader
+    from egodistill.student.data import CacheLoader  # what training reads, through its public loader
 
     root = cache.open_cache(copied, mode="r")
     keys = [teacher_key_of(copied, "rgb"), teacher_key_of(copied, "flow")]

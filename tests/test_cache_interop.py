@@ -13,9 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
-import cache
-from cache.verify import verify_cache
-from tests.cache_helpers import ROOT, copy_cache, egodistill, one_line_error, teacher_key_of
+from egodistill import cache
+from egodistill.cache.verify import verify_cache
+from helpers import ROOT, copy_cache, egodistill, one_line_error, teacher_key_of
 
 DOC = ROOT / "docs" / "cache-format.md"
 DOC_KEY = "rgb-resnet50-0123456789"

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cache
-from cache.verify import verify_cache
-from tests.cache_helpers import ROOT, teacher_key_of
+from egodistill import cache
+from egodistill.cache.verify import verify_cache
+from helpers import ROOT, teacher_key_of
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
@@ -57,7 +57,7 @@ def cluster(tmp_path):
 
 
 def test_killing_a_worker_mid_run_loses_and_doubles_nothing(cluster, extracted_cache, tmp_path):
-    from extract.run import ExtractConfig, run_extraction
+    from egodistill.extract.run import ExtractConfig, run_extraction
 
     address, workers = cluster
     folder = extracted_cache.parent

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.errors import MediaError
-from extract import decode
-from extract.decode import open_video, read_audio, read_audio_track
-from tests import media
+from egodistill.cache.errors import MediaError
+from egodistill.extract import decode
+from egodistill.extract.decode import open_video, read_audio, read_audio_track
+from egodistill.extract import testing as media
 
 REAL_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "videos"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extract.decode import open_video, read_audio_track
-from extract.demo_data import DemoSpec, class_names, generate_demo_data, render_clip
+from egodistill.extract.decode import open_video, read_audio_track
+from egodistill.demo.data import DemoSpec, class_names, generate_demo_data, render_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +45,9 @@ def test_generator_is_deterministic_from_its_seed():
 
 
 def test_small_demo_end_to_end_and_the_report(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "demo-run"
-    result = subprocess.run([sys.executable, "-m", "cli", "demo", "--out", str(out), "--small", "--workers", "0"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "egodistill", "demo", "--out", str(out), "--small", "--workers", "0"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "paper1" in result.stdout and "paper2" in result.stdout
     results = json.loads((out / "results.json").read_text())

@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from extract.demo_data import DemoSpec, class_names, clip_labels, describe_demo, generate_demo_data, render_clip, split_label
-from extract.manifests import read_manifest
+from egodistill.demo.data import DemoSpec, class_names, clip_labels, describe_demo, generate_demo_data, render_clip, split_label
+from egodistill.extract.manifests import read_manifest
 
 
 @pytest.fixture(scope="module")

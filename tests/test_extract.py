@@ -10,12 +10,12 @@ import pytest
 import torch
 import zarr
 
-import cache
-from extract.modalities import MediaSource, get_modality
-from extract.run import ExtractConfig, plan_extraction, run_extraction
-from extract.sampling import sample_indices
-from extract.teachers import TeacherSpec, create_teacher
-from extract.worker import embed
+from egodistill import cache
+from egodistill.extract.modalities import MediaSource, get_modality
+from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
+from egodistill.extract.sampling import sample_indices
+from egodistill.extract.teachers import TeacherSpec, create_teacher
+from egodistill.extract.worker import embed
 
 BACKBONE = "test_resnet"  # timm's tiny test model: real convolutions, random init, fast on CPU
 

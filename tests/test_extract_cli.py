@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-import cache
-from tests.cache_helpers import ROOT, egodistill, one_line_error
+from egodistill import cache
+from helpers import ROOT, egodistill, one_line_error
 
 @pytest.fixture
 def videos(tmp_path, media_dir):
@@ -98,8 +98,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, videos):
             "--workers", "0", "--device", "cpu", "--precision", "fp32", "--segments-per-task", "1"]
     egodistill(*args, "--cache", tmp_path / "whole.zarr", check=0)
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args), "--cache", str(tmp_path / "killed.zarr")], cwd=ROOT, env=env,
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "egodistill", *map(str, args), "--cache", str(tmp_path / "killed.zarr")], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((tmp_path / "killed.zarr").glob("teachers/*/tasks/*/zarr.json"))) < 3:
@@ -134,8 +134,8 @@ def test_two_writers_same_teacher_refused_other_teacher_side_by_side(tmp_path, v
     csv = manifest(tmp_path / "m.csv", rows)
     # resnet18 at 8 frames: slow enough (~15 s on 2 cores) that the second command arrives while the first runs.
     args = [*base_args(tmp_path, videos, csv), "--segments-per-task", "1", "--backbone", "resnet18", "--frames", "8"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "egodistill", *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "c.zarr").glob("teachers/*/egodistill-lease.json")):
         time.sleep(0.05)

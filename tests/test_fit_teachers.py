@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import cache
-from student.sources import SourceError, resolve_teachers
-from student.synthetic import SyntheticSpec, build_synthetic_cache
-from student.teachers import FitConfig, FitError, fit_head, fit_teachers, fold_assignment, load_features, predict_head
+from egodistill import cache
+from egodistill.student.sources import SourceError, resolve_teachers
+from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache
+from egodistill.student.teachers import FitConfig, FitError, fit_head, fit_teachers, fold_assignment, load_features, predict_head
 
 QUIET = lambda _: None  # noqa: E731
 

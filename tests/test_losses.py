@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from student.losses import dataset_weights, ensemble_logits, kd_loss, student_loss
+from egodistill.student.losses import dataset_weights, ensemble_logits, kd_loss, student_loss
 
 
 def softmax(xs):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cache.errors import ManifestError
-from extract.manifests import Manifest, Segment, read_manifest, resolve_video, resolve_videos
+from egodistill.cache.errors import ManifestError
+from egodistill.extract.manifests import Manifest, Segment, read_manifest, resolve_video, resolve_videos
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real"
 

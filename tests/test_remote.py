@@ -13,9 +13,9 @@ import threading
 import numpy as np
 import pytest
 
-import cache
-from cache.verify import verify_cache
-from tests.cache_helpers import egodistill, one_line_error, teacher_key_of
+from egodistill import cache
+from egodistill.cache.verify import verify_cache
+from helpers import egodistill, one_line_error, teacher_key_of
 
 moto_server = pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
@@ -102,7 +102,7 @@ def test_a_flipped_byte_on_s3_is_caught_by_verify(s3, extracted_cache):
 
 
 def test_extract_writes_a_teacher_into_s3(s3, extracted_cache):
-    from extract.run import ExtractConfig, run_extraction
+    from egodistill.extract.run import ExtractConfig, run_extraction
 
     folder = extracted_cache.parent
     summary = run_extraction(ExtractConfig(manifest=str(folder / "segments.csv"), videos=str(folder / "videos"), cache="s3://lab/fresh.zarr", modality="rgb",

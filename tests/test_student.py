@@ -9,15 +9,15 @@ import pytest
 import torch
 import zarr
 
-import cache
-from student import data as student_data
-from student.data import CacheLoader, frame_indices
-from student.evaluate import EvalConfig, evaluate, input_subsets
-from student.model import ModelConfig, Student, mask_modalities
-from student.rundir import RunDirError
-from student.sources import SourceError
-from student.synthetic import SyntheticSpec, build_synthetic_cache
-from student.train import TrainConfig, TrainError, train
+from egodistill import cache
+from egodistill.student import data as student_data
+from egodistill.student.data import CacheLoader, frame_indices
+from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets
+from egodistill.student.model import ModelConfig, Student, mask_modalities
+from egodistill.student.rundir import RunDirError
+from egodistill.student.sources import SourceError
+from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache
+from egodistill.student.train import TrainConfig, TrainError, train
 
 HEADS = {"verb": 4, "noun": 6}
 SMALL = dict(epochs=2, batch_size=16, dim=32, depth=1, num_heads=2, lr=1e-3, device="cpu", prefetch=2, buffer_blocks=2)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import cache
-from cli import app
-from student.teachers import FitConfig, fit_teachers
+from egodistill import cache
+from egodistill.cli import app
+from egodistill.student.teachers import FitConfig, fit_teachers
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from student.evaluate import EvalConfig, evaluate
-from student.teachers import FitConfig, fit_teachers
-from student.train import TrainConfig, train
+from egodistill.student.evaluate import EvalConfig, evaluate
+from egodistill.student.teachers import FitConfig, fit_teachers
+from egodistill.student.train import TrainConfig, train
 
 MODALITIES = ["rgb", "flow", "audio"]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import cache
+from egodistill import cache
 
 # modality -> (backbone named in the provenance, input channels, image size, signal strength)
 DEFAULT_MODALITIES = {"rgb": ("resnet18", 3, 224, 1.0), "flow": ("resnet18", 2, 224, 0.7), "audio": ("resnet18", 1, 224, 0.4)}

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def egodistill(*args, env: dict | None = None, cwd=None, check: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "egodistill", *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
     if check is not None:
         assert result.returncode == check, result.stdout + result.stderr
     return result
@@ -45,7 +45,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
 
 
 def teacher_key_of(location, modality: str) -> str:
-    import cache
+    from egodistill import cache
 
     root = cache.open_cache(location)
     [key] = [k for k in cache.list_teachers(root) if cache.teacher_info(cache.open_teacher(root, k))["modality"] == modality]

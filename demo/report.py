@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from student.plots import reliability_diagram  # noqa: E402
+from egodistill.student.plots import reliability_diagram  # noqa: E402
 
 
 def write_report(out: Path, results: dict, raw: dict) -> Path:
