@@ -3,7 +3,3 @@
 Stages: `egodistill.extract` (teachers over videos) -> `egodistill.cache` (the store, docs/cache-format.md)
 <- `egodistill.student` (fitting, distillation, evaluation); `egodistill.demo` runs them all on generated data.
 """
-
-from egodistill.cache.store import egodistill_version
-
-__version__ = egodistill_version()
