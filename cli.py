@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from enum import Enum
 from typing import Annotated, Optional
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from egodistill.cache.errors import EgodistillError
+from egodistill.cache.jsonio import dumps
 
 app = typer.Typer(help="Run heavy multimodal teachers once into a shared Zarr cache; distil cheap students from it.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 cache_app = typer.Typer(help="Inspect a cache.", no_args_is_help=True)
@@ -132,7 +132,7 @@ def cache_info(
 
     info = cache_lib.describe(cache_lib.open_cache(location, mode="r"))
     if as_json:
-        print(json.dumps(info, indent=2))
+        print(dumps(info, indent=2))
         return
     seg = info["segments"]
     console.print(f"cache {location}: {seg['count']} segments, heads {seg['heads']}, schema {info['schema'].get('schema_version')}")
@@ -181,7 +181,7 @@ def cache_verify(
 
     report = verify_cache(cache_lib.open_cache(location, mode="r"), [teacher] if teacher else None)
     if as_json:
-        print(json.dumps(report, indent=2))
+        print(dumps(report, indent=2))
     else:
         for t in report["teachers"]:
             state = "ok" if not t["damaged"] else f"DAMAGED ({len(t['damaged'])})"
@@ -375,15 +375,38 @@ def evaluate_command(
 # --- end of student commands --------------------------------------------------------------
 
 
-def main() -> None:
+# The command-line errors of typer's click (it vendors its own copy, so found through a public class).
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+EXIT_INTERRUPTED = 130
+
+
+def main(args: list[str] | None = None) -> None:
+    """`egodistill`: run the command in `args` (default: sys.argv) and exit with its code.
+
+    A mistake the user can fix never ends in a traceback: an EgodistillError (a bad value, a missing
+    file, an unknown name) is one line `error: ...` and exit 1; a malformed command line (an unknown
+    option, a value of the wrong type) is one line too, and exit 2."""
     try:
-        app()
+        code = app(args=args, standalone_mode=False)
     except EgodistillError as err:
-        errors.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(str(err), 1)
+    except _CLICK_ERROR as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # `egodistill` or `egodistill cache` alone: the help is already shown
+            sys.exit(err.exit_code)
+        ctx = getattr(err, "ctx", None)
+        _fail(err.format_message() + (f" (see `{ctx.command_path} --help`)" if ctx is not None else ""), err.exit_code)
+    except typer.Abort:  # a confirmation prompt that got no answer
+        _fail("aborted: nothing was changed", 1)
     except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C inside a command into exit code 130
         errors.print("interrupted: rerun the same command to resume", markup=False)
-        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def _fail(message: str, code: int) -> None:
+    errors.print(f"error: {' '.join(message.split())}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,7 @@ class TeacherError(EgodistillError):
 
 class CacheError(EgodistillError):
     """A cache that cannot be opened, written, or that holds something else than asked for."""
+
+
+class ExtractError(EgodistillError):
+    """An extract option that cannot be used: an unknown modality or flow method, a count or rate out of range."""

@@ -20,7 +20,8 @@ import h5py
 import numpy as np
 
 from egodistill.cache.errors import CacheError
-from egodistill.cache.hdf5 import file_sha256, imported_note
+from egodistill.cache.hdf5 import file_sha256, imported_note, open_h5
+from egodistill.cache.options import check_choice, check_number, check_plain_name
 from egodistill.cache.segments import read_segments
 from egodistill.cache.store import egodistill_version, open_cache
 from egodistill.cache.teachers import create_teacher, plan_layout, task_segments, teacher_key, write_task
@@ -60,9 +61,14 @@ def _times_from_attrs(dataset: h5py.Dataset, attrs, fps: float | None) -> np.nda
 def import_features(path: str | os.PathLike, location: str | os.PathLike, modality: str, name: str | None = None,
                     backbone: str = "imported", by: str = "auto", fps: float | None = None, storage_options: dict | None = None) -> str:
     """Add the file's features to the cache at `location` (which must hold the segments table) as a teacher; returns its key."""
+    check_plain_name(CacheError, "--modality", modality)
+    if name is not None:
+        check_plain_name(CacheError, "--name", name)
+    check_choice(CacheError, "--by", by, ("auto", "segment", "video"))
+    check_number(CacheError, "--fps", fps, above=0)
     root = open_cache(location, mode="r+", storage_options=storage_options)
     table = read_segments(root)
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         entries = find_entries(f, fps)
         if not entries:
             raise CacheError(f"{path} holds no T x D feature datasets: expected one dataset (or group with `features`) per segment or video")

@@ -25,6 +25,8 @@ import h5py
 import numpy as np
 
 from egodistill.cache.errors import CacheError
+from egodistill.cache.jsonio import dumps
+from egodistill.cache.options import check_plain_name
 from egodistill.cache.segments import GROUP as SEGMENTS
 from egodistill.cache.segments import SegmentTable, read_segments, write_segments
 from egodistill.cache.store import egodistill_version, open_cache
@@ -42,6 +44,8 @@ def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike
     teacher = open_teacher(root, key)
     table = read_segments(root)
     out = Path(out)
+    if not out.parent.is_dir():
+        raise CacheError(f"cannot write {out}: folder {out.parent} not found: create it or choose another output path")
     tmp = out.with_name(out.name + ".part")  # a killed export never leaves a file that looks whole
     with h5py.File(tmp, "w") as f:
         segments = f.create_group("segments")
@@ -56,7 +60,7 @@ def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike
             step = max(1, (64 << 20) // max(1, array.dtype.itemsize * int(np.prod(array.shape[1:]))))  # ~64 MB at a time
             for a in range(0, array.shape[0], step):
                 data[a:a + step] = array[a:a + step]
-        f.attrs[EXPORT_ATTR] = json.dumps({
+        f.attrs[EXPORT_ATTR] = dumps({
             "format": EXPORT_FORMAT, "teacher": teacher_info(teacher), "segments": root[SEGMENTS].attrs.asdict(),
             "records": {str(t): r for t, r in sorted(task_records(teacher).items())},
             "exported_from": str(location), "exported_at": _now(), "egodistill": egodistill_version(),
@@ -66,8 +70,18 @@ def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike
 
 
 def is_export(path: str | os.PathLike) -> bool:
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         return EXPORT_ATTR in f.attrs
+
+
+def open_h5(path: str | os.PathLike) -> h5py.File:
+    """The HDF5 file at `path`, opened read-only; a missing or non-HDF5 file is a CacheError."""
+    if not Path(path).is_file():
+        raise CacheError(f"HDF5 file {path} {'is a folder' if Path(path).is_dir() else 'not found'}: check the path")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise CacheError(f"{path} is not an HDF5 file ({str(err).splitlines()[0][:120]}): give an `egodistill cache export-h5` file or HDF5 features") from err
 
 
 def import_export(path: str | os.PathLike, location: str | os.PathLike, name: str | None = None, storage_options: dict | None = None) -> str:
@@ -75,7 +89,9 @@ def import_export(path: str | os.PathLike, location: str | os.PathLike, name: st
 
     Arrays come back bit-identical; the teacher keeps its provenance, creator and creation time and
     gains `imported` (file, sha256, who, when). Task records are rewritten with fresh checksums."""
-    with h5py.File(path, "r") as f:
+    if name is not None:
+        check_plain_name(CacheError, "--name", name)
+    with open_h5(path) as f:
         meta = json.loads(f.attrs[EXPORT_ATTR])
         if int(meta.get("format", 0)) > EXPORT_FORMAT:
             raise CacheError(f"{path} was exported by a newer egodistill (format {meta['format']}): upgrade egodistill")

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from egodistill.cache.errors import CacheError
+from egodistill.cache.jsonio import dumps
 from egodistill.cache.store import is_url
 
 LEASE_FILE = "egodistill-lease.json"
@@ -87,12 +88,12 @@ def teacher_lease(location: str, key: str) -> Iterator[Callable[[], None]]:
             path.unlink(missing_ok=True)  # stale: its holder died
             continue
         with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+            f.write(dumps(me))
         break
     else:
         raise CacheError(f"could not take the lease {path}: another run took it at the same moment; retry")
     def renew() -> None:
-        path.write_text(json.dumps({**me, "renewed": time.time()}))
+        path.write_text(dumps({**me, "renewed": time.time()}))
 
     try:
         yield renew

@@ -61,7 +61,7 @@ def open_cache(
     path, chained = _split_read_through(_store_location(location))
     if chained and not is_url(path):
         path, chained = _store_location(path), False  # a local cache needs no local copy
-    if mode == "r" and not is_url(path) and not Path(path, "zarr.json").exists():
+    if mode in ("r", "r+") and not is_url(path) and not Path(path, "zarr.json").exists():  # r+: an existing cache only
         raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` first")
     if mode != "r" and chained:
         raise CacheError(f"{location} is a read-through URL, which is for reading: write to {path} itself")

@@ -27,6 +27,7 @@ from zarr.codecs import BloscCodec
 
 from egodistill.cache.checksums import task_checksums
 from egodistill.cache.errors import CacheError
+from egodistill.cache.options import check_plain_name
 
 GROUP = "teachers"
 FEATURE_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
@@ -96,7 +97,7 @@ def open_teacher(root: zarr.Group, key: str) -> zarr.Group:
         group = root[f"{GROUP}/{key}"]
         if "teacher" in group.attrs:
             return group
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a key zarr refuses as a path, such as "../x"
         pass
     keys = list_teachers(root)
     raise CacheError(f"teacher {key!r} is not in the cache (it holds: {', '.join(keys) or 'none'}): run `egodistill cache info` to see them")
@@ -116,6 +117,7 @@ def create_teacher(
     heads: dict[str, int],
 ) -> tuple[zarr.Group, bool]:
     """Create the teacher's arrays, or reopen it to resume. Returns (group, resumed)."""
+    check_plain_name(CacheError, "teacher key", key)
     teachers = root.require_group(GROUP)
     if key in teachers and "teacher" in teachers[key].attrs:
         group = teachers[key]

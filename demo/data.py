@@ -32,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from egodistill.cache.jsonio import write_json
+
 GENERATOR_VERSION = 1  # bump when the rendering changes: a stored dataset of another version is regenerated
 MOTIONS = ("push", "pull", "slide-left", "slide-right")
 OBJECTS = ("cup", "box", "bottle")
@@ -133,7 +135,7 @@ def generate_demo_data(out_dir: str | os.PathLike, spec: DemoSpec = DemoSpec(), 
         manifest.unlink(missing_ok=True)
         for old in videos.glob("demo-*.mp4"):
             old.unlink()
-        spec_file.write_text(json.dumps(wanted, indent=2) + "\n")
+        write_json(spec_file, wanted)
     todo = [i for i in range(spec.clips) if not (videos / f"{clip_id(i)}.mp4").exists()]
     done = spec.clips - len(todo)
     if progress:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from egodistill.cache.errors import EgodistillError
+from egodistill.cache.jsonio import write_json
+from egodistill.cache.options import check_number
 from egodistill.demo.data import DemoSpec, describe_demo, generate_demo_data
 from egodistill.demo.report import write_report
 from egodistill.demo.students import StudentBudget, check_claims, explain_claims, run_students, summarise
@@ -27,6 +29,10 @@ def run_demo(out: str | Path, small: bool = False, seeds: int = 3, workers: int 
 
     `extract(run_extraction, cfg, plan)` runs one extraction (the CLI passes one with a progress bar)."""
     folder = Path(out)
+    check_number(EgodistillError, "--seeds", seeds, at_least=1)
+    check_number(EgodistillError, "--workers", workers, at_least=0)
+    if folder.exists() and not folder.is_dir():
+        raise EgodistillError(f"--out {folder} is a file: give a folder for the demo's data, cache, runs and report")
     spec = DemoSpec.small() if small else DemoSpec()
     budget = StudentBudget(epochs=12, fit_epochs=15) if small else StudentBudget()
     t0 = time.perf_counter()
@@ -73,7 +79,7 @@ def _first_extraction(folder, seconds: dict[str, float]) -> dict[str, float]:
     path = folder / "extraction-seconds.json"
     if path.exists():
         return json.loads(path.read_text())
-    path.write_text(json.dumps(seconds))
+    write_json(path, seconds)
     return seconds
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import matplotlib
@@ -13,13 +12,14 @@ matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from egodistill.cache.jsonio import write_json  # noqa: E402
 from egodistill.student.plots import reliability_diagram  # noqa: E402
 
 
 def write_report(out: Path, results: dict, raw: dict) -> Path:
     """Write results.json, the charts and report.html into `out`; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_json(out / "results.json", results, default=str)
     charts = {
         "accuracy_calibration.png": _students_chart(results, out / "accuracy_calibration.png"),
         "missing_modalities.png": _subsets_chart(results, out / "missing_modalities.png"),

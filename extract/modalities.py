@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from egodistill.cache.errors import MediaError
+from egodistill.cache.errors import ExtractError, MediaError
 from egodistill.extract.decode import Video, open_video, read_audio_track
 
 FLOW_BOUND_PX = 20.0  # EPIC's released flow: clipped to +-20 px and scaled to [-1, 1]
@@ -67,7 +67,7 @@ def register_modality(modality: Modality) -> Modality:
 
 def get_modality(name: str) -> Modality:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown modality {name!r}: choose one of {', '.join(sorted(_REGISTRY))}")
+        raise ExtractError(f"--modality {name!r} is unknown: choose one of {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
@@ -121,12 +121,14 @@ register_modality(Modality("rgb", "resnet50", lambda o: 3, _rgb_settings, _rgb_i
 def _flow_settings(options: dict, data_cfg: dict) -> dict:
     method = options.get("flow") or "dis"
     if method not in FLOW_METHODS:
-        raise ValueError(f"unknown flow method {method!r}: choose one of {', '.join(FLOW_METHODS)}")
+        raise ExtractError(f"--flow {method!r} is unknown: choose one of {', '.join(FLOW_METHODS)}")
+    if method == "tvl1" and not hasattr(cv2, "optflow"):
+        raise ExtractError("--flow tvl1 needs opencv-contrib: pip install opencv-contrib-python-headless, or use --flow dis")
     settings = {**_geometry(data_cfg), "method": method, "stack": int(options.get("flow_stack") or 1), "bound_px": FLOW_BOUND_PX}
     if method.startswith("raft"):
         weights = options.get("flow_weights")
         if not weights or not Path(weights).is_file():
-            raise ValueError(f"--flow {method} needs --flow-weights FILE (a torchvision {method} state dict; no hub is used): got {weights!r}")
+            raise ExtractError(f"--flow {method} needs --flow-weights FILE (a torchvision {method} state dict; no hub is used): got {weights!r}")
         from egodistill.extract.teachers import file_sha256
         settings.update(weights=f"sha256:{file_sha256(weights)}", weights_file=str(Path(weights).resolve()))
     return settings
@@ -143,7 +145,7 @@ def _dis_instance():
 
 def _tvl1(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
     if not hasattr(cv2, "optflow"):
-        raise ValueError("--flow tvl1 needs opencv-contrib: pip install opencv-contrib-python-headless")
+        raise ExtractError("--flow tvl1 needs opencv-contrib: pip install opencv-contrib-python-headless, or use --flow dis")
     return _tvl1_instance().calc(prev, nxt, None)
 
 

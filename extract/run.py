@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from egodistill import cache
-from egodistill.cache.errors import EgodistillError
+from egodistill.cache.errors import EgodistillError, ExtractError
 from egodistill.cache.lease import teacher_lease
+from egodistill.cache.options import check_number, check_plain_name
 from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos
 from egodistill.extract.modalities import get_modality
 from egodistill.extract.sampling import rows_for, sampling_policy
@@ -93,15 +94,27 @@ class Summary:
 
 def plan_extraction(cfg: ExtractConfig) -> Plan:
     """Read the manifest, find the videos and lay out rows; decodes nothing unless --fps needs durations."""
-    try:
-        policy = sampling_policy(cfg.frames, cfg.fps)
-    except ValueError as err:
-        raise EgodistillError(str(err)) from err
+    check_options(cfg)
+    policy = sampling_policy(cfg.frames, cfg.fps)
     manifest = read_manifest(cfg.manifest)
     video_paths = resolve_videos(manifest, cfg.videos)
     rows = np.array([_planned_rows(policy, s, video_paths.get(s.video)) for s in manifest.segments], dtype=np.int64)
     offsets, layout = cache.plan_layout(rows, cfg.segments_per_task)
     return Plan(manifest, video_paths, policy, rows, offsets, layout)
+
+
+def check_options(cfg: ExtractConfig) -> None:
+    """The options that need neither the manifest nor the model; raises ExtractError naming the option."""
+    get_modality(cfg.modality)
+    check_number(ExtractError, "--flow-stack", cfg.flow_stack, at_least=1)
+    check_number(ExtractError, "--batch-size", cfg.batch_size, at_least=1)
+    check_number(ExtractError, "--segments-per-task", cfg.segments_per_task, at_least=1)
+    check_number(ExtractError, "--workers", cfg.workers, at_least=0)
+    check_number(ExtractError, "audio_window", cfg.audio_window, above=0)
+    if cfg.name is not None:
+        check_plain_name(ExtractError, "--name", cfg.name)
+    if not Path(cfg.videos).is_dir():
+        raise ExtractError(f"videos folder {cfg.videos} {'is not a folder' if Path(cfg.videos).exists() else 'not found'}: check the --videos path")
 
 
 def _planned_rows(policy: dict, segment, path: Path | None) -> int:

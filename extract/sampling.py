@@ -6,20 +6,20 @@ import math
 
 import numpy as np
 
-from egodistill.cache.errors import MediaError
+from egodistill.cache.errors import ExtractError, MediaError
 
 
 def sampling_policy(frames: int | None, fps: float | None) -> dict:
     """The run's policy as stored in the cache: {"frames": N} or {"fps": F}; frames=8 by default."""
     if frames is not None and fps is not None:
-        raise ValueError("give --frames or --fps, not both")
+        raise ExtractError("give --frames or --fps, not both")
     if fps is not None:
-        if fps <= 0:
-            raise ValueError(f"--fps must be positive, got {fps}")
+        if not math.isfinite(fps) or fps <= 0:
+            raise ExtractError(f"--fps must be a positive number of rows per second, got {fps}")
         return {"fps": float(fps)}
     frames = 8 if frames is None else frames
     if frames < 1:
-        raise ValueError(f"--frames must be at least 1, got {frames}")
+        raise ExtractError(f"--frames must be at least 1, got {frames}")
     return {"frames": int(frames)}
 
 

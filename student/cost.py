@@ -56,10 +56,12 @@ def rows_per_segment(teacher) -> float:
 
 
 def extractor_cost(teacher, rows: float) -> dict:
-    """Backbone params and FLOPs for `rows` rows of a teacher that has features."""
+    """Backbone params and FLOPs for `rows` rows of a teacher that has features; None (unknown) where the
+    provenance does not say what the backbone read (features brought in by `cache import-h5`)."""
     p = cache.teacher_info(teacher)["provenance"]
-    size = p.get("preprocessing", {}).get("input_size", [224, 224])
-    found = backbone_cost(str(p["backbone"]), int(p.get("in_chans", 3)), int(size[0]), int(size[1]))
+    size = (p.get("preprocessing") or {}).get("input_size")
+    in_chans = p.get("in_chans")
+    found = None if size is None or in_chans is None else backbone_cost(str(p["backbone"]), int(in_chans), int(size[0]), int(size[1]))
     if found is None:
         return {"backbone": p["backbone"], "params": None, "flops": None}
     return {"backbone": p["backbone"], "params": found[0], "flops": found[1] * rows}

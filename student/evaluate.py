@@ -6,7 +6,6 @@ Writes <run>/eval-<split>/metrics.json, table.txt, reliability.png and subsets.p
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import torch
 
 from egodistill import cache
 from egodistill.cache.errors import EgodistillError
+from egodistill.cache.jsonio import write_json
+from egodistill.cache.options import check_choice
 from egodistill.student import rundir
 from egodistill.student.cost import student_cost, teacher_cost
 from egodistill.student.data import CacheLoader, present_inputs
@@ -45,13 +46,18 @@ def input_subsets(count: int) -> list[tuple[int, ...]]:
 
 
 def load_student(run: str, checkpoint: str = "best") -> tuple[dict, Student]:
+    check_choice(EvaluateError, "--checkpoint", checkpoint, ("best", "last"))
     record = rundir.read_run_config(run)
     name = rundir.BEST if checkpoint == "best" else rundir.LAST
     if checkpoint == "best" and not (Path(run) / name).exists():
         name = rundir.LAST
     ckpt = rundir.load_checkpoint(run, name)
-    model = Student(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = Student(ModelConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as err:  # a checkpoint of another student model version
+        detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise EvaluateError(f"{Path(run) / name} does not fit this egodistill's student model ({detail}): train the run again with train-student") from err
     return record, model.eval()
 
 
@@ -129,7 +135,7 @@ def format_table(result: dict) -> str:
 
 def write_report(result: dict, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    write_json(folder / "metrics.json", result)
     (folder / "table.txt").write_text(format_table(result))
     title = f"{Path(result['run']).name} on {result['split']}"
     reliability_diagram(result["subsets"][0]["reliability"], folder / "reliability.png", f"{title}: {result['subsets'][0]['name']}")

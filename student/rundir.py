@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from egodistill.cache.errors import EgodistillError
+from egodistill.cache.jsonio import dumps
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -38,6 +39,8 @@ def claim_run_dir(out: str | os.PathLike, record: dict, resume: bool) -> bool:
     `record` is {"config": ..., plus resolved keys}; everything but RUNTIME_FIELDS must match."""
     folder = Path(out)
     path = folder / CONFIG
+    if folder.exists() and not folder.is_dir():
+        raise RunDirError(f"--out {folder} is a file, not a run directory: choose another --out")
     if path.exists():
         stored = json.loads(path.read_text())
         flat_stored = {**stored.get("config", {}), **{k: v for k, v in stored.items() if k != "config"}}
@@ -49,8 +52,11 @@ def claim_run_dir(out: str | os.PathLike, record: dict, resume: bool) -> bool:
         if started and not resume:
             raise RunDirError(f"run dir {folder} already holds this run: pass --resume to continue it, or choose another --out")
         return started and (folder / LAST).exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(record, indent=2) + "\n")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"cannot create run dir {folder} ({err.strerror or type(err).__name__}): choose an --out under a folder you can write to") from err
+    _atomic_write(path, dumps(record, indent=2) + "\n")
     return False
 
 
@@ -77,7 +83,7 @@ def load_checkpoint(run: str | os.PathLike, name: str) -> dict:
 
 def append_metrics(out: str | os.PathLike, line: dict) -> None:
     with open(Path(out) / METRICS, "a") as f:
-        f.write(json.dumps(line) + "\n")
+        f.write(dumps(line) + "\n")
 
 
 def read_metrics(run: str | os.PathLike) -> list[dict]:
@@ -89,7 +95,7 @@ def truncate_metrics(out: str | os.PathLike, epochs: int) -> None:
     """Keep the lines of the first `epochs` epochs: a run killed after writing a line but before
     saving last.pt would otherwise log that epoch twice when resumed."""
     lines = [m for m in read_metrics(out) if m["epoch"] < epochs]
-    _atomic_write(Path(out) / METRICS, "".join(json.dumps(m) + "\n" for m in lines))
+    _atomic_write(Path(out) / METRICS, "".join(dumps(m) + "\n" for m in lines))
 
 
 def _atomic_write(path: Path, text: str) -> None:

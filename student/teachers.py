@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from egodistill import cache
 from egodistill.cache.errors import EgodistillError
+from egodistill.cache.options import check_number
 from egodistill.student.data import CacheLoader, present_inputs
 from egodistill.student.model import ModelConfig, Student
 from egodistill.student.sources import resolve_inputs
@@ -62,7 +63,12 @@ def fold_assignment(count: int, folds: int, seed: int) -> np.ndarray:
 
 def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[FittedTeacher]:
     """Fit, cross-fit and write every requested teacher; returns what was written."""
-    root = cache.open_cache(cfg.cache, mode="a")
+    for option, value, bounds in (("--epochs", cfg.epochs, {"at_least": 1}), ("--frames", cfg.frames, {"at_least": 1}), ("dim", cfg.dim, {"at_least": 4}),
+                                  ("batch_size", cfg.batch_size, {"at_least": 1}), ("lr", cfg.lr, {"above": 0})):
+        check_number(FitError, option, value, **bounds)
+    if cfg.dim % 4:
+        raise FitError(f"dim {cfg.dim} is not a multiple of the 4 attention heads of a fitted teacher")
+    root = cache.open_cache(cfg.cache, mode="r+")
     table = cache.read_segments(root)
     keys = resolve_inputs(root, cfg.modalities, "--modalities")
     train = _labelled_training(table, cfg)

@@ -17,6 +17,7 @@ import torch
 
 from egodistill import cache
 from egodistill.cache.errors import EgodistillError
+from egodistill.cache.options import check_number
 from egodistill.student import rundir
 from egodistill.student.data import CacheLoader, present_inputs, teacher_logit_table
 from egodistill.student.losses import SCHEMES, dataset_weights, student_loss
@@ -80,8 +81,25 @@ class Setup:
         return {"config": asdict(cfg), "input_keys": self.input_keys, "teacher_keys": self.teacher_keys, "model": self.model.to_dict()}
 
 
+def check_numbers(cfg: TrainConfig) -> None:
+    """Every number of the config in its range, before the cache is opened; raises TrainError naming the option."""
+    for option, value, bounds in (
+        ("--epochs", cfg.epochs, {"at_least": 1}), ("--batch-size", cfg.batch_size, {"at_least": 1}), ("--lr", cfg.lr, {"above": 0}),
+        ("--mask-prob", cfg.mask_prob, {"at_least": 0, "below": 1}), ("--temperature", cfg.temperature, {"above": 0}),
+        ("--tau", cfg.tau, {"at_least": 0}), ("--kd-weight", cfg.kd_weight, {"at_least": 0}), ("--gt-weight", cfg.gt_weight, {"at_least": 0}),
+        ("--frames", cfg.frames, {"at_least": 1}), ("--dim", cfg.dim, {"at_least": 1}), ("--depth", cfg.depth, {"at_least": 1}),
+        ("num_heads", cfg.num_heads, {"at_least": 1}), ("dropout", cfg.dropout, {"at_least": 0, "below": 1}),
+        ("holdout", cfg.holdout, {"at_least": 0, "below": 1}), ("warmup", cfg.warmup, {"at_least": 0, "at_most": 1}),
+        ("clip", cfg.clip, {"above": 0}), ("weight_decay", cfg.weight_decay, {"at_least": 0}), ("save_every", cfg.save_every, {"at_least": 0}),
+    ):
+        check_number(TrainError, option, value, **bounds)
+    if cfg.dim % cfg.num_heads:
+        raise TrainError(f"--dim {cfg.dim} is not a multiple of the {cfg.num_heads} attention heads: give e.g. --dim {cfg.num_heads * max(1, round(cfg.dim / cfg.num_heads))}")
+
+
 def setup(cfg: TrainConfig) -> Setup:
     """Resolve names, choose the training and held-out segments, read teacher logits, fix weights."""
+    check_numbers(cfg)
     if cfg.weighting not in SCHEMES:
         raise TrainError(f"--weighting {cfg.weighting!r} is unknown: use one of {', '.join(SCHEMES)}")
     root = cache.open_cache(cfg.cache, mode="r")

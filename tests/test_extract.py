@@ -11,6 +11,7 @@ import torch
 import zarr
 
 from egodistill import cache
+from egodistill.cache.errors import ExtractError
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 from egodistill.extract.sampling import sample_indices
@@ -230,7 +231,7 @@ def test_raft_flow_from_a_local_weights_file(dataset, tmp_path):
     torch.save(raft_small(weights=None).state_dict(), tmp_path / "raft_small.pth")
     flow = get_modality("flow")
     geometry = {"input_size": (2, 48, 48), "crop_pct": 1.0, "interpolation": "bilinear"}
-    with pytest.raises(ValueError, match="--flow-weights"):
+    with pytest.raises(ExtractError, match="--flow-weights"):
         flow.settings({"flow": "raft_small"}, geometry)
     settings = flow.settings({"flow": "raft_small", "flow_weights": str(tmp_path / "raft_small.pth")}, geometry)
     assert settings["weights"].startswith("sha256:")
