@@ -9,12 +9,13 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
-from egodistill.cache.errors import EgodistillError
+from egodistill.cache.errors import EgodistillError, ExtractError
 from egodistill.cache.jsonio import dumps
 
 app = typer.Typer(help="Run heavy multimodal teachers once into a shared Zarr cache; distil cheap students from it.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-cache_app = typer.Typer(help="Inspect a cache.", no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect, check, convert and share a cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 console = Console()
 errors = Console(stderr=True)
@@ -34,8 +35,20 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
-@app.command()
+class _ExtractCommand(TyperCommand):
+    """`extract --help` lists each modality's own options, read from the registry when help is asked for
+    (so `egodistill` does not import the extract stage for other commands)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from egodistill.extract.modalities import options_help
+
+        self.epilog = options_help()
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=_ExtractCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def extract(
+    ctx: typer.Context,
     manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (s3://, gs://, file://).")],
     videos: Annotated[str, typer.Option(help="Folder the manifest's videos are found under.")] = ".",
@@ -45,9 +58,6 @@ def extract(
     head: Annotated[Optional[str], typer.Option(help="Linear heads file (<head>.weight/.bias per output head); with it the run writes teacher logits.")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Segment-uniform N frames per segment (default 8).")] = None,
     fps: Annotated[Optional[float], typer.Option(help="Instead of --frames: one row every 1/F seconds.")] = None,
-    flow: Annotated[str, typer.Option(help="Optical flow: dis (CPU default), tvl1 (opencv-contrib), raft_large or raft_small (torchvision, GPU; needs --flow-weights).")] = "dis",
-    flow_weights: Annotated[Optional[str], typer.Option(help="torchvision RAFT state dict for --flow raft_*.")] = None,
-    flow_stack: Annotated[int, typer.Option(help="Flow pairs stacked per row (2L channels).")] = 1,
     name: Annotated[Optional[str], typer.Option(help="Teacher key (default: <modality>-<backbone>-<provenance hash>).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local Dask workers (default: one per GPU, else one per core; 0 = no cluster, run here).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://head:8786.")] = None,
@@ -59,12 +69,14 @@ def extract(
     retry_failed: Annotated[bool, typer.Option(help="Rerun tasks whose ledger has failed segments.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Read the manifest, find videos, show the planned rows and shards; run no model.")] = False,
 ) -> None:
-    """Run one teacher over a dataset's segments into the cache (resumable: rerun to finish)."""
+    """Run one teacher over a dataset's segments into the cache (resumable: rerun to finish).
+
+    Each modality takes options of its own (e.g. --flow tvl1 --flow-stack 5); they are listed below."""
     from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 
     cfg = ExtractConfig(
         manifest=manifest, videos=videos, cache=cache, modality=modality, backbone=backbone, weights=weights, head=head,
-        frames=frames, fps=fps, flow=flow, flow_stack=flow_stack, flow_weights=flow_weights, name=name, workers=workers, scheduler=scheduler,
+        frames=frames, fps=fps, options=_modality_options(ctx.args), name=name, workers=workers, scheduler=scheduler,
         device=device.value, precision=precision.value, batch_size=batch_size, seed=seed,
         segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run,
     )
@@ -76,6 +88,22 @@ def extract(
     _print_summary(summary)
     if not summary.ok:
         raise typer.Exit(EXIT_FAILED_SEGMENTS)
+
+
+def _modality_options(args: list[str]) -> dict[str, str]:
+    """`--flow tvl1 --flow-stack=5` -> {"flow": "tvl1", "flow_stack": "5"}; the modality checks names and values."""
+    options, rest = {}, list(args)
+    while rest:
+        flag = rest.pop(0)
+        if not flag.startswith("--"):
+            raise ExtractError(f"unexpected argument {flag!r}: see `egodistill extract --help`")
+        name, has_value, value = flag[2:].partition("=")
+        if not has_value:
+            if not rest or rest[0].startswith("--"):
+                raise ExtractError(f"{flag} needs a value: see `egodistill extract --help`")
+            value = rest.pop(0)
+        options[name.replace("-", "_")] = value
+    return options
 
 
 def _run_with_progress(run, cfg, plan):
@@ -115,7 +143,7 @@ def _print_summary(summary) -> None:
     if summary.fallbacks:
         console.print(f"decord could not decode {len(summary.fallbacks)} video(s); PyAV was used (first: {summary.fallbacks[0]})")
     for entry in summary.ledger[:10]:
-        console.print(f"[red]failed[/] {entry['id']}: {entry['reason']}")
+        console.print(f"[red]failed[/] {entry.id}: {entry.reason}")
     if len(summary.ledger) > 10:
         console.print(f"... and {len(summary.ledger) - 10} more: `egodistill cache info CACHE --json` lists them all")
     for crash in summary.crashed_tasks:
@@ -140,7 +168,7 @@ def cache_info(
         p = t["provenance"]
         sampling = ",".join(f"{k}={v}" for k, v in p["sampling"].items())
         console.print(
-            f"  {t['key']}  {t['modality']}  {p['backbone']}  weights {p['weights'][:23]}  {sampling}  D={t['feature_dim']}  "
+            f"  {t['key']}  {t['modality']}  {p['backbone']}  weights {str(p['weights'])[:23]}  {sampling}  D={t['feature_dim']}  "
             f"rows={t['rows']}  done {t['segments_done']}  failed {t['segments_failed']}  pending {t['segments_pending']}"
             + (f"  logits {t['heads']}" if t["heads"] else ""),
             markup=False, highlight=False, soft_wrap=True,
@@ -207,12 +235,23 @@ def cache_rm(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Remove one teacher (its arrays, task records and ledger); other teachers are not touched."""
-    from egodistill.cache.catalog import remove_teacher
+    from egodistill import cache as cache_lib
 
+    target = cache_lib.open_cache(location, mode="r+")
     if not yes and not typer.confirm(f"remove teacher {teacher} from {location}?"):
         raise typer.Exit(1)
-    remove_teacher(location, teacher)
+    target.remove_teacher(teacher)
     console.print(f"removed {teacher} from {location}", markup=False, highlight=False)
+
+
+@cache_app.command("upgrade")
+def cache_upgrade(location: Annotated[str, typer.Argument(help="Cache path or URL (not http).")]) -> None:
+    """Convert a cache written by an older egodistill to this schema, in place (teachers' arrays untouched)."""
+    from egodistill.cache.upgrade import upgrade_cache
+
+    before, after = upgrade_cache(location)
+    message = f"{location}: schema {before} -> {after}" if before != after else f"{location} already has schema {after}: nothing to do"
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 @cache_app.command("export-h5")
@@ -289,24 +328,25 @@ class Weighting(str, Enum):
 def fit_teachers_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     modalities: Annotated[str, typer.Option(help="Comma-separated modalities or teacher keys with features, e.g. rgb,flow,audio.")],
-    fusion: Annotated[bool, typer.Option(help="Also fit one transformer fusion teacher over all of them.")] = False,
-    folds: Annotated[int, typer.Option(help="K of the K-fold cross-fitting that makes training segments' logits.")] = 5,
+    fusion: Annotated[bool, typer.Option(help="Also fit one fusion teacher over all of them.")] = False,
+    folds: Annotated[int, typer.Option(help="K of the grouped K-fold cross-fitting that makes training segments' logits.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the folds and the fits.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs of each fit.")] = 30,
+    steps: Annotated[int, typer.Option(help="Optimiser steps of each fit; 0: 100 passes over the data, 1,000-10,000 steps.")] = 0,
+    depths: Annotated[str, typer.Option(help="Candidate depths, kept by out-of-fold accuracy (0: pooled linear head, 1: plus a temporal transformer).")] = "0,1",
     frames: Annotated[int, typer.Option(help="Rows per segment the heads read (centred).")] = 8,
     device: Annotated[Device, typer.Option(help="Where the heads are fitted.")] = Device.auto,
 ) -> None:
     """Fit light teachers on cached features (per modality, optional fusion) and write their logits into the cache."""
-    from egodistill.student.sources import split_names
-    from egodistill.student.teachers import FitConfig, fit_teachers
-    from egodistill.student.train import pick_device
+    from egodistill.cache import pick_device
+    from egodistill.student.fit import FitConfig, fit_teachers
+    from egodistill.student.sources import split_names, split_numbers
 
-    cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, epochs=epochs, frames=frames,
-                    device=str(pick_device(device.value)))
+    cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, steps=steps,
+                    depths=split_numbers(depths, "--depths"), frames=frames, device=str(pick_device(device.value)))
     fitted = fit_teachers(cfg, log=console.print)
-    table = Table("teacher key", "modality", "from", "segments with logits")
+    table = Table("teacher key", "modality", "from", "depth", "out-of-fold top-1", "segments with logits")
     for t in fitted:
-        table.add_row(t.key, t.modality, ", ".join(t.sources), str(int((t.source_model != -2).sum())))
+        table.add_row(t.key, t.modality, ", ".join(t.sources), str(t.depth), f"{100 * t.oof_accuracy[t.depth]:.1f} %", str(int((t.source_model != -2).sum())))
     console.print(table)
     console.print("use them with `egodistill train-student --teachers " + ",".join(t.modality for t in fitted) + " ...`")
 
@@ -315,7 +355,7 @@ def fit_teachers_command(
 def train_student_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     inputs: Annotated[str, typer.Option(help="Comma-separated student inputs: modalities or teacher keys with features.")],
-    out: Annotated[str, typer.Option(help="Run directory (config.json, metrics.jsonl, best.pt, last.pt).")],
+    out: Annotated[str, typer.Option(help="Run directory (config.json, metrics.jsonl, last.pt).")],
     teachers: Annotated[str, typer.Option(help="Comma-separated teachers with logits (modalities such as rgb,flow,audio,fusion or keys); empty: ground truth only.")] = "",
     weighting: Annotated[Weighting, typer.Option(help="How teacher logits are combined per head.")] = Weighting.uniform,
     tau: Annotated[float, typer.Option(help="Softmin temperature of per-sample/dataset weights (0 = pick the best teacher).")] = 1.0,
@@ -323,12 +363,16 @@ def train_student_command(
     kd_weight: Annotated[float, typer.Option(help="Weight of the distillation term.")] = 1.0,
     gt_weight: Annotated[float, typer.Option(help="Weight of the ground-truth cross-entropy.")] = 1.0,
     mask_prob: Annotated[float, typer.Option(help="Per-sample probability of dropping each input (never all).")] = 0.0,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+    steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data, 1,000-10,000 steps. The last step is the model evaluated.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Segments per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (a head on frozen features; the paper's fine-tuning: 1e-4).")] = 1e-2,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (paper: 0.02).")] = 0.05,
+    schedule: Annotated[str, typer.Option(help="Decay after the warm-up: cosine or linear (paper).")] = "cosine",
+    clip: Annotated[float, typer.Option(help="Gradient-norm clip (paper: 5).")] = 1.0,
     frames: Annotated[int, typer.Option(help="Rows per segment and input (temporal jitter in training).")] = 8,
-    dim: Annotated[int, typer.Option(help="Student width.")] = 256,
-    depth: Annotated[int, typer.Option(help="Temporal transformer layers.")] = 2,
+    dim: Annotated[int, typer.Option(help="Transformer width (with --depth >= 1).")] = 64,
+    depth: Annotated[int, typer.Option(help="Temporal transformer layers; 0: the pooled linear head alone.")] = 0,
+    holdout: Annotated[float, typer.Option(help="Fraction of training videos held out for monitoring (and dataset weights).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = 0,
     device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device.auto,
     in_memory: Annotated[bool, typer.Option(help="Read the inputs' features whole into memory first.")] = False,
@@ -341,8 +385,9 @@ def train_student_command(
     from egodistill.student.train import TrainConfig, start_run, train
 
     cfg = TrainConfig(cache=cache, inputs=split_names(inputs), teachers=split_names(teachers), out=out, weighting=weighting.value, tau=tau,
-                      temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, epochs=epochs,
-                      batch_size=batch_size, lr=lr, frames=frames, dim=dim, depth=depth, seed=seed, device=device.value, in_memory=in_memory)
+                      temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, steps=steps,
+                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, clip=clip, frames=frames, dim=dim,
+                      depth=depth, holdout=holdout, seed=seed, device=device.value, in_memory=in_memory)
     started = start_run(cfg, resume)  # every one-line error comes before the progress bar
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} segments/s"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -353,7 +398,7 @@ def train_student_command(
 
         metrics = train(cfg, resume=resume, log=progress.console.print, on_step=on_step, started_run=started)
     if metrics:
-        console.print(f"done: {len(metrics)} epochs in {out}; last train loss {metrics[-1]['train_loss']:.4f}")
+        console.print(f"done: {metrics[-1]['step']} steps in {out}; last train loss {metrics[-1]['train_loss']:.4f}")
 
 
 @app.command("evaluate")
@@ -361,13 +406,13 @@ def evaluate_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     run: Annotated[str, typer.Option(help="Run directory written by train-student.")],
     split: Annotated[str, typer.Option(help="Split of the cache to evaluate on.")] = "val",
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    baseline: Annotated[bool, typer.Option(help="Also fit the logistic-regression probe per input on the training split and score it here.")] = False,
     device: Annotated[Device, typer.Option(help="cpu, cuda or auto.")] = Device.auto,
 ) -> None:
-    """Accuracy, action accuracy, ECE for every subset of the student's inputs, its teachers, and inference cost."""
+    """Accuracy, NLL, Brier, ECE for every subset of the student's inputs, its teachers and their ensembles, and inference cost."""
     from egodistill.student.evaluate import EvalConfig, evaluate, format_table
 
-    result = evaluate(EvalConfig(cache=cache, run=run, split=split, checkpoint=checkpoint, device=device.value))
+    result = evaluate(EvalConfig(cache=cache, run=run, split=split, baseline=baseline, device=device.value))
     console.print(format_table(result), markup=False, highlight=False)
     console.print(f"written: {run}/eval-{split}/ (metrics.json, table.txt, reliability.png, subsets.png)")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch  # noqa: E402
 from egodistill.extract.modalities import MediaSource, get_modality  # noqa: E402
 from egodistill.extract.run import ExtractConfig, run_extraction  # noqa: E402
 from egodistill.extract.sampling import sample_indices  # noqa: E402
-from egodistill.extract.teachers import TeacherSpec, create_teacher  # noqa: E402
+from egodistill.extract.backbones import BackboneSpec, create_backbone  # noqa: E402
 from egodistill.extract.worker import embed  # noqa: E402
 from egodistill.extract import testing as media  # noqa: E402
 
@@ -57,8 +56,8 @@ def extract(manifest: Path, videos: Path, out: Path, backbone: str, frames: int,
 def forward_only(manifest: Path, videos: Path, backbone: str, frames: int, batch: int, modality: str = "rgb") -> float:
     """Time of the model forward passes alone, on the same input batches, inputs prepared beforehand."""
     spec = get_modality(modality)
-    teacher = create_teacher(TeacherSpec(backbone, in_chans=spec.in_chans({})), {})
-    settings = spec.settings({}, teacher.data_config)
+    teacher = create_backbone(BackboneSpec(backbone, in_chans=spec.in_chans(spec.resolve_options({}))), {})
+    settings = spec.settings(spec.resolve_options({}), teacher.data_config)
     inputs = []
     for _, name, start, stop in segments_of(manifest):
         source = MediaSource(videos / name)
@@ -77,8 +76,8 @@ def common_practice(manifest: Path, videos: Path, backbone: str, frames: int, ou
     """The popular per-video extractor loop: read every frame of a video with OpenCV, then per segment
     sample, preprocess, run the model on that segment alone and np.save its features."""
     spec = get_modality("rgb")
-    teacher = create_teacher(TeacherSpec(backbone, in_chans=3), {})
-    settings = spec.settings({}, teacher.data_config)
+    teacher = create_backbone(BackboneSpec(backbone, in_chans=3), {})
+    settings = spec.settings(spec.resolve_options({}), teacher.data_config)
     mean, std = np.asarray(settings["mean"]) * 255, np.asarray(settings["std"]) * 255
     torch.set_num_threads(os.cpu_count() or 1)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 
 Builds a synthetic cache (one teacher, 8 rows per segment, float16 features), serves it from
 moto's standalone S3 server and from `http.server` on 127.0.0.1, and reads every block the way
-the student loader does (cache.read_rows over whole shards, 4 reads in flight). Each location
+the student loader did before issue 8 (Teacher.read_rows over whole shards, 4 reads in flight, zarr-python). Each location
 is read `--passes` times; with the read-through copy (EGODISTILL_READ_CACHE) the first pass
 fills it (cold) and later passes read local files (warm). Prints rows/s, MB/s and the ratio to
 local disk. Loopback has no network latency or bandwidth limit: real S3 or a lab server is
@@ -18,7 +18,6 @@ import functools
 import http.server
 import os
 import shutil
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,11 +34,10 @@ from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache  # noq
 def read_all(location: str, key: str, read_cache: str | None) -> tuple[float, int, int]:
     """Seconds, rows and bytes to read every block of the teacher, 4 whole-shard reads in flight."""
     started = time.perf_counter()
-    teacher = cache.open_teacher(cache.open_cache(location, read_cache=read_cache), key)
-    offsets = cache.read_offsets(teacher)
-    blocks = cache.read_blocks(teacher)
+    teacher = cache.open_cache(location, read_cache=read_cache).teacher(key)
+    offsets = teacher.offsets
     with ThreadPoolExecutor(4) as pool:
-        parts = list(pool.map(lambda b: cache.read_rows(teacher, int(offsets[b.start]), int(offsets[b.stop])), blocks))
+        parts = list(pool.map(lambda b: teacher.read_rows(int(offsets[b.start]), int(offsets[b.stop])), teacher.blocks()))
     rows = sum(len(f) for f, _ in parts)
     return time.perf_counter() - started, rows, sum(f.nbytes + t.nbytes for f, t in parts)
 

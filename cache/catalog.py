@@ -1,23 +1,167 @@
-"""Removing one teacher from a shared cache, leaving every other teacher's objects untouched."""
+"""An opened cache: its segments table and its teachers, found, created and removed by key.
+
+`open_cache` is the one way in for extract, student and the CLI; they get `Cache` and `Teacher`
+objects and never see the Zarr groups, paths or attribute names behind them.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
 
 from egodistill.cache.errors import CacheError
-from egodistill.cache.lease import current_holder, describe_holder
-from egodistill.cache.store import open_cache
-from egodistill.cache.teachers import GROUP, open_teacher
+from egodistill.cache.layout import Layout
+from egodistill.cache.lease import current_holder, describe_holder, teacher_lease
+from egodistill.cache.options import check_plain_name
+from egodistill.cache.records import Failure, Provenance
+from egodistill.cache.segments import SegmentTable, has_table, read_table, table_attrs, write_table
+from egodistill.cache.store import ROOT_ATTR, check_schema, open_root
+from egodistill.cache.teachers import ATTR, GROUP, Teacher, create_feature_arrays, create_logit_arrays, teacher_attrs
 
 
-def remove_teacher(location: str | os.PathLike, key: str, storage_options: dict | None = None) -> None:
-    """Delete teacher `key` (its arrays, task records and lease) and nothing else.
+def open_cache(
+    location: str | os.PathLike,
+    mode: str = "r",
+    storage_options: dict[str, Any] | None = None,
+    read_cache: str | os.PathLike | None = None,
+) -> Cache:
+    """Open the cache at a path or fsspec URL. mode "r" never writes; "r+" writes an existing cache;
+    "a" also creates it. See `store.open_root` for URLs, credentials and read-through copies."""
+    root, folder = open_root(location, mode, storage_options, read_cache)
+    check_schema(root, location)
+    return Cache(root, str(location), folder, writable=mode != "r")
 
-    Refused while an extraction holds the teacher's lease. Only the `teachers/<key>/` prefix is
-    deleted: the `teachers` group's own metadata and other teachers' objects are not rewritten."""
-    root = open_cache(location, mode="r+", storage_options=storage_options)
-    open_teacher(root, key)  # a one-line error naming the teachers there when the key is wrong
-    holder = current_holder(str(location), key)
-    if holder:
-        raise CacheError(f"teacher {key} is being extracted by {describe_holder(holder)}: wait for that run to finish before removing it")
-    del root[GROUP][key]
+
+class Cache:
+    def __init__(self, root: zarr.Group, location: str, folder: Path | None, writable: bool) -> None:
+        self._root = root  # cache/ modules only
+        self.location = location
+        self.folder = folder  # on a local or NFS path, else None
+        self.writable = writable
+
+    def __repr__(self) -> str:
+        return f"Cache({self.location!r})"
+
+    @property
+    def schema(self) -> dict:
+        """{"schema_version", "created_with"} of the root."""
+        return dict(self._root.attrs[ROOT_ATTR])
+
+    # --- segments ------------------------------------------------------------------------
+
+    @cached_property
+    def segments(self) -> SegmentTable:
+        """The segments table (read once per handle); a one-line error when the cache has none."""
+        return read_table(self._root)
+
+    @property
+    def segments_info(self) -> dict:
+        """{"count", "heads", "source"} of the table, without reading its columns."""
+        attrs = table_attrs(self._root)
+        return {"count": attrs.get("count", 0), "heads": attrs.get("heads", {}), "source": attrs.get("source", {})}
+
+    def write_segments(self, table: SegmentTable, source: dict) -> None:
+        """Write the table if the cache has none; otherwise insist it is the same segments."""
+        write_table(self._root, table, source)
+        self.__dict__.pop("segments", None)
+
+    def has_segments(self) -> bool:
+        return has_table(self._root)
+
+    # --- teachers ------------------------------------------------------------------------
+
+    def teacher_keys(self) -> list[str]:
+        if GROUP not in self._root:
+            return []
+        group = self._root[GROUP]
+        return sorted(k for k, g in group.groups() if ATTR in g.attrs)
+
+    def teachers(self) -> list[Teacher]:
+        return [self.teacher(k) for k in self.teacher_keys()]
+
+    def teacher(self, key: str) -> Teacher:
+        try:
+            group = self._root[f"{GROUP}/{key}"]
+            if ATTR in group.attrs:
+                return Teacher(group, self._teacher_folder(key))
+        except (KeyError, ValueError):  # ValueError: a key zarr refuses as a path, such as "../x"
+            pass
+        keys = self.teacher_keys()
+        raise CacheError(f"teacher {key!r} is not in the cache (it holds: {', '.join(keys) or 'none'}): run `egodistill cache info` to see them")
+
+    def key_for(self, provenance: Provenance, name: str | None = None) -> str:
+        """`name` if given; else the key of the stored teacher with this identity (keys made by older
+        versions, which hashed other fields, stand); else a new key."""
+        if name:
+            return name
+        fresh = provenance.teacher_key()
+        same = [t.key for t in self.teachers() if t.provenance.identity() == provenance.identity()]
+        return fresh if fresh in same or not same else same[0]
+
+    def create_teacher(self, key: str, provenance: Provenance, feature_dim: int, offsets: np.ndarray, layout: Layout,
+                       heads: dict[str, int]) -> tuple[Teacher, bool]:
+        """Create the teacher's arrays, or reopen it to resume. Returns (teacher, resumed)."""
+        check_plain_name(CacheError, "teacher key", key)
+        teachers = self._root.require_group(GROUP)
+        if key in teachers and ATTR in teachers[key].attrs:
+            teacher = self.teacher(key)
+            _refuse_other_identity(teacher, provenance)
+            return teacher, True
+        if key in teachers:  # killed while creating: nothing was written into it yet
+            del teachers[key]
+        group = teachers.create_group(key)
+        create_feature_arrays(group, feature_dim, offsets, layout, heads)
+        group.attrs[ATTR] = teacher_attrs(key, provenance, feature_dim, heads, layout)
+        return self.teacher(key), False
+
+    def create_logits_teacher(self, key: str, provenance: Provenance, logits: dict[str, np.ndarray], failed: Sequence[Failure] = ()) -> Teacher:
+        """A teacher made of logits only (e.g. a head fitted on cached features), written whole at once.
+
+        An existing teacher of that key with the same identity is replaced, another one is refused."""
+        check_plain_name(CacheError, "teacher key", key)
+        teachers = self._root.require_group(GROUP)
+        if key in teachers:
+            if ATTR in teachers[key].attrs:
+                _refuse_other_identity(self.teacher(key), provenance)
+            del teachers[key]
+        group = teachers.create_group(key)
+        layout = create_logit_arrays(group, logits, failed)
+        group.attrs[ATTR] = teacher_attrs(key, provenance, 0, {h: int(v.shape[1]) for h, v in logits.items()}, layout)
+        return self.teacher(key)
+
+    def remove_teacher(self, key: str) -> None:
+        """Delete teacher `key` (its arrays, task records and lease) and nothing else.
+
+        Refused while an extraction holds the teacher's lease. Only the `teachers/<key>/` prefix is
+        deleted: the `teachers` group's own metadata and other teachers' objects are not rewritten."""
+        self.teacher(key)  # a one-line error naming the teachers there when the key is wrong
+        holder = current_holder(self._teacher_folder(key))
+        if holder:
+            raise CacheError(f"teacher {key} is being extracted by {describe_holder(holder)}: wait for that run to finish before removing it")
+        del self._root[GROUP][key]
+
+    @contextmanager
+    def lease(self, key: str) -> Iterator[Callable[[], None]]:
+        """Hold the one-writer lease on teacher `key` for the block (local and NFS caches); yields `renew()`."""
+        with teacher_lease(self._teacher_folder(key), key) as renew:
+            yield renew
+
+    def _teacher_folder(self, key: str) -> Path | None:
+        return self.folder / GROUP / key if self.folder is not None else None
+
+
+def _refuse_other_identity(teacher: Teacher, provenance: Provenance) -> None:
+    stored, asked = teacher.provenance.to_json(), provenance.to_json()
+    if teacher.provenance.identity() != provenance.identity():
+        changed = sorted(k for k in (set(stored) | set(asked)) - {"egodistill"} if stored.get(k) != asked.get(k))
+        raise CacheError(
+            f"teacher {teacher.key!r} already exists with other settings ({', '.join(changed)} differ): "
+            "drop --name to get a key of its own, or use the stored settings"
+        )

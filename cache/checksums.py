@@ -11,17 +11,29 @@ record keeps `row_checksums`, a sha256 of the row values as written.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from egodistill.cache.segments import GROUP, has_table, table_arrays, table_attrs
+
 ABSENT = "absent"
 
 
 def digest(data: bytes | None) -> str:
     return ABSENT if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """"sha256:<hex>" of a file's bytes (weights, heads, imported files), read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
 
 
 def rows_digest(values: np.ndarray) -> str:
@@ -72,15 +84,20 @@ def task_checksums(teacher: zarr.Group, segments: range, r0: int, r1: int, writt
             else:  # shared with a neighbouring task: check the values of our rows only
                 lo, hi = max(a, start), min(b, stop)
                 row_checksums.append({"array": name, "rows": [lo, hi], "sha256": rows_digest(values[lo - a: hi - a])})
-    for key in dependency_keys(teacher):
+    root = zarr.open_group(teacher.store_path.store, path="", mode="r")
+    for key in object_keys(root, [teacher["offsets"].path, *segment_table_keys(root)]):
         checksums[key] = digest(read_object(teacher, key))
     return {"checksums": checksums, "row_checksums": row_checksums}
 
 
-def dependency_keys(teacher: zarr.Group) -> list[str]:
-    """Objects every task's rows depend on: the teacher's offsets and the cache's segments table."""
-    arrays = [teacher["offsets"]]
-    root = zarr.open_group(teacher.store_path.store, path="", mode="r")
-    if "segments" in root:
-        arrays += [array for _, array in sorted(root["segments"].arrays())]
+def segment_table_keys(root: zarr.Group) -> list[str]:
+    """Paths of the arrays the segments table is made of (none when the cache has no table)."""
+    if not has_table(root):
+        return []
+    return [f"{GROUP}/{name}" for name in table_arrays(table_attrs(root)["heads"])]
+
+
+def object_keys(root: zarr.Group, array_paths: list[str]) -> list[str]:
+    """Store keys of every object of these arrays (paths from the cache root)."""
+    arrays = [root[p] for p in array_paths]
     return [object_key(array, coords) for array in arrays for coords, _, _ in objects_along_rows(array, 0, array.shape[0])]

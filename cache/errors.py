@@ -23,3 +23,7 @@ class CacheError(EgodistillError):
 
 class ExtractError(EgodistillError):
     """An extract option that cannot be used: an unknown modality or flow method, a count or rate out of range."""
+
+
+class DeviceError(EgodistillError):
+    """A --device this machine does not have."""

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from egodistill.cache.catalog import open_cache
+from egodistill.cache.checksums import file_sha256
 from egodistill.cache.errors import CacheError
-from egodistill.cache.hdf5 import file_sha256, imported_note, open_h5
+from egodistill.cache.hdf5 import imported_note, open_h5
+from egodistill.cache.layout import plan_layout
 from egodistill.cache.options import check_choice, check_number, check_plain_name
-from egodistill.cache.segments import read_segments
-from egodistill.cache.store import egodistill_version, open_cache
-from egodistill.cache.teachers import create_teacher, plan_layout, task_segments, teacher_key, write_task
+from egodistill.cache.records import Failure, Provenance
+from egodistill.cache.teachers import ATTR
 
 
 @dataclass
@@ -66,8 +68,8 @@ def import_features(path: str | os.PathLike, location: str | os.PathLike, modali
         check_plain_name(CacheError, "--name", name)
     check_choice(CacheError, "--by", by, ("auto", "segment", "video"))
     check_number(CacheError, "--fps", fps, above=0)
-    root = open_cache(location, mode="r+", storage_options=storage_options)
-    table = read_segments(root)
+    cache = open_cache(location, mode="r+", storage_options=storage_options)
+    table = cache.segments
     with open_h5(path) as f:
         entries = find_entries(f, fps)
         if not entries:
@@ -78,24 +80,23 @@ def import_features(path: str | os.PathLike, location: str | os.PathLike, modali
             raise CacheError(f"{path} mixes feature widths {sorted(dims)}: every dataset must be T x D with one D")
         rows, failed = _plan(entries, table, by, path)
         source = {"file": os.path.basename(str(path)), "by": by, "timestamps": _timestamp_source(entries, fps)}
-        provenance = {
-            "modality": modality, "backbone": backbone, "weights": file_sha256(path), "head": None, "in_chans": None,
-            "preprocessing": {"imported": source}, "sampling": {"imported": by}, "precision": str(next(iter(entries.values())).dataset.dtype),
-            "egodistill": egodistill_version(),
-        }
-        key = name or teacher_key(provenance)
-        if "teachers" in root and key in root["teachers"]:
+        provenance = Provenance(
+            modality=modality, backbone=backbone, weights=file_sha256(path), preprocessing={"imported": source},
+            sampling={"imported": by}, precision=str(next(iter(entries.values())).dataset.dtype),
+        )
+        key = cache.key_for(provenance, name)
+        if key in cache.teacher_keys():
             raise CacheError(f"teacher {key} is already in {location}: `egodistill cache rm {location} --teacher {key}` first, or pick another --name")
         offsets, layout = plan_layout(np.array([r for r, _ in rows], dtype=np.int64))
         dim = dims.pop()
-        group, _ = create_teacher(root, key, provenance, dim, offsets, layout, {})
+        teacher, _ = cache.create_teacher(key, provenance, dim, offsets, layout, {})
         for task in range(layout.tasks):
-            segs = task_segments(layout, task)
+            segs = layout.task_segments(task)
             parts = [_segment_rows(rows[i][1], table, i, dim) for i in segs]
             features, times = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-            write_task(group, task, features.astype(np.float16), times.astype(np.float32), {},
-                       {"failed": [x for x in failed if x["segment"] in segs], "worker": "import-h5"})
-    group.attrs["teacher"] = {**group.attrs["teacher"], "imported": imported_note(path, **source)}
+            teacher.write_task(task, features.astype(np.float16), times.astype(np.float32), {},
+                               failed=[x for x in failed if x.segment in segs], worker="import-h5")
+    teacher._group.attrs[ATTR] = {**teacher._group.attrs[ATTR], "imported": imported_note(path, **source)}
     return key
 
 
@@ -122,7 +123,7 @@ def _lookup(entries: dict[str, Entry], wanted: str) -> Entry | None:
     return None
 
 
-def _plan(entries, table, by: str, path) -> tuple[list[tuple[int, tuple]], list[dict]]:
+def _plan(entries, table, by: str, path) -> tuple[list[tuple[int, tuple]], list[Failure]]:
     """Per segment: (rows, how to read them), and ledger entries for segments the file lacks."""
     rows, failed = [], []
     for i in range(len(table)):
@@ -130,7 +131,7 @@ def _plan(entries, table, by: str, path) -> tuple[list[tuple[int, tuple]], list[
         entry = _lookup(entries, sid if by == "segment" else video)
         if entry is None:
             rows.append((0, (None, None, None)))
-            failed.append({"segment": i, "id": sid, "video": video, "reason": f"not in {os.path.basename(str(path))}", "expected_rows": 0, "written_rows": 0})
+            failed.append(Failure(i, sid, video, f"not in {os.path.basename(str(path))}"))
             continue
         if by == "segment":
             rows.append((entry.dataset.shape[0], (entry, 0, entry.dataset.shape[0])))
@@ -141,7 +142,7 @@ def _plan(entries, table, by: str, path) -> tuple[list[tuple[int, tuple]], list[
         a = int(np.searchsorted(entry.timestamps, start, side="left"))
         b = len(entry.timestamps) if math.isnan(stop) else int(np.searchsorted(entry.timestamps, stop, side="left"))
         if b <= a:
-            failed.append({"segment": i, "id": sid, "video": video, "reason": f"no rows of {entry.name} within [{start}, {stop}) s", "expected_rows": 0, "written_rows": 0})
+            failed.append(Failure(i, sid, video, f"no rows of {entry.name} within [{start}, {stop}) s"))
         rows.append((max(0, b - a), (entry, a, max(a, b))))
     return rows, failed
 

@@ -14,35 +14,34 @@ round trip; rows of unfinished tasks are exported as stored (NaN) and are not da
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import socket
-from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from egodistill.cache.catalog import open_cache
+from egodistill.cache.checksums import file_sha256
 from egodistill.cache.errors import CacheError
 from egodistill.cache.jsonio import dumps
+from egodistill.cache.layout import Layout
 from egodistill.cache.options import check_plain_name
-from egodistill.cache.segments import GROUP as SEGMENTS
-from egodistill.cache.segments import SegmentTable, read_segments, write_segments
-from egodistill.cache.store import egodistill_version, open_cache
-from egodistill.cache.teachers import Layout, create_logits_teacher, create_teacher, open_teacher, task_records, task_segments, teacher_info, write_task
+from egodistill.cache.records import Provenance, TaskRecord, egodistill_version, now
+from egodistill.cache.segments import SegmentTable
+from egodistill.cache.teachers import ATTR
 
 EXPORT_ATTR = "egodistill_export"
 EXPORT_FORMAT = 1
-# Task-record fields that describe the write itself; an import writes anew and records its own.
-WRITE_FIELDS = ("segments", "rows", "finished_at", "checksums", "row_checksums")
 
 
 def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike, storage_options: dict | None = None) -> Path:
     """Write teacher `key` of the cache at `location`, with the segments table, to the HDF5 file `out`."""
-    root = open_cache(location, mode="r", storage_options=storage_options)
-    teacher = open_teacher(root, key)
-    table = read_segments(root)
+    cache = open_cache(location, mode="r", storage_options=storage_options)
+    teacher = cache.teacher(key)
+    table = cache.segments
+    arrays = teacher._group
     out = Path(out)
     if not out.parent.is_dir():
         raise CacheError(f"cannot write {out}: folder {out.parent} not found: create it or choose another output path")
@@ -52,18 +51,18 @@ def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike
         for name, values in _segment_columns(table).items():
             segments.create_dataset(name, data=values, dtype=h5py.string_dtype() if values.dtype == object else values.dtype)
         group = f.create_group("teacher")
-        names = [n for n in ("features", "timestamps", "offsets") if n in teacher]
-        names += [f"logits/{h}" for h in teacher_info(teacher)["heads"]]
+        names = [n for n in ("features", "timestamps", "offsets") if n in arrays]
+        names += [f"logits/{h}" for h in teacher.heads]
         for name in names:
-            array = teacher[name]
+            array = arrays[name]
             data = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=_h5_chunks(array.shape))
             step = max(1, (64 << 20) // max(1, array.dtype.itemsize * int(np.prod(array.shape[1:]))))  # ~64 MB at a time
             for a in range(0, array.shape[0], step):
                 data[a:a + step] = array[a:a + step]
         f.attrs[EXPORT_ATTR] = dumps({
-            "format": EXPORT_FORMAT, "teacher": teacher_info(teacher), "segments": root[SEGMENTS].attrs.asdict(),
-            "records": {str(t): r for t, r in sorted(task_records(teacher).items())},
-            "exported_from": str(location), "exported_at": _now(), "egodistill": egodistill_version(),
+            "format": EXPORT_FORMAT, "teacher": arrays.attrs[ATTR], "segments": cache.segments_info,
+            "records": {str(t): r.to_json() for t, r in sorted(teacher.records().items())},
+            "exported_from": str(location), "exported_at": now(), "egodistill": egodistill_version(),
         })
     os.replace(tmp, out)
     return out
@@ -95,42 +94,36 @@ def import_export(path: str | os.PathLike, location: str | os.PathLike, name: st
         meta = json.loads(f.attrs[EXPORT_ATTR])
         if int(meta.get("format", 0)) > EXPORT_FORMAT:
             raise CacheError(f"{path} was exported by a newer egodistill (format {meta['format']}): upgrade egodistill")
-        info, records = meta["teacher"], {int(t): r for t, r in meta["records"].items()}
+        info, records = meta["teacher"], {int(t): TaskRecord.from_json(r) for t, r in meta["records"].items()}
         key = name or info["key"]
-        root = open_cache(location, mode="a", storage_options=storage_options)
-        write_segments(root, _table_from(f["segments"], meta["segments"]), meta["segments"].get("source", {}))
-        if "teachers" in root and key in root["teachers"]:
+        cache = open_cache(location, mode="a", storage_options=storage_options)
+        cache.write_segments(_table_from(f["segments"], meta["segments"]), meta["segments"].get("source", {}))
+        if key in cache.teacher_keys():
             raise CacheError(f"teacher {key} is already in {location}: `egodistill cache rm {location} --teacher {key}` first, or import with --name")
         data = f["teacher"]
         heads = {h: int(c) for h, c in info["heads"].items()}
-        provenance = info["provenance"]
+        provenance = Provenance.from_json(info["provenance"])
         if "features" not in data:  # a logits-only teacher (fitted on cached features)
-            failed = [x for r in records.values() for x in r.get("failed", [])]
-            group = create_logits_teacher(root, key, provenance, {h: data[f"logits/{h}"][:] for h in heads}, failed)
+            failed = [x for r in records.values() for x in r.failed]
+            teacher = cache.create_logits_teacher(key, provenance, {h: data[f"logits/{h}"][:] for h in heads}, failed)
         else:
             layout = Layout(**info["layout"])
-            group, _ = create_teacher(root, key, provenance, int(info["feature_dim"]), data["offsets"][:], layout, heads)
             offsets = data["offsets"][:]
+            teacher, _ = cache.create_teacher(key, provenance, int(info["feature_dim"]), offsets, layout, heads)
             for task, record in sorted(records.items()):
-                segs = task_segments(layout, task)
+                segs = layout.task_segments(task)
                 r0, r1 = int(offsets[segs.start]), int(offsets[segs.stop])
                 logits = {h: data[f"logits/{h}"][segs.start:segs.stop] for h in heads}
-                kept = {k: v for k, v in record.items() if k not in WRITE_FIELDS}
-                write_task(group, task, data["features"][r0:r1], data["timestamps"][r0:r1], logits, kept)
-    group.attrs["teacher"] = {**info, "key": key, "imported": imported_note(path)}
+                # The write is new (fresh checksums and time); what the task found is kept.
+                teacher.write_task(task, data["features"][r0:r1], data["timestamps"][r0:r1], logits, failed=record.failed,
+                                   worker=record.worker, device=record.device, seconds=record.seconds)
+    # The stored description comes back as exported (creator, creation time), plus where it came from.
+    teacher._group.attrs[ATTR] = {**info, "key": key, "imported": imported_note(path)}
     return key
 
 
 def imported_note(path: str | os.PathLike, **extra) -> dict:
-    return {"from": str(path), "sha256": file_sha256(path), "by": f"{getpass.getuser()}@{socket.gethostname()}", "at": _now(), **extra}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    return {"from": str(path), "sha256": file_sha256(path), "by": f"{getpass.getuser()}@{socket.gethostname()}", "at": now(), **extra}
 
 
 def _segment_columns(table: SegmentTable) -> dict[str, np.ndarray]:
@@ -150,8 +143,3 @@ def _h5_chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
     if not shape or shape[0] == 0:
         return None
     return (min(shape[0], 4096), *shape[1:])
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-

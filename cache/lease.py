@@ -18,7 +18,6 @@ from pathlib import Path
 
 from egodistill.cache.errors import CacheError
 from egodistill.cache.jsonio import dumps
-from egodistill.cache.store import is_url
 
 LEASE_FILE = "egodistill-lease.json"
 STALE_AFTER_SEC = 600.0
@@ -40,18 +39,10 @@ def _alive(holder: dict) -> bool:
     return True
 
 
-def lease_path(location: str, key: str) -> Path | None:
-    """Where teacher `key`'s lease file lives, or None on a remote store (which has no leases)."""
-    if is_url(location) and not location.startswith("file://"):
-        return None
-    return Path(location.removeprefix("file://")) / "teachers" / key / LEASE_FILE
-
-
-def current_holder(location: str, key: str) -> dict | None:
-    """The live holder of teacher `key`'s lease ({user, host, pid, since, renewed}), or None."""
-    path = lease_path(location, key)
+def current_holder(folder: Path | None) -> dict | None:
+    """The live holder of the lease in a teacher's `folder` ({user, host, pid, since, renewed}), or None."""
     try:
-        holder = json.loads(path.read_text()) if path else None
+        holder = json.loads((folder / LEASE_FILE).read_text()) if folder else None
     except (OSError, ValueError):
         return None
     return holder if holder and _alive(holder) else None
@@ -63,12 +54,11 @@ def describe_holder(holder: dict) -> str:
 
 
 @contextmanager
-def teacher_lease(location: str, key: str) -> Iterator[Callable[[], None]]:
-    """Hold the lease on teacher `key` of the cache at `location` for the block; yields `renew()`."""
-    if is_url(location) and not location.startswith("file://"):
+def teacher_lease(folder: Path | None, key: str) -> Iterator[Callable[[], None]]:
+    """Hold the lease on teacher `key` (its folder; None on a remote store) for the block; yields `renew()`."""
+    if folder is None:
         yield lambda: None
         return
-    folder = Path(location.removeprefix("file://")) / "teachers" / key
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LEASE_FILE
     me = _holder()

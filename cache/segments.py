@@ -1,4 +1,9 @@
-"""The segments table: ids, videos, times, split and labels, written once per cache."""
+"""The segments table: ids, videos, times, split and labels, written once per cache.
+
+Text columns are stored in core Zarr v3 types, so every Zarr v3 reader opens them (tensorstore
+refuses zarr-python's variable-length string type): `<column>_bytes` holds the UTF-8 of every
+value concatenated, `<column>_offsets` [N+1] where value i is `bytes[offsets[i]:offsets[i+1]]`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ import zarr
 from egodistill.cache.errors import CacheError
 
 GROUP = "segments"
+TEXT_COLUMNS = ("id", "video", "split")
+NUMBER_COLUMNS = ("start_sec", "stop_sec")
+CHUNK = 1 << 20  # elements per chunk: a reader takes whole columns at once
 
 
 @dataclass(frozen=True)
@@ -28,50 +36,82 @@ class SegmentTable:
         return len(self.ids)
 
 
-def write_segments(root: zarr.Group, table: SegmentTable, source: dict) -> None:
+def encode_text(values) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes (uint8) of all values concatenated, and int64 offsets [N+1]."""
+    encoded = [str(v).encode("utf-8") for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+def decode_text(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    raw = data.tobytes()
+    return np.array([raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())], dtype=str)
+
+
+def table_arrays(heads: dict[str, int]) -> list[str]:
+    """Names of the arrays a table with these heads is made of."""
+    return [f"{c}_{part}" for c in TEXT_COLUMNS for part in ("bytes", "offsets")] + list(NUMBER_COLUMNS) + [f"label_{h}" for h in heads]
+
+
+def _create(group: zarr.Group, name: str, values: np.ndarray, fill_value=None) -> None:
+    # Dimension names as xarray wants them: one name, one length (each column's bytes differ in length).
+    dims = (f"{name[:-len('_bytes')]}_byte",) if name.endswith("_bytes") else ("segment_edge",) if name.endswith("_offsets") else ("segment",)
+    values = np.asarray(values)
+    group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(max(1, min(len(values), CHUNK)),),
+                       fill_value=fill_value, dimension_names=dims, overwrite=True)[:] = values
+
+
+def write_text_columns(group: zarr.Group, columns: dict[str, np.ndarray]) -> None:
+    """`<column>_bytes` and `<column>_offsets` of each text column ("id", "video", "split")."""
+    for column, values in columns.items():
+        data, offsets = encode_text(values)
+        _create(group, f"{column}_bytes", data, 0)
+        _create(group, f"{column}_offsets", offsets, 0)
+
+
+def write_table(root: zarr.Group, table: SegmentTable, source: dict) -> None:
     """Write the table if the cache has none; otherwise insist it is the same segments."""
     if GROUP in root and "count" in root[GROUP].attrs:
-        _check_same(read_segments(root), table)
+        _check_same(read_table(root), table)
         return
     if GROUP in root:  # a run was killed while writing the table: nothing refers to it yet
         del root[GROUP]
-    n = len(table)
     group = root.create_group(GROUP)
-    chunk = (max(1, min(n, 65536)),)
-    for name, values, dtype in (
-        ("id", table.ids, str),
-        ("video", table.videos, str),
-        ("split", table.split, str),
-        ("start_sec", table.start_sec, "float64"),
-        ("stop_sec", table.stop_sec, "float64"),
-    ):
-        group.create_array(name, shape=(n,), dtype=dtype, chunks=chunk)[:] = np.asarray(values)
+    write_text_columns(group, {"id": table.ids, "video": table.videos, "split": table.split})
+    _create(group, "start_sec", np.asarray(table.start_sec, dtype=np.float64), np.nan)
+    _create(group, "stop_sec", np.asarray(table.stop_sec, dtype=np.float64), np.nan)
     for head, labels in table.labels.items():
-        group.create_array(f"label_{head}", shape=(n,), dtype="int32", chunks=chunk, fill_value=-1)[:] = labels
+        _create(group, f"label_{head}", np.asarray(labels, dtype=np.int32), -1)
     # Attributes last: a table without them is a half-written one and is rewritten.
-    group.attrs.update({"count": n, "heads": dict(table.heads), "source": source})
+    group.attrs.update({"count": len(table), "heads": dict(table.heads), "source": source})
 
 
-def read_segments(root: zarr.Group) -> SegmentTable:
-    if GROUP not in root or "count" not in root[GROUP].attrs:
+def has_table(root: zarr.Group) -> bool:
+    return GROUP in root and "count" in root[GROUP].attrs
+
+
+def table_attrs(root: zarr.Group) -> dict:
+    """{"count", "heads", "source"} of the table, without reading its columns ({} when there is none)."""
+    return root[GROUP].attrs.asdict() if GROUP in root else {}
+
+
+def read_table(root: zarr.Group) -> SegmentTable:
+    if not has_table(root):
         raise CacheError("the cache has no segments table: run `egodistill extract` on it first")
     group = root[GROUP]
     heads = {k: int(v) for k, v in group.attrs["heads"].items()}
+    text = {c: decode_text(group[f"{c}_bytes"][:], group[f"{c}_offsets"][:]) for c in TEXT_COLUMNS}
     return SegmentTable(
-        ids=group["id"][:],
-        videos=group["video"][:],
-        start_sec=group["start_sec"][:],
-        stop_sec=group["stop_sec"][:],
-        split=group["split"][:],
-        labels={h: group[f"label_{h}"][:] for h in heads},
-        heads=heads,
+        ids=text["id"], videos=text["video"], start_sec=group["start_sec"][:], stop_sec=group["stop_sec"][:], split=text["split"],
+        labels={h: group[f"label_{h}"][:] for h in heads}, heads=heads,
     )
 
 
 def _check_same(existing: SegmentTable, table: SegmentTable) -> None:
     same = (
         len(existing) == len(table)
-        and np.array_equal(existing.ids, np.asarray(table.ids))
+        and np.array_equal(existing.ids.astype(str), np.asarray(table.ids).astype(str))
         and existing.heads == dict(table.heads)
     )
     if not same:

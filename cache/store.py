@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import zarr
 
 from egodistill.cache.errors import CacheError
+from egodistill.cache.records import egodistill_version
 
-SCHEMA_VERSION = 1
+# 2: text columns of the segments table as UTF-8 bytes + offsets (1 used zarr-python's string type).
+SCHEMA_VERSION = 2
 ROOT_ATTR = "egodistill"
-
-
-def egodistill_version() -> str:
-    try:
-        return metadata.version("egodistill")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 READ_CACHE_ENV = "EGODISTILL_READ_CACHE"  # a folder: remote caches opened read-only are read through it
 READ_THROUGH = ("filecache::", "simplecache::")  # fsspec's spelling of "keep a local copy" in front of a URL
 READ_ONLY_PROTOCOLS = ("http://", "https://")
-NEEDS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "http": "aiohttp", "https": "aiohttp"}
+NEEDS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 
 
 def is_url(location: str) -> bool:
@@ -46,14 +40,15 @@ def _split_read_through(location: str) -> tuple[str, bool]:
     return location, False
 
 
-def open_cache(
+def open_root(
     location: str | os.PathLike,
     mode: str = "r",
     storage_options: dict[str, Any] | None = None,
     read_cache: str | os.PathLike | None = None,
-) -> zarr.Group:
-    """Open the cache root group. mode "r" never writes; "a" creates the root when it is absent.
+) -> tuple[zarr.Group, Path | None]:
+    """The cache's root group, and its folder when it is on a local or NFS path (else None).
 
+    mode "r" never writes; "a" creates the root, marked with this schema version, when it is absent.
     `location` is a path or an fsspec URL (s3://, gs://, http(s):// read-only, file://); credentials
     come from the usual environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, ...). A remote cache
     opened read-only is read through a local folder when `read_cache`, or the EGODISTILL_READ_CACHE
@@ -79,19 +74,30 @@ def open_cache(
         raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` first") from err
     except (OSError, ValueError, TypeError) as err:
         raise CacheError(f"cannot open cache {location}: {_short(err)}") from err
-    marker = root.attrs.get(ROOT_ATTR)
-    if marker is None:
+    if root.attrs.get(ROOT_ATTR) is None:
         if mode == "r" or len(list(root.keys())) > 0:
             raise CacheError(f"{location} is a Zarr group but not an egodistill cache: choose another --cache path")
         root.attrs[ROOT_ATTR] = {"schema_version": SCHEMA_VERSION, "created_with": egodistill_version()}
-        return root
-    schema = int(marker.get("schema_version", 0))
+    return root, None if is_url(path) else Path(path)
+
+
+def schema_version(root: zarr.Group) -> int:
+    return int(root.attrs[ROOT_ATTR].get("schema_version", 0))
+
+
+def check_schema(root: zarr.Group, location: str | os.PathLike) -> None:
+    """Refuse, in one line, a cache of a newer schema, or of an older one that `cache upgrade` converts."""
+    schema = schema_version(root)
     if schema > SCHEMA_VERSION:
         raise CacheError(
             f"cache {location} has schema version {schema}, newer than this egodistill understands "
             f"({SCHEMA_VERSION}): upgrade egodistill"
         )
-    return root
+    if schema < SCHEMA_VERSION:
+        raise CacheError(
+            f"cache {location} has schema version {schema}, which this egodistill reads after a one-time conversion: "
+            f"run `egodistill cache upgrade {location}` (rewrites the segments table; teachers untouched)"
+        )
 
 
 def _remote_store(url: str, mode: str, storage_options: dict[str, Any] | None, read_cache, chained: bool):

@@ -1,251 +1,160 @@
-"""Teachers in the cache: provenance keys, the row layout, per-task writes and the ledger.
+"""One teacher of a cache: its description, rows, logits and task records, and the writes that make them.
 
-One teacher = one (modality, extractor) pair keyed by its provenance. Its frame-level
-features are one concatenated `rows x D` float16 array; segment i owns rows
-`offsets[i]:offsets[i+1]`. Work is split into tasks of whole segments; a task writes its
-rows, its logits chunk and then its record under `tasks/`, so a segment is data only once
-its task record says so.
+One teacher = one (modality, extractor) pair keyed by its provenance. Its frame-level features are
+one concatenated `rows x D` float16 array; segment i owns rows `offsets[i]:offsets[i+1]`. Work is
+split into tasks of whole segments; a task writes its rows, its logits chunk and then its record
+under `tasks/`, so a segment is data only once its task record says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
-import json
-import math
-import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from egodistill.cache.blocks import FeatureReader
 from egodistill.cache.checksums import task_checksums
 from egodistill.cache.errors import CacheError
-from egodistill.cache.options import check_plain_name
+from egodistill.cache.layout import Layout
+from egodistill.cache.records import Failure, Provenance, TaskRecord, now
 
 GROUP = "teachers"
+ATTR = "teacher"
 FEATURE_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
-ROW_CHUNK_TARGET = 512  # rows per inner chunk: the loader's read unit
-TASKS_TARGET = 64       # aim for this many tasks so a cluster has work to spread
-MIN_ROWS_PER_TASK = 32  # ... but give each task enough frames to batch the model's forward passes
-MAX_SEGMENTS_PER_TASK = 256
 
 LockFactory = Callable[[str], AbstractContextManager]
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How rows are cut into chunks, shards and tasks; fixed when the teacher is created."""
+class Teacher:
+    """A teacher as stored: read its rows, logits and records; write its tasks (caches opened for writing)."""
 
-    segments: int
-    rows: int
-    segments_per_task: int
-    rows_per_shard: int
-    rows_per_chunk: int
+    def __init__(self, group: zarr.Group, local_path: Path | None = None) -> None:
+        meta = group.attrs[ATTR]
+        self._group = group  # cache/ modules only: outside cache/, nobody indexes the store
+        self._local_path = local_path  # the teacher's folder on a local or NFS path, else None
+        self.key: str = meta["key"]
+        self.modality: str = meta["modality"]
+        self.provenance = Provenance.from_json(meta["provenance"])
+        self.feature_dim: int = int(meta["feature_dim"])
+        self.heads: dict[str, int] = {h: int(c) for h, c in meta["heads"].items()}
+        self.layout = Layout(**meta["layout"])
+        self.created_by: str | None = meta.get("created_by")
+        self.created_at: str | None = meta.get("created_at")
+        self.imported: dict | None = meta.get("imported")  # {"from", "sha256", "by", "at", ...} of `cache import-h5`
 
-    @property
-    def tasks(self) -> int:
-        return math.ceil(self.segments / self.segments_per_task)
+    def __repr__(self) -> str:
+        return f"Teacher({self.key!r}, modality={self.modality!r}, rows={self.layout.rows}, heads={self.heads})"
 
+    # --- reading ---------------------------------------------------------------------------
 
-def teacher_key(provenance: dict) -> str:
-    """`<modality>-<backbone>-<hash>`: readable, and different whenever the provenance differs."""
-    digest = hashlib.sha256(json.dumps(provenance, sort_keys=True).encode()).hexdigest()[:10]
-    backbone = re.sub(r"[^A-Za-z0-9_.]+", "_", str(provenance["backbone"]))
-    return f"{provenance['modality']}-{backbone}-{digest}"
+    @cached_property
+    def has_features(self) -> bool:
+        return "features" in self._group
 
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """int64 [N+1]: segment i owns rows offsets[i]:offsets[i+1]."""
+        return self._group["offsets"][:]
 
-def plan_layout(rows_per_segment: np.ndarray, segments_per_task: int | None = None) -> tuple[np.ndarray, Layout]:
-    """Offsets (N+1) and a layout whose shards line up with tasks whenever segments have equal rows."""
-    rows_per_segment = np.asarray(rows_per_segment, dtype=np.int64)
-    n = len(rows_per_segment)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(rows_per_segment, out=offsets[1:])
-    if segments_per_task is None:
-        mean_rows = max(1.0, float(offsets[-1]) / max(n, 1))
-        wanted = max(math.ceil(n / TASKS_TARGET), math.ceil(MIN_ROWS_PER_TASK / mean_rows))
-        segments_per_task = int(np.clip(wanted, 1, MAX_SEGMENTS_PER_TASK))
-    uniform = n > 0 and bool(np.all(rows_per_segment == rows_per_segment[0]))
-    if uniform:
-        # Shard = one task's rows exactly, so no two tasks ever touch one shard.
-        t = int(rows_per_segment[0])
-        shard = segments_per_task * t
-        per_chunk = max(d for d in range(1, segments_per_task + 1) if segments_per_task % d == 0 and d * t <= max(ROW_CHUNK_TARGET, t))
-        chunk = per_chunk * t
-    else:
-        mean_rows = max(1, int(offsets[-1] // max(n, 1)))
-        chunk = min(ROW_CHUNK_TARGET, max(1, segments_per_task * mean_rows))
-        shard = chunk * max(1, round(segments_per_task * mean_rows / chunk))
-    layout = Layout(segments=n, rows=int(offsets[-1]), segments_per_task=segments_per_task, rows_per_shard=max(shard, 1), rows_per_chunk=max(chunk, 1))
-    return offsets, layout
+    def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Features [rows, D] float16 and timestamps [rows] float32 of rows start:stop."""
+        return self._group["features"][start:stop], self._group["timestamps"][start:stop]
 
+    def read_features(self, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Feature rows of every (start, stop) span, concatenated: the loader's whole-block read."""
+        return self._feature_reader.read(spans)
 
-def list_teachers(root: zarr.Group) -> list[str]:
-    if GROUP not in root:
-        return []
-    return sorted(k for k, _ in root[GROUP].groups() if "teacher" in root[GROUP][k].attrs)
+    @cached_property
+    def _feature_reader(self) -> FeatureReader:
+        local = self._local_path / "features" if self._local_path is not None else None
+        return FeatureReader(self._group["features"], local)
 
+    def read_logits(self, head: str) -> np.ndarray:
+        """Logits [N, C] float32 of one output head; NaN rows where a segment has none."""
+        if head not in self.heads:
+            raise CacheError(f"teacher {self.key} has no logits for head {head!r} (it has: {', '.join(self.heads) or 'none'})")
+        return self._group[f"logits/{head}"][:]
 
-def open_teacher(root: zarr.Group, key: str) -> zarr.Group:
-    try:
-        group = root[f"{GROUP}/{key}"]
-        if "teacher" in group.attrs:
-            return group
-    except (KeyError, ValueError):  # ValueError: a key zarr refuses as a path, such as "../x"
-        pass
-    keys = list_teachers(root)
-    raise CacheError(f"teacher {key!r} is not in the cache (it holds: {', '.join(keys) or 'none'}): run `egodistill cache info` to see them")
+    def blocks(self) -> list[range]:
+        """Segment ranges whose rows are whole shards (one per task): the unit a loader should read."""
+        return [self.layout.task_segments(t) for t in range(self.layout.tasks)]
 
+    def records(self) -> dict[int, TaskRecord]:
+        """Records of finished tasks; a task without one has written nothing a reader may use."""
+        return {int(name): TaskRecord.from_json(g.attrs["record"]) for name, g in self._group["tasks"].groups() if "record" in g.attrs}
 
-def teacher_info(teacher: zarr.Group) -> dict:
-    return dict(teacher.attrs["teacher"])
+    def task_done(self, task: int) -> bool:
+        tasks = self._group["tasks"]
+        return task_name(task) in tasks and "record" in tasks[task_name(task)].attrs
 
+    def segment_status(self, records: dict[int, TaskRecord] | None = None) -> np.ndarray:
+        """Per segment: 1 written and usable, -1 failed (see the ledger), 0 not extracted yet."""
+        status = np.zeros(self.layout.segments, dtype=np.int8)
+        for record in (self.records() if records is None else records).values():
+            a, b = record.segments
+            status[a:b] = 1
+            for failure in record.failed:
+                status[failure.segment] = -1
+        return status
 
-def create_teacher(
-    root: zarr.Group,
-    key: str,
-    provenance: dict,
-    feature_dim: int,
-    offsets: np.ndarray,
-    layout: Layout,
-    heads: dict[str, int],
-) -> tuple[zarr.Group, bool]:
-    """Create the teacher's arrays, or reopen it to resume. Returns (group, resumed)."""
-    check_plain_name(CacheError, "teacher key", key)
-    teachers = root.require_group(GROUP)
-    if key in teachers and "teacher" in teachers[key].attrs:
-        group = teachers[key]
-        stored = group.attrs["teacher"]["provenance"]
-        if stored != provenance:
-            changed = sorted(k for k in set(stored) | set(provenance) if stored.get(k) != provenance.get(k))
-            raise CacheError(
-                f"teacher {key!r} already exists with other settings ({', '.join(changed)} differ): "
-                "drop --name to get a key of its own, or use the stored settings"
-            )
-        return group, True
-    if key in teachers:  # killed while creating: nothing was written into it yet
-        del teachers[key]
-    group = teachers.create_group(key)
-    rows, d = layout.rows, feature_dim
-    group.create_array(
-        "features", shape=(rows, d), dtype="float16", chunks=(layout.rows_per_chunk, d),
-        shards=(layout.rows_per_shard, d), fill_value=np.nan, compressors=FEATURE_CODEC,
-        dimension_names=("row", "feature"),
-    )
-    group.create_array(
-        "timestamps", shape=(rows,), dtype="float32", chunks=(layout.rows_per_chunk,),
-        shards=(layout.rows_per_shard,), fill_value=np.nan, dimension_names=("row",),
-    )
-    group.create_array("offsets", shape=(len(offsets),), dtype="int64", chunks=(max(1, min(len(offsets), 1 << 20)),), dimension_names=("segment_edge",))[:] = offsets
-    for head, classes in heads.items():
-        group.create_array(
-            f"logits/{head}", shape=(layout.segments, classes), dtype="float32",
-            chunks=(layout.segments_per_task, classes), fill_value=np.nan, dimension_names=("segment", "class"),
-        )
-    group.create_group("tasks")
-    group.attrs["teacher"] = {
-        "key": key,
-        "modality": provenance["modality"],
-        "provenance": provenance,
-        "feature_dim": d,
-        "heads": dict(heads),
-        "layout": asdict(layout),
-        "created_by": f"{getpass.getuser()}@{socket.gethostname()}",
-        "created_at": _now(),
-    }
-    return group, False
+    def usable_segments(self) -> np.ndarray:
+        """bool [N]: the segment's task finished and the segment did not fail."""
+        return self.segment_status() == 1
 
+    def ledger(self, records: dict[int, TaskRecord] | None = None) -> list[Failure]:
+        """Every failed segment with its reason and expected vs written rows."""
+        records = self.records() if records is None else records
+        return sorted((f for r in records.values() for f in r.failed), key=lambda f: f.segment)
 
-def create_logits_teacher(root: zarr.Group, key: str, provenance: dict, logits: dict[str, np.ndarray], failed: list[dict] | None = None) -> zarr.Group:
-    """A teacher made of logits only (e.g. a head fitted on cached features), written whole at once.
+    # --- writing ---------------------------------------------------------------------------
 
-    An existing teacher of that key with the same provenance is replaced, another one is refused."""
-    teachers = root.require_group(GROUP)
-    if key in teachers:
-        stored = teachers[key].attrs.get("teacher", {}).get("provenance")
-        if stored is not None and stored != provenance:
-            raise CacheError(f"teacher {key!r} already exists with other settings: choose another name or remove it first")
-        del teachers[key]
-    n = len(next(iter(logits.values())))
-    layout = Layout(segments=n, rows=0, segments_per_task=max(n, 1), rows_per_shard=1, rows_per_chunk=1)
-    group = teachers.create_group(key)
-    for head, values in logits.items():
-        group.create_array(f"logits/{head}", shape=values.shape, dtype="float32", chunks=(max(1, min(n, 65536)), values.shape[1]), fill_value=np.nan, dimension_names=("segment", "class"))[:] = values
-    group.create_group("tasks").create_group(task_name(0)).attrs["record"] = {"segments": [0, n], "rows": [0, 0], "failed": failed or [], "finished_at": _now()}
-    group.attrs["teacher"] = {
-        "key": key, "modality": provenance["modality"], "provenance": provenance, "feature_dim": 0,
-        "heads": {h: int(v.shape[1]) for h, v in logits.items()}, "layout": asdict(layout),
-        "created_by": f"{getpass.getuser()}@{socket.gethostname()}", "created_at": _now(),
-    }
-    return group
+    def write_task(self, task: int, features: np.ndarray, timestamps: np.ndarray, logits: dict[str, np.ndarray],
+                   failed: Sequence[Failure] = (), worker: str | None = None, device: str | None = None,
+                   seconds: float | None = None, lock: LockFactory | None = None) -> None:
+        """Write one task's rows and logits, then its record (the completion marker), in that order."""
+        segs = self.layout.task_segments(task)
+        r0, r1 = int(self.offsets[segs.start]), int(self.offsets[segs.stop])
+        if features.shape[0] != r1 - r0 or timestamps.shape[0] != r1 - r0:
+            raise CacheError(f"task {task} produced {features.shape[0]} rows, the layout expects {r1 - r0}")
+        for name, values in (("features", features), ("timestamps", timestamps)):
+            self._write_rows(name, r0, values, lock)
+        for head, values in logits.items():
+            self._group[f"logits/{head}"][segs.start: segs.stop] = values
+        # Checksums of what is now stored, taken before the record makes the rows count as data.
+        written = {"features": features, "timestamps": timestamps, **{f"logits/{h}": v for h, v in logits.items()}}
+        sums = task_checksums(self._group, segs, r0, r1, written)
+        record = TaskRecord(segments=(segs.start, segs.stop), rows=(r0, r1), finished_at=now(), failed=tuple(failed), worker=worker,
+                            device=device, seconds=seconds, checksums=sums["checksums"], row_checksums=tuple(sums["row_checksums"]))
+        tasks = self._group["tasks"]
+        group = tasks[task_name(task)] if task_name(task) in tasks else tasks.create_group(task_name(task))
+        group.attrs["record"] = record.to_json()
 
+    def drop_records(self, tasks: Sequence[int]) -> None:
+        """Forget these tasks' records (to run them again): until rewritten, their segments are not data."""
+        for task in tasks:
+            if task_name(task) in self._group["tasks"]:
+                del self._group["tasks"][task_name(task)]
 
-def layout_of(teacher: zarr.Group) -> Layout:
-    return Layout(**teacher.attrs["teacher"]["layout"])
-
-
-def task_segments(layout: Layout, task: int) -> range:
-    start = task * layout.segments_per_task
-    return range(start, min(start + layout.segments_per_task, layout.segments))
+    def _write_rows(self, name: str, r0: int, values: np.ndarray, lock: LockFactory | None) -> None:
+        """Whole shards are written directly; a shard shared with another task under a lock."""
+        array, shard = self._group[name], self.layout.rows_per_shard
+        for a, b in _split_at_shards(r0, r0 + len(values), shard):
+            whole = a % shard == 0 and (b % shard == 0 or b == array.shape[0])
+            guard = contextlib.nullcontext() if whole or lock is None else lock(f"{self._group.path}/{name}/shard-{a // shard}")
+            with guard:
+                array[a:b] = values[a - r0: b - r0]
 
 
 def task_name(task: int) -> str:
     return f"{task:06d}"
-
-
-def task_records(teacher: zarr.Group) -> dict[int, dict]:
-    """Records of finished tasks; a task without one has written nothing a reader may use."""
-    return {int(name): dict(g.attrs["record"]) for name, g in teacher["tasks"].groups() if "record" in g.attrs}
-
-
-def task_done(teacher: zarr.Group, task: int) -> bool:
-    name = task_name(task)
-    return name in teacher["tasks"] and "record" in teacher["tasks"][name].attrs
-
-
-def write_task(
-    teacher: zarr.Group,
-    task: int,
-    features: np.ndarray,
-    timestamps: np.ndarray,
-    logits: dict[str, np.ndarray],
-    record: dict,
-    lock: LockFactory | None = None,
-) -> None:
-    """Write one task's rows and logits, then its record (the completion marker), in that order."""
-    layout = layout_of(teacher)
-    segs = task_segments(layout, task)
-    offsets = teacher["offsets"][segs.start: segs.stop + 1]
-    r0, r1 = int(offsets[0]), int(offsets[-1])
-    if features.shape[0] != r1 - r0 or timestamps.shape[0] != r1 - r0:
-        raise CacheError(f"task {task} produced {features.shape[0]} rows, the layout expects {r1 - r0}")
-    for array_name, values in (("features", features), ("timestamps", timestamps)):
-        _write_rows(teacher, array_name, r0, values, layout.rows_per_shard, lock)
-    for head, values in logits.items():
-        teacher[f"logits/{head}"][segs.start: segs.stop] = values
-    # Checksums of what is now stored, taken before the record makes the rows count as data.
-    written = {"features": features, "timestamps": timestamps, **{f"logits/{h}": v for h, v in logits.items()}}
-    sums = task_checksums(teacher, segs, r0, r1, written)
-    tasks = teacher["tasks"]
-    group = tasks[task_name(task)] if task_name(task) in tasks else tasks.create_group(task_name(task))
-    group.attrs["record"] = {**record, "segments": [segs.start, segs.stop], "rows": [r0, r1], "finished_at": _now(), **sums}
-
-
-def _write_rows(teacher: zarr.Group, name: str, r0: int, values: np.ndarray, shard: int, lock: LockFactory | None) -> None:
-    """Whole shards are written directly; a shard shared with another task under a lock."""
-    array = teacher[name]
-    r1 = r0 + len(values)
-    for a, b in _split_at_shards(r0, r1, shard):
-        whole = a % shard == 0 and (b % shard == 0 or b == array.shape[0])
-        guard = contextlib.nullcontext() if whole or lock is None else lock(f"{teacher.path}/{name}/shard-{a // shard}")
-        with guard:
-            array[a:b] = values[a - r0: b - r0]
 
 
 def _split_at_shards(r0: int, r1: int, shard: int) -> Iterator[tuple[int, int]]:
@@ -259,23 +168,39 @@ def _split_at_shards(r0: int, r1: int, shard: int) -> Iterator[tuple[int, int]]:
     yield from ((a, b) for a, b in ((r0, first_whole), (first_whole, last_whole), (last_whole, r1)) if b > a)
 
 
-def segment_status(teacher: zarr.Group) -> np.ndarray:
-    """Per segment: 1 written and usable, -1 failed (see the ledger), 0 not extracted yet."""
-    layout = layout_of(teacher)
-    status = np.zeros(layout.segments, dtype=np.int8)
-    for record in task_records(teacher).values():
-        a, b = record["segments"]
-        status[a:b] = 1
-        for failure in record.get("failed", []):
-            status[failure["segment"]] = -1
-    return status
+def teacher_attrs(key: str, provenance: Provenance, feature_dim: int, heads: dict[str, int], layout: Layout) -> dict:
+    return {
+        "key": key, "modality": provenance.modality, "provenance": provenance.to_json(), "feature_dim": int(feature_dim),
+        "heads": dict(heads), "layout": layout.to_json(), "created_by": f"{getpass.getuser()}@{socket.gethostname()}", "created_at": now(),
+    }
 
 
-def ledger(teacher: zarr.Group) -> list[dict]:
-    """Every failed segment with its reason and expected vs written rows."""
-    entries = [f for record in task_records(teacher).values() for f in record.get("failed", [])]
-    return sorted(entries, key=lambda f: f["segment"])
+def create_feature_arrays(group: zarr.Group, feature_dim: int, offsets: np.ndarray, layout: Layout, heads: dict[str, int]) -> None:
+    rows, d = layout.rows, feature_dim
+    group.create_array(
+        "features", shape=(rows, d), dtype="float16", chunks=(layout.rows_per_chunk, d),
+        shards=(layout.rows_per_shard, d), fill_value=np.nan, compressors=FEATURE_CODEC, dimension_names=("row", "feature"),
+    )
+    group.create_array(
+        "timestamps", shape=(rows,), dtype="float32", chunks=(layout.rows_per_chunk,),
+        shards=(layout.rows_per_shard,), fill_value=np.nan, dimension_names=("row",),
+    )
+    group.create_array("offsets", shape=(len(offsets),), dtype="int64", chunks=(max(1, min(len(offsets), 1 << 20)),), dimension_names=("segment_edge",))[:] = offsets
+    for head, classes in heads.items():
+        group.create_array(
+            f"logits/{head}", shape=(layout.segments, classes), dtype="float32",
+            chunks=(layout.segments_per_task, classes), fill_value=np.nan, dimension_names=("segment", "class"),
+        )
+    group.create_group("tasks")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def create_logit_arrays(group: zarr.Group, logits: dict[str, np.ndarray], failed: Sequence[Failure]) -> Layout:
+    """Logits written whole, with one task record covering every segment."""
+    n = len(next(iter(logits.values())))
+    layout = Layout(segments=n, rows=0, segments_per_task=max(n, 1), rows_per_shard=1, rows_per_chunk=1)
+    for head, values in logits.items():
+        group.create_array(f"logits/{head}", shape=values.shape, dtype="float32", chunks=(max(1, min(n, 65536)), values.shape[1]),
+                           fill_value=np.nan, dimension_names=("segment", "class"))[:] = values
+    record = TaskRecord(segments=(0, n), rows=(0, 0), finished_at=now(), failed=tuple(failed))
+    group.create_group("tasks").create_group(task_name(0)).attrs["record"] = record.to_json()
+    return layout

@@ -35,7 +35,7 @@ def build_synthetic_cache(location: str, spec: SyntheticSpec | None = None) -> d
     spec = spec or SyntheticSpec()
     rng = np.random.default_rng(spec.seed)
     n = spec.segments
-    root = cache.open_cache(location, mode="a")
+    handle = cache.open_cache(location, mode="a")
     labels = {h: rng.integers(0, c, n).astype(np.int32) for h, c in spec.heads.items()}
     split_names = list(spec.splits)
     split = np.array(split_names)[np.minimum(np.searchsorted(np.cumsum(list(spec.splits.values())), (np.arange(n) + 0.5) / n), len(split_names) - 1)]
@@ -45,33 +45,33 @@ def build_synthetic_cache(location: str, spec: SyntheticSpec | None = None) -> d
         start_sec=np.arange(n, dtype=np.float64), stop_sec=np.arange(n, dtype=np.float64) + 1.0, split=split,
         labels={h: np.where(hidden, -1, y).astype(np.int32) for h, y in labels.items()}, heads=dict(spec.heads),
     )
-    cache.write_segments(root, table, {"format": "synthetic", "seed": spec.seed})
+    handle.write_segments(table, {"format": "synthetic", "seed": spec.seed})
     keys = {}
     for modality, (backbone, in_chans, size, strength) in spec.modalities.items():
-        keys[modality] = _write_teacher(root, modality, backbone, in_chans, size, strength, labels, spec, rng)
+        keys[modality] = _write_teacher(handle, modality, backbone, in_chans, size, strength, labels, spec, rng)
     return keys
 
 
-def _write_teacher(root, modality, backbone, in_chans, size, strength, labels, spec: SyntheticSpec, rng) -> str:
+def _write_teacher(handle: cache.Cache, modality, backbone, in_chans, size, strength, labels, spec: SyntheticSpec, rng) -> str:
     n, t, d = spec.segments, spec.frames, spec.feature_dim
     directions = {h: rng.normal(size=(c, d)) for h, c in spec.heads.items()}
     signal = sum(directions[h][y] for h, y in labels.items()) * strength
     rows = (signal[:, None, :] + rng.normal(size=(n, t, d))).reshape(n * t, d).astype(np.float16)
-    provenance = {
-        "modality": modality, "backbone": backbone, "weights": f"random-init:{spec.seed}", "head": None, "in_chans": in_chans,
-        "preprocessing": {"input_size": [size, size]}, "sampling": {"frames": t}, "precision": "fp32", "egodistill": "synthetic",
-    }
-    key = cache.teacher_key(provenance)
+    provenance = cache.Provenance(
+        modality=modality, backbone=backbone, weights=f"random-init:{spec.seed}", in_chans=in_chans,
+        preprocessing={"input_size": [size, size]}, sampling={"frames": t}, precision="fp32",
+    )
+    key = provenance.teacher_key()
     offsets, layout = cache.plan_layout(np.full(n, t), spec.segments_per_task)
-    group, _ = cache.create_teacher(root, key, provenance, d, offsets, layout, {})
+    teacher, _ = handle.create_teacher(key, provenance, d, offsets, layout, {})
     for task in range(layout.tasks):
-        segs = cache.task_segments(layout, task)
+        segs = layout.task_segments(task)
         r0, r1 = int(offsets[segs.start]), int(offsets[segs.stop])
         times = np.tile(np.arange(t, dtype=np.float32) / t, len(segs)) + np.repeat(np.arange(segs.start, segs.stop, dtype=np.float32), t)
         failed = [i for i in spec.failed.get(modality, []) if i in segs]
         values = rows[r0:r1].copy()
         for i in failed:  # as extract leaves a failed segment: NaN rows and a ledger entry
             values[offsets[i] - r0: offsets[i + 1] - r0] = np.nan
-        ledger = [{"segment": i, "id": f"seg{i:05d}", "video": "synthetic", "reason": "synthetic failure", "expected_rows": t, "written_rows": 0} for i in failed]
-        cache.write_task(group, task, values, times, {}, {"worker": "synthetic", "failed": ledger})
+        ledger = [cache.Failure(i, f"seg{i:05d}", "synthetic", "synthetic failure", expected_rows=t) for i in failed]
+        teacher.write_task(task, values, times, {}, failed=ledger, worker="synthetic")
     return key

@@ -10,30 +10,32 @@ from __future__ import annotations
 import zarr
 from zarr.core.sync import sync
 
+from egodistill.cache.catalog import Cache
 from egodistill.cache.checksums import ABSENT, digest, object_key, objects_along_rows, read_object, rows_digest
-from egodistill.cache.teachers import layout_of, list_teachers, open_teacher, task_records, task_segments
+from egodistill.cache.layout import Layout
+from egodistill.cache.teachers import Teacher
 
 
-def verify_cache(root: zarr.Group, teachers: list[str] | None = None) -> dict:
+def verify_cache(cache: Cache, teachers: list[str] | None = None) -> dict:
     """{"ok": bool, "teachers": [per-teacher report]}; ok is False when any object changed or cannot be read."""
-    reports = [verify_teacher(open_teacher(root, key)) for key in (teachers or list_teachers(root))]
+    reports = [verify_teacher(cache.teacher(key)) for key in (teachers or cache.teacher_keys())]
     return {"ok": all(not r["damaged"] for r in reports), "teachers": reports}
 
 
-def verify_teacher(teacher: zarr.Group) -> dict:
-    layout = layout_of(teacher)
-    records = task_records(teacher)
+def verify_teacher(handle: Teacher) -> dict:
+    teacher, layout = handle._group, handle.layout
+    records = handle.records()
     expected: dict[str, tuple[str, int]] = {}  # object key -> (checksum, task that recorded it)
     unchecked: list[int] = []
     damaged: list[dict] = []
     rows_checked = 0
     for task, record in sorted(records.items()):
-        if "checksums" not in record:
+        if record.checksums is None:
             unchecked.append(task)
             continue
-        for key, checksum in record["checksums"].items():
+        for key, checksum in record.checksums.items():
             expected.setdefault(key, (checksum, task))
-        for part in record.get("row_checksums", []):
+        for part in record.row_checksums:
             lo, hi = part["rows"]
             rows_checked += hi - lo
             try:
@@ -52,7 +54,7 @@ def verify_teacher(teacher: zarr.Group) -> dict:
         damaged.extend(_decode_task(teacher, layout, task))
     incomplete = [t for t in range(layout.tasks) if t not in records and _has_objects(teacher, layout, t)]
     return {
-        "key": teacher.basename,
+        "key": handle.key,
         "tasks": layout.tasks,
         "tasks_done": len(records),
         "tasks_incomplete": incomplete,
@@ -83,15 +85,15 @@ def _task_arrays(teacher: zarr.Group) -> list[str]:
     return names
 
 
-def _task_span(teacher: zarr.Group, layout, task: int, name: str) -> tuple[int, int]:
-    segs = task_segments(layout, task)
+def _task_span(teacher: zarr.Group, layout: Layout, task: int, name: str) -> tuple[int, int]:
+    segs = layout.task_segments(task)
     if name.startswith("logits/"):
         return segs.start, segs.stop
     offsets = teacher["offsets"]
     return int(offsets[segs.start]), int(offsets[segs.stop])
 
 
-def _decode_task(teacher: zarr.Group, layout, task: int) -> list[dict]:
+def _decode_task(teacher: zarr.Group, layout: Layout, task: int) -> list[dict]:
     findings = []
     for name in _task_arrays(teacher):
         a, b = _task_span(teacher, layout, task, name)
@@ -102,7 +104,7 @@ def _decode_task(teacher: zarr.Group, layout, task: int) -> list[dict]:
     return findings
 
 
-def _has_objects(teacher: zarr.Group, layout, task: int) -> bool:
+def _has_objects(teacher: zarr.Group, layout: Layout, task: int) -> bool:
     """Whether objects that only this task writes are already stored (so it started writing)."""
     store = teacher.store_path.store
     for name in _task_arrays(teacher):

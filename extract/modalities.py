@@ -1,8 +1,10 @@
 """The modality registry: how decoded media of a segment becomes a teacher's input batch.
 
-Each entry names its default backbone, its input channels and the preprocessing settings
-it derives from the backbone's timm config. Those settings are both what `make_inputs`
-uses and what the cache stores as provenance, so the two cannot drift apart.
+Each entry names its default backbone, its own options (`--flow`, `--flow-stack`, ...: the
+command line takes them from here), its input channels and the preprocessing settings it derives
+from the options and the backbone's timm config. Those settings are both what `make_inputs` uses
+and what the cache stores as provenance, so the two cannot drift apart. Adding a modality is one
+`register_modality` call in this file.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from egodistill.cache.checksums import file_sha256
 from egodistill.cache.errors import ExtractError, MediaError
 from egodistill.extract.decode import Video, open_video, read_audio_track
 
@@ -49,12 +53,43 @@ class MediaSource:
 
 
 @dataclass(frozen=True)
+class Option:
+    """One setting of a modality; on the command line `--<name with dashes> VALUE`."""
+
+    name: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = str  # the given value (text from the command line) -> checked value; ValueError if bad
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
 class Modality:
     name: str
     default_backbone: str
     in_chans: Callable[[dict], int]                   # options -> channels
     settings: Callable[[dict, dict], dict]            # (options, timm data config) -> preprocessing
     make_inputs: Callable[[MediaSource, np.ndarray, dict], np.ndarray]  # -> float32 [T, C, H, W]
+    options: tuple[Option, ...] = ()
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Every option of this modality, the given ones checked, the others at their defaults."""
+        known = {o.name: o for o in self.options}
+        for name in given:
+            if name not in known:
+                flag = "--" + name.replace("_", "-")
+                raise ExtractError(f"{flag} is not an option of --modality {self.name} (its options: {', '.join(o.flag for o in self.options) or 'none'})")
+        resolved = {}
+        for name, option in known.items():
+            value = given.get(name, option.default)
+            try:
+                resolved[name] = option.parse(value) if value is not None else None
+            except ValueError as err:
+                raise ExtractError(f"{option.flag} {value!r}: {err}") from None
+        return resolved
 
 
 _REGISTRY: dict[str, Modality] = {}
@@ -73,6 +108,32 @@ def get_modality(name: str) -> Modality:
 
 def modality_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def options_help() -> str:
+    """The options of every modality, one line each, for `egodistill extract --help`."""
+    lines = [f"{o.flag} (--modality {m.name}, default {o.default}): {o.help}" for m in _REGISTRY.values() for o in m.options]
+    return "Modality options:\n\n" + "\n\n".join(lines)
+
+
+def _at_least_one(value: Any) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError("give a whole number >= 1")
+    return number
+
+
+def _positive(value: Any) -> float:
+    try:
+        number = float(str(value))
+    except ValueError:
+        number = float("nan")
+    if not 0 < number < float("inf"):
+        raise ValueError("give a number of seconds > 0")
+    return number
 
 
 # --- shared geometry -------------------------------------------------------------------
@@ -118,19 +179,22 @@ register_modality(Modality("rgb", "resnet50", lambda o: 3, _rgb_settings, _rgb_i
 
 # --- flow ------------------------------------------------------------------------------
 
+def _flow_method(value: Any) -> str:
+    if value not in FLOW_METHODS:
+        raise ValueError(f"unknown flow method: choose one of {', '.join(FLOW_METHODS)}")
+    return str(value)
+
+
 def _flow_settings(options: dict, data_cfg: dict) -> dict:
-    method = options.get("flow") or "dis"
-    if method not in FLOW_METHODS:
-        raise ExtractError(f"--flow {method!r} is unknown: choose one of {', '.join(FLOW_METHODS)}")
+    method = options["flow"]
     if method == "tvl1" and not hasattr(cv2, "optflow"):
         raise ExtractError("--flow tvl1 needs opencv-contrib: pip install opencv-contrib-python-headless, or use --flow dis")
-    settings = {**_geometry(data_cfg), "method": method, "stack": int(options.get("flow_stack") or 1), "bound_px": FLOW_BOUND_PX}
+    settings = {**_geometry(data_cfg), "method": method, "stack": options["flow_stack"], "bound_px": FLOW_BOUND_PX}
     if method.startswith("raft"):
-        weights = options.get("flow_weights")
+        weights = options["flow_weights"]
         if not weights or not Path(weights).is_file():
             raise ExtractError(f"--flow {method} needs --flow-weights FILE (a torchvision {method} state dict; no hub is used): got {weights!r}")
-        from egodistill.extract.teachers import file_sha256
-        settings.update(weights=f"sha256:{file_sha256(weights)}", weights_file=str(Path(weights).resolve()))
+        settings.update(weights=file_sha256(weights), weights_file=str(Path(weights).resolve()))
     return settings
 
 
@@ -208,7 +272,11 @@ def _flow_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np
     return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
 
-register_modality(Modality("flow", "resnet50", lambda o: 2 * int(o.get("flow_stack") or 1), _flow_settings, _flow_inputs))
+register_modality(Modality("flow", "resnet50", lambda o: 2 * o["flow_stack"], _flow_settings, _flow_inputs, options=(
+    Option("flow", "dis", "optical flow: dis (CPU), tvl1 (opencv-contrib), raft_large or raft_small (torchvision; needs --flow-weights)", _flow_method),
+    Option("flow_stack", 1, "flow pairs stacked per row (2L input channels)", _at_least_one),
+    Option("flow_weights", None, "torchvision RAFT state dict for --flow raft_*"),
+)))
 
 
 # --- audio -----------------------------------------------------------------------------
@@ -216,7 +284,7 @@ register_modality(Modality("flow", "resnet50", lambda o: 2 * int(o.get("flow_sta
 def _audio_settings(options: dict, data_cfg: dict) -> dict:
     _, h, w = data_cfg["input_size"]
     return {
-        "input_size": [h, w], "sample_rate": AUDIO_RATE, "window_sec": float(options.get("audio_window") or AUDIO_WINDOW_SEC),
+        "input_size": [h, w], "sample_rate": AUDIO_RATE, "window_sec": options["audio_window"],
         "n_fft": 1024, "win_length": 160, "hop_length": 80, "n_mels": 128, "power": 2.0, "scale": "dB, standardised per window",
     }
 
@@ -247,4 +315,6 @@ def _audio_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> n
     return np.ascontiguousarray(np.stack(rows), dtype=np.float32)
 
 
-register_modality(Modality("audio", "resnet18", lambda o: 1, _audio_settings, _audio_inputs))
+register_modality(Modality("audio", "resnet18", lambda o: 1, _audio_settings, _audio_inputs, options=(
+    Option("audio_window", AUDIO_WINDOW_SEC, "seconds of sound centred on each frame", _positive),
+)))

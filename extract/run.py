@@ -14,13 +14,12 @@ import numpy as np
 
 from egodistill import cache
 from egodistill.cache.errors import EgodistillError, ExtractError
-from egodistill.cache.lease import teacher_lease
 from egodistill.cache.options import check_number, check_plain_name
+from egodistill.extract.backbones import BackboneSpec, create_backbone, head_id, weights_id
 from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos
 from egodistill.extract.modalities import get_modality
 from egodistill.extract.sampling import rows_for, sampling_policy
-from egodistill.extract.teachers import TeacherSpec, create_teacher, head_id, weights_id
-from egodistill.extract.worker import SegmentJob, TaskSpec, resolve_device, resolve_precision, run_task
+from egodistill.extract.worker import SegmentJob, TaskSpec, resolve_precision, run_task
 
 
 @dataclass
@@ -36,10 +35,7 @@ class ExtractConfig:
     head: str | None = None
     frames: int | None = None
     fps: float | None = None
-    flow: str = "dis"
-    flow_stack: int = 1
-    flow_weights: str | None = None
-    audio_window: float | None = None
+    options: dict = field(default_factory=dict)  # the modality's own options by name (extract/modalities.py)
     name: str | None = None
     workers: int | None = None
     threads: int | None = None   # torch threads per worker; default: cores / workers
@@ -81,7 +77,7 @@ class Summary:
     working: tuple[float, float] | None = None  # first task start to last task end, models loaded
     crashed_tasks: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
-    ledger: list[dict] = field(default_factory=list)
+    ledger: list[cache.Failure] = field(default_factory=list)
 
     @property
     def working_seconds(self) -> float:
@@ -105,12 +101,10 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
 
 def check_options(cfg: ExtractConfig) -> None:
     """The options that need neither the manifest nor the model; raises ExtractError naming the option."""
-    get_modality(cfg.modality)
-    check_number(ExtractError, "--flow-stack", cfg.flow_stack, at_least=1)
+    get_modality(cfg.modality).resolve_options(cfg.options)
     check_number(ExtractError, "--batch-size", cfg.batch_size, at_least=1)
     check_number(ExtractError, "--segments-per-task", cfg.segments_per_task, at_least=1)
     check_number(ExtractError, "--workers", cfg.workers, at_least=0)
-    check_number(ExtractError, "audio_window", cfg.audio_window, above=0)
     if cfg.name is not None:
         check_plain_name(ExtractError, "--name", cfg.name)
     if not Path(cfg.videos).is_dir():
@@ -132,18 +126,11 @@ def _planned_rows(policy: dict, segment, path: Path | None) -> int:
         return 1  # the worker will fail it again and write the reason to the ledger
 
 
-def teacher_provenance(cfg: ExtractConfig, spec: TeacherSpec, settings: dict, policy: dict, precision: str) -> dict:
-    return {
-        "modality": cfg.modality,
-        "backbone": spec.backbone,
-        "weights": weights_id(spec),
-        "head": head_id(spec),
-        "in_chans": spec.in_chans,
-        "preprocessing": settings,
-        "sampling": policy,
-        "precision": precision,
-        "egodistill": cache.egodistill_version(),
-    }
+def teacher_provenance(cfg: ExtractConfig, spec: BackboneSpec, settings: dict, policy: dict, precision: str) -> cache.Provenance:
+    return cache.Provenance(
+        modality=cfg.modality, backbone=spec.backbone, weights=weights_id(spec), head=head_id(spec), in_chans=spec.in_chans,
+        preprocessing=settings, sampling=policy, precision=precision,
+    )
 
 
 def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print) -> Summary:
@@ -151,47 +138,42 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     started = time.perf_counter()
     plan = plan or plan_extraction(cfg)
     modality = get_modality(cfg.modality)
-    options = {"flow": cfg.flow, "flow_stack": cfg.flow_stack, "flow_weights": cfg.flow_weights, "audio_window": cfg.audio_window}
-    spec = TeacherSpec(backbone=cfg.backbone or modality.default_backbone, in_chans=modality.in_chans(options), weights=cfg.weights, head=cfg.head, seed=cfg.seed)
+    options = modality.resolve_options(cfg.options)
+    spec = BackboneSpec(backbone=cfg.backbone or modality.default_backbone, in_chans=modality.in_chans(options), weights=cfg.weights, head=cfg.head, seed=cfg.seed)
     heads = plan.manifest.heads
-    teacher = create_teacher(spec, heads)  # here, once, so a bad backbone/weights/head fails before any work
-    try:
-        settings = modality.settings(options, teacher.data_config)
-    except ValueError as err:
-        raise EgodistillError(str(err)) from err
-    device = resolve_device(cfg.device)
+    backbone = create_backbone(spec, heads)  # here, once, so a bad backbone/weights/head fails before any work
+    settings = modality.settings(options, backbone.data_config)
+    device = str(cache.pick_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
     provenance = teacher_provenance(cfg, spec, settings, plan.policy, precision)
-    key = cfg.name or cache.teacher_key(provenance)
 
-    root = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
-    cache.write_segments(root, _segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
-    with teacher_lease(str(cfg.cache), key) as renew:
-        group, resumed = cache.create_teacher(root, key, provenance, teacher.feature_dim, plan.offsets, plan.layout, heads if spec.head else {})
-        summary = _run_tasks(cfg, plan, spec, settings, device, precision, key, group, resumed, heads, on_progress, renew, log)
-    group = cache.open_teacher(cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options), key)
-    summary.ledger = cache.ledger(group)
+    target = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
+    target.write_segments(_segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
+    key = target.key_for(provenance, cfg.name)  # a teacher extracted before, by any egodistill version, resumes
+    with target.lease(key) as renew:
+        teacher, resumed = target.create_teacher(key, provenance, backbone.feature_dim, plan.offsets, plan.layout, heads if spec.head else {})
+        summary = _run_tasks(cfg, plan, spec, settings, device, precision, teacher, resumed, heads, on_progress, renew, log)
+    # A fresh handle: the workers wrote the records, and a remote store's listings may be cached.
+    summary.ledger = cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options).teacher(teacher.key).ledger()
     summary.failed = len(summary.ledger)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: TeacherSpec, settings: dict, device: str, precision: str, key: str,
-               group, resumed: bool, heads: dict[str, int], on_progress, renew, log) -> Summary:
+def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: BackboneSpec, settings: dict, device: str, precision: str,
+               teacher: cache.Teacher, resumed: bool, heads: dict[str, int], on_progress, renew, log) -> Summary:
     """Run every task of the teacher that has no record yet (or failed segments, with --retry-failed)."""
-    layout = cache.layout_of(group)
-    records = cache.task_records(group)
-    todo = [t for t in range(layout.tasks) if t not in records or (cfg.retry_failed and records[t].get("failed"))]
-    summary = Summary(teacher_key=key, segments=layout.segments, done_before=sum(len(cache.task_segments(layout, t)) for t in records if t not in todo))
+    key, layout = teacher.key, teacher.layout
+    records = teacher.records()
+    todo = [t for t in range(layout.tasks) if t not in records or (cfg.retry_failed and records[t].failed)]
+    summary = Summary(teacher_key=key, segments=layout.segments, done_before=sum(len(layout.task_segments(t)) for t in records if t not in todo))
     log(f"teacher {key}: {'resuming' if resumed else 'new'}, {len(todo)} of {layout.tasks} tasks to run on {device} ({precision})")
-    if cfg.retry_failed:
-        for t in todo:  # a retried task rewrites its record; until then its segments must not look done
-            if t in records:
-                del group["tasks"][f"{t:06d}"]
+    if cfg.retry_failed:  # a retried task rewrites its record; until then its segments must not look done
+        teacher.drop_records([t for t in todo if t in records])
 
     workers = _default_workers(device) if cfg.workers is None else cfg.workers
     task_spec = TaskSpec(
-        cache=cfg.cache, teacher_key=key, teacher=spec, modality=cfg.modality, settings=settings, policy=plan.policy,
+        cache=cfg.cache, teacher_key=key, backbone=spec, modality=cfg.modality, settings=settings, policy=plan.policy,
         heads=heads if spec.head else {}, device=device, precision=precision, batch_size=cfg.batch_size,
         threads=cfg.threads or (max(1, (os.cpu_count() or 1) // max(workers, 1)) if cfg.scheduler is None else 1),
         storage_options=cfg.storage_options,
@@ -214,7 +196,7 @@ def _renewing(on_progress, renew):
 
 def _jobs(plan: Plan, layout: cache.Layout, task: int) -> list[SegmentJob]:
     jobs = []
-    for i in cache.task_segments(layout, task):
+    for i in layout.task_segments(task):
         s = plan.manifest.segments[i]
         path = plan.video_paths.get(s.video)
         jobs.append(SegmentJob(i, s.id, str(path) if path else None, s.start_sec, s.stop_sec, int(plan.rows_per_segment[i])))

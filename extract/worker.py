@@ -1,6 +1,6 @@
 """What runs on a Dask worker: one task = a range of segments, decoded, embedded and written.
 
-The model is built once per worker process and kept in `_TEACHERS`; only the small
+The model is built once per worker process and kept in `_BACKBONES`; only the small
 `TaskSpec` travels in the graph. Decoding and preprocessing of the next segments run in
 threads while the model computes on the current batch.
 """
@@ -21,12 +21,12 @@ import torch
 
 from egodistill import cache
 from egodistill.cache.errors import EgodistillError
+from egodistill.extract.backbones import Backbone, BackboneSpec, create_backbone, pooled_logits
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.sampling import sample_indices
-from egodistill.extract.teachers import Teacher, TeacherSpec, create_teacher, pooled_logits
 
 PREFETCH_SEGMENTS = 4
-_TEACHERS: dict[tuple, Teacher] = {}
+_BACKBONES: dict[tuple, Backbone] = {}
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class TaskSpec:
 
     cache: str
     teacher_key: str
-    teacher: TeacherSpec
+    backbone: BackboneSpec
     modality: str
     settings: dict
     policy: dict
@@ -55,14 +55,6 @@ class SegmentJob:
     start: float
     stop: float
     rows: int
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EgodistillError("--device cuda asked but no CUDA GPU is visible: use --device cpu or auto")
-    return device
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -95,18 +87,18 @@ def worker_device(device: str) -> str:
     return f"cuda:{index % torch.cuda.device_count()}"
 
 
-def get_teacher(spec: TaskSpec, device: str) -> Teacher:
-    key = (spec.teacher, tuple(spec.heads.items()), device, spec.precision)
-    if key not in _TEACHERS:
-        teacher = create_teacher(spec.teacher, spec.heads)
-        teacher.model.to(device)
+def get_backbone(spec: TaskSpec, device: str) -> Backbone:
+    key = (spec.backbone, tuple(spec.heads.items()), device, spec.precision)
+    if key not in _BACKBONES:
+        backbone = create_backbone(spec.backbone, spec.heads)
+        backbone.model.to(device)
         if spec.precision == "bf16" or device.startswith("cuda"):
-            teacher.model.to(memory_format=torch.channels_last)
-        _TEACHERS[key] = teacher
-    return _TEACHERS[key]
+            backbone.model.to(memory_format=torch.channels_last)
+        _BACKBONES[key] = backbone
+    return _BACKBONES[key]
 
 
-def embed(teacher: Teacher, batch: np.ndarray, device: str, precision: str) -> np.ndarray:
+def embed(backbone: Backbone, batch: np.ndarray, device: str, precision: str) -> np.ndarray:
     """Pooled backbone features [B, D] as float32; halves the batch on out-of-memory."""
     x = torch.from_numpy(batch).to(device, non_blocking=True)
     if precision == "bf16" or device.startswith("cuda"):
@@ -114,13 +106,13 @@ def embed(teacher: Teacher, batch: np.ndarray, device: str, precision: str) -> n
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     try:
         with torch.inference_mode(), autocast:
-            return teacher.model(x).float().cpu().numpy()
+            return backbone.model(x).float().cpu().numpy()
     except torch.OutOfMemoryError:
         if len(batch) == 1:
             raise
         torch.cuda.empty_cache()
         half = len(batch) // 2
-        return np.concatenate([embed(teacher, batch[:half], device, precision), embed(teacher, batch[half:], device, precision)])
+        return np.concatenate([embed(backbone, batch[:half], device, precision), embed(backbone, batch[half:], device, precision)])
 
 
 def _prepare(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) -> tuple[np.ndarray, np.ndarray, str | None]:
@@ -158,19 +150,18 @@ def _prefetched(jobs: list[SegmentJob], spec: TaskSpec) -> Iterator[tuple[Segmen
 def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
     """Extract one task's segments and write them; a task already recorded as done is a no-op."""
     started = time.perf_counter()
-    root = cache.open_cache(spec.cache, mode="r+", storage_options=spec.storage_options)
-    group = cache.open_teacher(root, spec.teacher_key)
-    if cache.task_done(group, task):
+    teacher = cache.open_cache(spec.cache, mode="r+", storage_options=spec.storage_options).teacher(spec.teacher_key)
+    if teacher.task_done(task):
         return {"task": task, "skipped": True, "segments": len(jobs), "failed": 0}
     torch.set_num_threads(spec.threads)
     device = worker_device(spec.device)
-    teacher = get_teacher(spec, device)
+    backbone = get_backbone(spec, device)
     working_since = time.time()  # after the (once per worker) model load: what throughput figures measure
     starts = np.cumsum([0] + [j.rows for j in jobs])  # row offsets within this task
-    features = np.full((int(starts[-1]), teacher.feature_dim), np.nan, dtype=np.float32)
+    features = np.full((int(starts[-1]), backbone.feature_dim), np.nan, dtype=np.float32)
     timestamps = np.full(int(starts[-1]), np.nan, dtype=np.float32)
-    logits = {h: np.full((len(jobs), c), np.nan, dtype=np.float32) for h, c in spec.heads.items()} if teacher.heads else {}
-    failed: list[dict] = []
+    logits = {h: np.full((len(jobs), c), np.nan, dtype=np.float32) for h, c in spec.heads.items()} if backbone.heads else {}
+    failed: list[cache.Failure] = []
     fallbacks: set[str] = set()
     forward_seconds = 0.0
 
@@ -181,13 +172,13 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
         if not batch:
             return
         t0 = time.perf_counter()
-        out = embed(teacher, np.concatenate([inputs for _, inputs in batch]), device, spec.precision)
+        out = embed(backbone, np.concatenate([inputs for _, inputs in batch]), device, spec.precision)
         forward_seconds += time.perf_counter() - t0
         cursor = 0
         for pos, inputs in batch:
             features[starts[pos]: starts[pos + 1]] = out[cursor: cursor + len(inputs)]
-            if teacher.heads:
-                for head, values in pooled_logits(teacher, out[cursor: cursor + len(inputs)]).items():
+            if backbone.heads:
+                for head, values in pooled_logits(backbone, out[cursor: cursor + len(inputs)]).items():
                     logits[head][pos] = values
             cursor += len(inputs)
         batch.clear()
@@ -199,7 +190,7 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
             inputs, times, fallback = future.result()
         except Exception as err:  # noqa: BLE001 - one bad segment must not sink its task: it goes to the ledger
             reason = str(err) if isinstance(err, EgodistillError) else f"{type(err).__name__}: {str(err).strip()[:300]}"
-            failed.append({"segment": job.index, "id": job.segment_id, "video": job.video, "reason": reason, "expected_rows": job.rows, "written_rows": 0})
+            failed.append(cache.Failure(job.index, job.segment_id, job.video, reason, expected_rows=job.rows))
             continue
         if fallback:
             fallbacks.add(fallback)
@@ -208,10 +199,9 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
         if sum(len(i) for _, i in batch) >= spec.batch_size:
             flush()
     flush()
-    cache.write_task(
-        group, task, features.astype(np.float16), timestamps, logits,
-        {"failed": failed, "worker": os.uname().nodename, "device": device, "seconds": round(time.perf_counter() - started, 3)},
-        lock=_dask_lock,
+    teacher.write_task(
+        task, features.astype(np.float16), timestamps, logits, failed=failed, worker=os.uname().nodename, device=device,
+        seconds=round(time.perf_counter() - started, 3), lock=_dask_lock,
     )
     return {
         "task": task, "skipped": False, "segments": len(jobs), "failed": len(failed), "rows": int(starts[-1]),

@@ -47,6 +47,5 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
 def teacher_key_of(location, modality: str) -> str:
     from egodistill import cache
 
-    root = cache.open_cache(location)
-    [key] = [k for k in cache.list_teachers(root) if cache.teacher_info(cache.open_teacher(root, k))["modality"] == modality]
+    [key] = [t.key for t in cache.open_cache(location).teachers() if t.modality == modality]
     return key

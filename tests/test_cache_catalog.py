@@ -42,16 +42,14 @@ def test_rm_removes_one_teacher_and_leaves_the_others_byte_and_mtime_identical(c
     egodistill("cache", "rm", copied, "--teacher", flow, "--yes", check=0)
     assert not (copied / "teachers" / flow).exists()
     assert {k: _teacher_files(copied, k) for k in (rgb, audio)} == others and snapshot(copied / "segments") == segments
-    assert sorted(cache.list_teachers(cache.open_cache(copied))) == sorted([rgb, audio])
+    assert cache.open_cache(copied).teacher_keys() == sorted([rgb, audio])
     assert flow not in egodistill("cache", "ls", copied, check=0).stdout
     assert "is not in the cache" in one_line_error(egodistill("cache", "rm", copied, "--teacher", flow, "--yes"))
 
 
 def test_rm_is_refused_while_an_extraction_holds_the_teacher(copied):
-    from egodistill.cache.lease import teacher_lease
-
     key = teacher_key_of(copied, "audio")
-    with teacher_lease(str(copied), key):  # this process plays the running extraction
+    with cache.open_cache(copied, mode="r+").lease(key):  # this process plays the running extraction
         assert "is being extracted by" in one_line_error(egodistill("cache", "rm", copied, "--teacher", key, "--yes"))
     egodistill("cache", "rm", copied, "--teacher", key, "--yes", check=0)
 
@@ -59,7 +57,7 @@ def test_rm_is_refused_while_an_extraction_holds_the_teacher(copied):
 def test_adding_a_teacher_never_rewrites_another_teachers_arrays(copied, extracted_cache):
     from egodistill.extract.run import ExtractConfig, run_extraction
 
-    keys = cache.list_teachers(cache.open_cache(copied))
+    keys = cache.open_cache(copied).teacher_keys()
     before = {k: _teacher_files(copied, k) for k in keys}
     segments = snapshot(copied / "segments")
     folder = extracted_cache.parent
@@ -67,4 +65,4 @@ def test_adding_a_teacher_never_rewrites_another_teachers_arrays(copied, extract
                                            backbone="test_resnet", frames=2, seed=1, workers=0, device="cpu", precision="fp32"), log=lambda _: None)
     assert summary.ok and summary.teacher_key not in keys
     assert {k: _teacher_files(copied, k) for k in keys} == before and snapshot(copied / "segments") == segments
-    assert len(cache.list_teachers(cache.open_cache(copied))) == 4
+    assert len(cache.open_cache(copied).teacher_keys()) == 4

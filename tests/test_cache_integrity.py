@@ -22,21 +22,19 @@ def copied(tmp_path, extracted_cache) -> Path:
 
 
 def test_every_task_record_holds_the_sha256_of_the_shards_it_wrote(extracted_cache):
-    root = cache.open_cache(extracted_cache)
-    for key in cache.list_teachers(root):
-        teacher = cache.open_teacher(root, key)
-        records = cache.task_records(teacher)
-        assert len(records) == cache.layout_of(teacher).tasks
+    for teacher in cache.open_cache(extracted_cache).teachers():
+        records = teacher.records()
+        assert len(records) == teacher.layout.tasks
         shards = set()
         for record in records.values():
-            for object_key, checksum in record["checksums"].items():
+            for object_key, checksum in record.checksums.items():
                 on_disk = extracted_cache / object_key
                 if checksum == "absent":  # only the fill value: zarr stores no object (here: start_sec, all 0)
                     assert not on_disk.exists(), object_key
                     continue
                 assert checksum == "sha256:" + hashlib.sha256(on_disk.read_bytes()).hexdigest(), object_key
                 shards.add(object_key)
-        written = {str(p.relative_to(extracted_cache)) for p in (extracted_cache / "teachers" / key / "features").rglob("*") if p.is_file() and p.name != "zarr.json"}
+        written = {str(p.relative_to(extracted_cache)) for p in (extracted_cache / "teachers" / teacher.key / "features").rglob("*") if p.is_file() and p.name != "zarr.json"}
         assert written and written <= shards  # every features shard is covered by a record
 
 
@@ -63,8 +61,8 @@ def test_a_task_killed_between_its_rows_and_its_record_is_incomplete_until_resum
     report = verify_cache(cache.open_cache(copied), [key])
     assert report["ok"] and report["teachers"][0]["tasks_incomplete"] == [1]
     assert "incomplete tasks [1]" in egodistill("cache", "verify", copied, "--teacher", key, check=0).stdout
-    teacher = cache.open_teacher(cache.open_cache(copied), key)
-    assert not cache.usable_segments(teacher)[6:12].any() and cache.usable_segments(teacher)[:6].all()
+    usable = cache.open_cache(copied).teacher(key).usable_segments()
+    assert not usable[6:12].any() and usable[:6].all()
     info = json.loads(egodistill("cache", "info", copied, "--json", check=0).stdout)
     [described] = [t for t in info["teachers"] if t["key"] == key]
     assert described["segments_pending"] == 6 and not described["complete"]
@@ -85,10 +83,10 @@ def test_reading_never_writes_to_the_cache(copied):
         egodistill(*command, check=0)
     from egodistill.student.data import CacheLoader  # what training reads, through its public loader
 
-    root = cache.open_cache(copied, mode="r")
+    opened = cache.open_cache(copied, mode="r")
     keys = [teacher_key_of(copied, "rgb"), teacher_key_of(copied, "flow")]
-    table = cache.read_segments(root)
-    loader = CacheLoader(root, keys, np.arange(len(table)), table.labels, batch_size=4, frames=4)
+    table = opened.segments
+    loader = CacheLoader(opened, keys, np.arange(len(table)), table.labels, batch_size=4, frames=4)
     assert sum(len(batch) for batch in loader.epoch(0)) == len(table)
     assert snapshot(copied) == before
 

@@ -84,13 +84,14 @@ def test_killing_a_worker_mid_run_loses_and_doubles_nothing(cluster, extracted_c
     assert workers[0].wait(timeout=10) == -signal.SIGKILL
     summary = result["summary"]
     assert summary.ok and not summary.crashed_tasks
-    root = cache.open_cache(tmp_path / "c.zarr")
-    teacher = cache.open_teacher(root, summary.teacher_key)
-    records = cache.task_records(teacher)
-    assert sorted(records) == list(range(27))  # every task recorded exactly once
-    assert cache.usable_segments(teacher).all() and not np.isnan(teacher["features"][:].astype(np.float32)).any()
-    assert verify_cache(root)["ok"]
+    opened = cache.open_cache(tmp_path / "c.zarr")
+    teacher = opened.teacher(summary.teacher_key)
+    assert sorted(teacher.records()) == list(range(27))  # every task recorded exactly once
+    features = teacher.read_rows(0, teacher.layout.rows)[0].astype(np.float32)
+    assert teacher.usable_segments().all() and not np.isnan(features).any()
+    assert verify_cache(opened)["ok"]
     # the same features as the in-process extraction of those clips (each clip appears three times)
     assert summary.teacher_key == teacher_key_of(extracted_cache, "rgb")
-    reference = cache.open_teacher(cache.open_cache(extracted_cache), summary.teacher_key)["features"][:].astype(np.float32)
-    np.testing.assert_allclose(teacher["features"][:].astype(np.float32), np.concatenate([reference] * 3), atol=2e-3)
+    reference = cache.open_cache(extracted_cache).teacher(summary.teacher_key)
+    reference_features = reference.read_rows(0, reference.layout.rows)[0].astype(np.float32)
+    np.testing.assert_allclose(features, np.concatenate([reference_features] * 3), atol=2e-3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -12,10 +11,10 @@ import zarr
 
 from egodistill import cache
 from egodistill.cache.errors import ExtractError
+from egodistill.extract.backbones import BackboneSpec, create_backbone
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 from egodistill.extract.sampling import sample_indices
-from egodistill.extract.teachers import TeacherSpec, create_teacher
 from egodistill.extract.worker import embed
 
 BACKBONE = "test_resnet"  # timm's tiny test model: real convolutions, random init, fast on CPU
@@ -47,8 +46,8 @@ def config(tmp_path, manifest, videos, **overrides):
     return ExtractConfig(**{**base, **overrides})
 
 
-def teacher_of(cache_path, key):
-    return cache.open_teacher(cache.open_cache(cache_path, mode="r"), key)
+def teacher_of(cache_path, key) -> cache.Teacher:
+    return cache.open_cache(cache_path, mode="r").teacher(key)
 
 
 def test_rgb_features_match_a_direct_model_call(dataset):
@@ -57,18 +56,17 @@ def test_rgb_features_match_a_direct_model_call(dataset):
     summary = run_extraction(cfg, log=lambda _: None)
     assert summary.ok and summary.extracted == 4 and summary.failed == 0
 
-    group = teacher_of(cfg.cache, summary.teacher_key)
-    offsets = group["offsets"][:]
+    stored = teacher_of(cfg.cache, summary.teacher_key)
+    offsets = stored.offsets
     assert offsets.tolist() == [0, 4, 8, 12, 16]
-    teacher = create_teacher(TeacherSpec(BACKBONE, in_chans=3), {})
-    settings = group.attrs["teacher"]["provenance"]["preprocessing"]
+    backbone = create_backbone(BackboneSpec(BACKBONE, in_chans=3), {})
+    settings = stored.provenance.preprocessing
     for i, (name, start, stop) in enumerate([("h264_aac.mp4", 0.0, 1.0), ("h264_aac.mp4", 1.0, 2.0), ("vp9_opus.webm", 0.2, 1.8)]):
         source = MediaSource(videos / name)
         indices = sample_indices({"frames": 4}, 4, start, stop, source.video.fps, source.video.num_frames)
-        direct = embed(teacher, get_modality("rgb").make_inputs(source, indices, settings), "cpu", "fp32")
-        stored = group["features"][offsets[i]: offsets[i + 1]].astype(np.float32)
-        np.testing.assert_allclose(stored, direct, rtol=2e-3, atol=2e-3)  # float16 storage
-        times = group["timestamps"][offsets[i]: offsets[i + 1]]
+        direct = embed(backbone, get_modality("rgb").make_inputs(source, indices, settings), "cpu", "fp32")
+        features, times = stored.read_rows(offsets[i], offsets[i + 1])
+        np.testing.assert_allclose(features.astype(np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage
         np.testing.assert_allclose(times, indices / source.video.fps, atol=1e-5)
         assert start <= times.min() and times.max() < stop
     assert summary.fallbacks and "vp9_opus.webm" in summary.fallbacks[0]
@@ -88,29 +86,27 @@ def test_bad_media_goes_to_the_ledger_and_the_rest_is_written(dataset):
     (videos / "garbage.mp4").write_bytes(b"this is not a video" * 100)
     cfg = config(tmp_path, manifest, videos, modality="audio", cache=str(tmp_path / "bad.zarr"))
     summary = run_extraction(cfg, log=lambda _: None)
-    reasons = {entry["id"]: entry["reason"] for entry in summary.ledger}
+    reasons = {entry.id: entry.reason for entry in summary.ledger}
     assert set(reasons) == {"truncated", "empty", "missing", "late", "silent", "garbage"}
     assert "no audio" in reasons["silent"]
     assert "empty" in reasons["empty"] and "not found" in reasons["missing"]
     assert "after the end" in reasons["late"]
-    assert all(e["expected_rows"] == 4 and e["written_rows"] == 0 for e in summary.ledger)
-    group = teacher_of(cfg.cache, summary.teacher_key)
-    status = cache.segment_status(group)
-    assert status.tolist() == [1, -1, -1, -1, -1, -1, -1]
-    assert np.isfinite(group["features"][0:4]).all() and np.isnan(group["features"][4:8]).all()
+    assert all(e.expected_rows == 4 and e.written_rows == 0 for e in summary.ledger)
+    teacher = teacher_of(cfg.cache, summary.teacher_key)
+    assert teacher.segment_status().tolist() == [1, -1, -1, -1, -1, -1, -1]
+    assert np.isfinite(teacher.read_rows(0, 4)[0]).all() and np.isnan(teacher.read_rows(4, 8)[0]).all()
 
 
 def test_rerun_is_a_no_op_and_other_settings_live_side_by_side(dataset):
     tmp_path, manifest, videos = dataset
     first = run_extraction(config(tmp_path, manifest, videos), log=lambda _: None)
-    features = teacher_of(str(tmp_path / "cache.zarr"), first.teacher_key)["features"][:]
+    features = teacher_of(str(tmp_path / "cache.zarr"), first.teacher_key).read_rows(0, 16)[0]
     again = run_extraction(config(tmp_path, manifest, videos), log=lambda _: None)
     assert again.teacher_key == first.teacher_key and again.extracted == 0 and again.done_before == 4
     other = run_extraction(config(tmp_path, manifest, videos, frames=2), log=lambda _: None)
     assert other.teacher_key != first.teacher_key
-    root = cache.open_cache(str(tmp_path / "cache.zarr"), mode="r")
-    assert set(cache.list_teachers(root)) == {first.teacher_key, other.teacher_key}
-    np.testing.assert_array_equal(teacher_of(str(tmp_path / "cache.zarr"), first.teacher_key)["features"][:], features)
+    assert set(cache.open_cache(str(tmp_path / "cache.zarr")).teacher_keys()) == {first.teacher_key, other.teacher_key}
+    np.testing.assert_array_equal(teacher_of(str(tmp_path / "cache.zarr"), first.teacher_key).read_rows(0, 16)[0], features)
     with pytest.raises(cache.CacheError, match="other settings"):
         run_extraction(config(tmp_path, manifest, videos, frames=3, name=first.teacher_key), log=lambda _: None)
 
@@ -120,12 +116,12 @@ def test_flow_and_audio_inputs(dataset):
     source = MediaSource(videos / "h264_aac.mp4")
     indices = np.array([3, 10, 20])
     flow = get_modality("flow")
-    settings = flow.settings({"flow": "dis", "flow_stack": 2}, {"input_size": (2, 64, 64), "crop_pct": 1.0, "interpolation": "bilinear"})
+    settings = flow.settings(flow.resolve_options({"flow": "dis", "flow_stack": 2}), {"input_size": (2, 64, 64), "crop_pct": 1.0, "interpolation": "bilinear"})
     x = flow.make_inputs(source, indices, settings)
     assert x.shape == (3, 4, 64, 64) and x.dtype == np.float32
     assert np.abs(x).max() <= 1.0 and np.abs(x).mean() > 1e-3  # the test pattern moves
     audio = get_modality("audio")
-    settings = audio.settings({}, {"input_size": (1, 96, 96)})
+    settings = audio.settings(audio.resolve_options({}), {"input_size": (1, 96, 96)})
     a = audio.make_inputs(source, indices, settings)
     assert a.shape == (3, 1, 96, 96) and np.isfinite(a).all()
     np.testing.assert_allclose(a.mean(), 0.0, atol=0.2)
@@ -133,13 +129,12 @@ def test_flow_and_audio_inputs(dataset):
 
 def test_bf16_fast_path_agrees_with_fp32(dataset):
     tmp_path, manifest, videos = dataset
-    teacher = create_teacher(TeacherSpec(BACKBONE, in_chans=3), {})
+    backbone = create_backbone(BackboneSpec(BACKBONE, in_chans=3), {})
     source = MediaSource(videos / "h264_aac.mp4")
-    data_cfg = teacher.data_config
-    x = get_modality("rgb").make_inputs(source, np.arange(0, 40, 5), get_modality("rgb").settings({}, data_cfg))
-    fp32 = embed(teacher, x, "cpu", "fp32")
-    teacher.model.to(memory_format=torch.channels_last)
-    bf16 = embed(teacher, x, "cpu", "bf16")
+    x = get_modality("rgb").make_inputs(source, np.arange(0, 40, 5), get_modality("rgb").settings({}, backbone.data_config))
+    fp32 = embed(backbone, x, "cpu", "fp32")
+    backbone.model.to(memory_format=torch.channels_last)
+    bf16 = embed(backbone, x, "cpu", "bf16")
     cosine = (fp32 * bf16).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1))
     # Stated tolerance (README): cosine similarity >= 0.99 per frame between bf16 and fp32 features.
     assert cosine.min() >= 0.99
@@ -157,7 +152,8 @@ def test_tensorstore_and_zarr_read_what_extract_wrote(dataset):
     np.testing.assert_array_equal(store[offsets[2]: offsets[3]].read().result(), via_zarr)
     times = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / "timestamps")}}).result()
     assert np.isfinite(times[offsets[2]: offsets[3]].read().result()).all()
-    assert list(plain["segments/id"][:]) == ["a0", "a1", "b0", "c0"]
+    ids = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(tmp_path / "cache.zarr" / "segments" / "id_bytes")}}).result()
+    assert ids.read().result().tobytes() == b"a0a1b0c0"
 
 
 def test_dry_run_plans_without_a_model(dataset):
@@ -174,12 +170,12 @@ def test_head_writes_logits_from_pooled_features(dataset):
     head = {"action.weight": torch.randn(3, 96), "action.bias": torch.randn(3)}
     torch.save(head, tmp_path / "head.pt")
     summary = run_extraction(config(tmp_path, manifest, videos, head=str(tmp_path / "head.pt")), log=lambda _: None)
-    group = teacher_of(str(tmp_path / "cache.zarr"), summary.teacher_key)
-    logits = group["logits/action"][:]
-    features = group["features"][0:4].astype(np.float32).mean(0)
+    teacher = teacher_of(str(tmp_path / "cache.zarr"), summary.teacher_key)
+    logits = teacher.read_logits("action")
+    features = teacher.read_rows(0, 4)[0].astype(np.float32).mean(0)
     expected = features @ head["action.weight"].numpy().T + head["action.bias"].numpy()
     np.testing.assert_allclose(logits[0], expected, rtol=1e-2, atol=1e-2)
-    assert json.loads(json.dumps(group.attrs["teacher"]))["heads"] == {"action": 3}
+    assert teacher.heads == {"action": 3}
 
 
 def test_dask_workers_write_the_same_rows_as_one_process(dataset):
@@ -189,8 +185,9 @@ def test_dask_workers_write_the_same_rows_as_one_process(dataset):
     assert dask.ok and dask.teacher_key == here.teacher_key and dask.extracted == 4
     a = teacher_of(str(tmp_path / "here.zarr"), here.teacher_key)
     b = teacher_of(str(tmp_path / "dask.zarr"), dask.teacher_key)
-    np.testing.assert_allclose(a["features"][:].astype(np.float32), b["features"][:].astype(np.float32), rtol=1e-2, atol=1e-2)
-    np.testing.assert_array_equal(a["timestamps"][:], b["timestamps"][:])
+    (fa, ta), (fb, tb) = a.read_rows(0, a.layout.rows), b.read_rows(0, b.layout.rows)
+    np.testing.assert_allclose(fa.astype(np.float32), fb.astype(np.float32), rtol=1e-2, atol=1e-2)
+    np.testing.assert_array_equal(ta, tb)
 
 
 def test_ragged_rows_with_shared_shards_lose_nothing(dataset):
@@ -205,8 +202,9 @@ def test_ragged_rows_with_shared_shards_lose_nothing(dataset):
     assert any(start % plan.layout.rows_per_shard for start in task_starts)  # some shards are shared by two tasks
     summary = run_extraction(cfg, plan, log=lambda _: None)
     assert summary.ok
-    group = teacher_of(cfg.cache, summary.teacher_key)
-    assert np.isfinite(group["features"][:]).all() and np.isfinite(group["timestamps"][:]).all()
+    teacher = teacher_of(cfg.cache, summary.teacher_key)
+    features, times = teacher.read_rows(0, teacher.layout.rows)
+    assert np.isfinite(features).all() and np.isfinite(times).all()
 
 
 def test_weights_file_loads_strictly_and_is_hashed(dataset):
@@ -216,11 +214,11 @@ def test_weights_file_loads_strictly_and_is_hashed(dataset):
     torch.save(timm.create_model(BACKBONE, num_classes=10).state_dict(), tmp_path / "w.pt")
     rgb = run_extraction(config(tmp_path, manifest, videos, weights=str(tmp_path / "w.pt")), log=lambda _: None)
     flow = run_extraction(config(tmp_path, manifest, videos, modality="flow", weights=str(tmp_path / "w.pt")), log=lambda _: None)
-    root = cache.open_cache(str(tmp_path / "cache.zarr"), mode="r")
+    opened = cache.open_cache(str(tmp_path / "cache.zarr"), mode="r")
     for key in (rgb.teacher_key, flow.teacher_key):
-        provenance = cache.teacher_info(cache.open_teacher(root, key))["provenance"]
-        assert provenance["weights"].startswith("sha256:") and len(provenance["weights"]) == 7 + 64
-    assert cache.teacher_info(cache.open_teacher(root, flow.teacher_key))["provenance"]["in_chans"] == 2
+        weights = opened.teacher(key).provenance.weights
+        assert weights.startswith("sha256:") and len(weights) == 7 + 64
+    assert opened.teacher(flow.teacher_key).provenance.in_chans == 2
 
 
 def test_raft_flow_from_a_local_weights_file(dataset, tmp_path):
@@ -232,8 +230,8 @@ def test_raft_flow_from_a_local_weights_file(dataset, tmp_path):
     flow = get_modality("flow")
     geometry = {"input_size": (2, 48, 48), "crop_pct": 1.0, "interpolation": "bilinear"}
     with pytest.raises(ExtractError, match="--flow-weights"):
-        flow.settings({"flow": "raft_small"}, geometry)
-    settings = flow.settings({"flow": "raft_small", "flow_weights": str(tmp_path / "raft_small.pth")}, geometry)
+        flow.settings(flow.resolve_options({"flow": "raft_small"}), geometry)
+    settings = flow.settings(flow.resolve_options({"flow": "raft_small", "flow_weights": str(tmp_path / "raft_small.pth")}), geometry)
     assert settings["weights"].startswith("sha256:")
     x = flow.make_inputs(MediaSource(videos / "h264_aac.mp4"), np.array([2, 9]), settings)
     assert x.shape == (2, 2, 48, 48) and np.isfinite(x).all() and np.abs(x).max() <= 1.0

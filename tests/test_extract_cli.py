@@ -113,12 +113,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, videos):
     assert "resuming" in result.stdout
     whole = cache.open_cache(tmp_path / "whole.zarr")
     killed = cache.open_cache(tmp_path / "killed.zarr")
-    [key] = cache.list_teachers(whole)
-    assert cache.list_teachers(killed) == [key]
-    a, b = cache.open_teacher(whole, key), cache.open_teacher(killed, key)
-    np.testing.assert_array_equal(a["features"][:], b["features"][:])
-    np.testing.assert_array_equal(a["timestamps"][:], b["timestamps"][:])
-    assert (cache.segment_status(b) == 1).all()
+    [key] = whole.teacher_keys()
+    assert killed.teacher_keys() == [key]
+    a, b = whole.teacher(key), killed.teacher(key)
+    for x, y in zip(a.read_rows(0, a.layout.rows), b.read_rows(0, b.layout.rows)):
+        np.testing.assert_array_equal(x, y)
+    assert (b.segment_status() == 1).all()
 
 
 def test_python_dash_m_cli_and_console_script_agree():
@@ -143,9 +143,28 @@ def test_two_writers_same_teacher_refused_other_teacher_side_by_side(tmp_path, v
     assert "being extracted by" in one_line_error(second) and f"pid {first.pid}" in second.stderr
     flow = egodistill(*base_args(tmp_path, videos, csv, "--modality", "flow"), check=0)  # another teacher, same cache, meanwhile
     assert first.wait(timeout=300) == 0, first.stderr
-    root = cache.open_cache(tmp_path / "c.zarr")
-    keys = cache.list_teachers(root)
-    assert len(keys) == 2 and "flow" in flow.stdout
-    for key in keys:
-        assert (cache.segment_status(cache.open_teacher(root, key)) == 1).all()
+    teachers = cache.open_cache(tmp_path / "c.zarr").teachers()
+    assert len(teachers) == 2 and "flow" in flow.stdout
+    for teacher in teachers:
+        assert (teacher.segment_status() == 1).all()
     assert not list((tmp_path / "c.zarr").glob("teachers/*/egodistill-lease.json"))
+
+
+def test_a_newer_egodistill_resumes_and_re_extracts_nothing(tmp_path, videos):
+    from egodistill.student.sources import resolve_inputs
+
+    csv = manifest(tmp_path / "m.csv", ["a,h264_aac.mp4,0,1,train,0", "b,h264_aac.mp4,1,2,val,1"])
+    egodistill(*base_args(tmp_path, videos, csv), check=0)
+    keys = cache.open_cache(tmp_path / "c.zarr").teacher_keys()
+    # The same command under another installed version (what `pip install -U egodistill` leaves).
+    newer = ("import importlib.metadata as m, sys; real = m.version; m.version = lambda n: '9.9.9' if n == 'egodistill' else real(n); "
+             "from egodistill import cache; assert cache.egodistill_version() == '9.9.9'; "
+             "from egodistill.cli import main; sys.argv = ['egodistill', *sys.argv[1:]]; main()")
+    result = subprocess.run([sys.executable, "-c", newer, *map(str, base_args(tmp_path, videos, csv))], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming, 0 of" in result.stdout and "extracted now" in result.stdout
+    opened = cache.open_cache(tmp_path / "c.zarr")
+    assert opened.teacher_keys() == keys
+    assert opened.teacher(keys[0]).provenance.egodistill != "9.9.9"  # the creator's version stays the note
+    assert resolve_inputs(opened, ["rgb"]) == keys  # `--inputs rgb` still finds exactly one teacher

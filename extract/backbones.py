@@ -1,23 +1,22 @@
-"""Teacher models: a timm backbone (random, local weights or timm's own) plus optional linear heads."""
+"""The models a teacher runs: a timm backbone (random, local weights or timm's own) plus optional linear heads."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from egodistill.cache.checksums import file_sha256
 from egodistill.cache.errors import TeacherError
 
 TIMM_PRETRAINED = "timm"  # --weights timm: timm's own pretrained weights, from its hub
 
 
 @dataclass(frozen=True)
-class TeacherSpec:
-    """Everything needed to build a teacher on a worker: small, picklable, no tensors."""
+class BackboneSpec:
+    """Everything needed to build the model on a worker: small, picklable, no tensors."""
 
     backbone: str
     in_chans: int
@@ -27,36 +26,28 @@ class TeacherSpec:
 
 
 @dataclass
-class Teacher:
+class Backbone:
     model: torch.nn.Module
     heads: dict[str, torch.nn.Linear]
     feature_dim: int
     data_config: dict
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def weights_id(spec: TeacherSpec) -> str:
+def weights_id(spec: BackboneSpec) -> str:
     """How the provenance names the weights: their sha256, timm's tag, or the random seed."""
     if spec.weights is None:
         return f"random-init:{spec.seed}"
     if spec.weights == TIMM_PRETRAINED:
         return f"timm-pretrained:{spec.backbone}"
-    return f"sha256:{file_sha256(_existing(spec.weights, 'weights'))}"
+    return file_sha256(_existing(spec.weights, "weights"))
 
 
-def head_id(spec: TeacherSpec) -> str | None:
-    return None if spec.head is None else f"sha256:{file_sha256(_existing(spec.head, 'head'))}"
+def head_id(spec: BackboneSpec) -> str | None:
+    return None if spec.head is None else file_sha256(_existing(spec.head, "head"))
 
 
-def create_teacher(spec: TeacherSpec, heads: dict[str, int]) -> Teacher:
-    """The one door to a teacher: builds the backbone, loads weights and heads, checks they fit."""
+def create_backbone(spec: BackboneSpec, heads: dict[str, int]) -> Backbone:
+    """The one door to a model: builds the backbone, loads weights and heads, checks they fit."""
     import timm  # heavy import: keep `egodistill --help` fast
 
     if not timm.is_model(spec.backbone.split(".")[0]) and not spec.backbone.startswith("hf_hub:"):
@@ -74,10 +65,10 @@ def create_teacher(spec: TeacherSpec, heads: dict[str, int]) -> Teacher:
     feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
     data_config = timm.data.resolve_data_config({}, model=model)
     linear = _load_heads(spec.head, heads, feature_dim) if spec.head else {}
-    return Teacher(model=model, heads=linear, feature_dim=feature_dim, data_config=data_config)
+    return Backbone(model=model, heads=linear, feature_dim=feature_dim, data_config=data_config)
 
 
-def _load_weights(model: torch.nn.Module, path: Path, spec: TeacherSpec) -> None:
+def _load_weights(model: torch.nn.Module, path: Path, spec: BackboneSpec) -> None:
     """Strictly load a backbone state dict: every backbone weight present and of the right shape.
 
     The classifier is dropped (features are what we keep) and the first conv is adapted to the
@@ -150,8 +141,8 @@ def _existing(path: str, what: str) -> Path:
     return p
 
 
-def pooled_logits(teacher: Teacher, features: np.ndarray) -> dict[str, np.ndarray]:
+def pooled_logits(backbone: Backbone, features: np.ndarray) -> dict[str, np.ndarray]:
     """Per-head logits of one segment from its temporally mean-pooled features."""
     pooled = torch.from_numpy(np.asarray(features, dtype=np.float32).mean(axis=0, keepdims=True))
     with torch.no_grad():
-        return {head: layer(pooled)[0].numpy() for head, layer in teacher.heads.items()}
+        return {head: layer(pooled)[0].numpy() for head, layer in backbone.heads.items()}
