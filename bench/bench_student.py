@@ -45,13 +45,13 @@ def build(workdir: Path, segments: int) -> tuple[str, dict[str, str], list[str]]
                          feature_dim=512, segments_per_task=64)
     keys = build_synthetic_cache(str(path), spec)
     root = cache.open_cache(str(path), mode="a")
-    table = cache.read_segments(root)
+    table = root.segments
     rng = np.random.default_rng(0)
     teachers = []
     for modality, key in keys.items():  # logits-only teachers, as fit-teachers writes them
         logits = {h: (rng.normal(size=(segments, c)) + 3 * np.eye(c)[table.labels[h]]).astype(np.float32) for h, c in HEADS.items()}
-        provenance = {"modality": modality, "backbone": "temporal_head", "source_teachers": [key], "seed": 0}
-        teachers.append(cache.create_logits_teacher(root, cache.teacher_key(provenance), provenance, logits).attrs["teacher"]["key"])
+        provenance = cache.Provenance(modality=modality, backbone="temporal_head", source_teachers=(key,), fit={"seed": 0})
+        teachers.append(root.create_logits_teacher(provenance.teacher_key(), provenance, logits).key)
     return str(path), keys, teachers
 
 
@@ -123,7 +123,7 @@ def loader_rates(path: str, keys: dict[str, str]) -> dict[str, float]:
             pass
     rates["loader --in-memory"] = 3 * len(segments) / (time.perf_counter() - started)
     # The same features, labels and teacher logits already in memory as tensors.
-    tensors = [torch.from_numpy(np.stack([cache.read_rows(t, o[i], o[i] + 8)[0] for i in segments])) for t, o in zip(loader.teachers, loader.offsets)]
+    tensors = [torch.from_numpy(np.stack([t.read_rows(o[i], o[i] + 8)[0] for i in segments])) for t, o in zip(loader.teachers, loader.offsets)]
     labels = {h: torch.from_numpy(y[segments].astype(np.int64)) for h, y in s.table.labels.items()}
     logits = {h: torch.from_numpy(v[segments]) for h, v in s.teacher_logits.items()}
     started = time.perf_counter()
@@ -137,7 +137,7 @@ def loader_rates(path: str, keys: dict[str, str]) -> dict[str, float]:
     started = time.perf_counter()
     for i in items:
         for t, o in zip(loader.teachers, loader.offsets):
-            cache.read_rows(t, int(o[i]), int(o[i + 1]))
+            t.read_rows(int(o[i]), int(o[i + 1]))
     rates["one zarr read per item"] = len(items) / (time.perf_counter() - started)
     return rates
 

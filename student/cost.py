@@ -47,48 +47,46 @@ def head_cost(model: Student) -> tuple[int, int]:
     return parameter_count(model), int(counter.get_total_flops())
 
 
-def rows_per_segment(teacher) -> float:
-    sampling = cache.teacher_info(teacher)["provenance"].get("sampling", {})
+def rows_per_segment(teacher: cache.Teacher) -> float:
+    sampling = teacher.provenance.sampling
     if "frames" in sampling:
         return float(sampling["frames"])
-    offsets = cache.read_offsets(teacher)
+    offsets = teacher.offsets
     return float(np.diff(offsets).mean()) if len(offsets) > 1 else 0.0
 
 
-def extractor_cost(teacher, rows: float) -> dict:
+def extractor_cost(teacher: cache.Teacher, rows: float) -> dict:
     """Backbone params and FLOPs for `rows` rows of a teacher that has features; None (unknown) where the
     provenance does not say what the backbone read (features brought in by `cache import-h5`)."""
-    p = cache.teacher_info(teacher)["provenance"]
-    size = (p.get("preprocessing") or {}).get("input_size")
-    in_chans = p.get("in_chans")
-    found = None if size is None or in_chans is None else backbone_cost(str(p["backbone"]), int(in_chans), int(size[0]), int(size[1]))
+    p = teacher.provenance
+    size = p.preprocessing.get("input_size")
+    found = None if size is None or p.in_chans is None else backbone_cost(str(p.backbone), int(p.in_chans), int(size[0]), int(size[1]))
     if found is None:
-        return {"backbone": p["backbone"], "params": None, "flops": None}
-    return {"backbone": p["backbone"], "params": found[0], "flops": found[1] * rows}
+        return {"backbone": p.backbone, "params": None, "flops": None}
+    return {"backbone": p.backbone, "params": found[0], "flops": found[1] * rows}
 
 
 def teacher_cost(root, key: str) -> dict:
     """Cost per segment of one cached teacher (its extractors + fitted head, if any)."""
-    teacher = cache.open_teacher(root, key)
-    info = cache.teacher_info(teacher)
-    sources = info["provenance"].get("source_teachers")
-    if not sources and not cache.has_features(teacher):  # logits brought from elsewhere: nothing to count
+    teacher = root.teacher(key)
+    sources = teacher.provenance.source_teachers
+    if not sources and not teacher.has_features:  # logits brought from elsewhere: nothing to count
         return {"teacher": key, "params": None, "flops": None, "parts": []}
     if not sources:  # an extracted teacher: its backbone (and linear head, negligible) per row
         part = extractor_cost(teacher, rows_per_segment(teacher))
         return {"teacher": key, "params": part["params"], "flops": part["flops"], "parts": [part]}
-    parts = [extractor_cost(cache.open_teacher(root, s), rows_per_segment(cache.open_teacher(root, s))) for s in sources]
-    fit = info["provenance"].get("fit", {})
-    dims = [cache.teacher_info(cache.open_teacher(root, s))["feature_dim"] for s in sources]
-    head = Student(ModelConfig(dims, dict(info["heads"]), frames=int(fit.get("frames", 8)), dim=int(fit.get("dim", 128)), depth=1))
+    parts = [extractor_cost(root.teacher(s), rows_per_segment(root.teacher(s))) for s in sources]
+    fit = teacher.provenance.fit
+    dims = [root.teacher(s).feature_dim for s in sources]
+    head = Student(ModelConfig(dims, dict(teacher.heads), frames=int(fit.get("frames", 8)), dim=int(fit.get("dim", 128)), depth=1))
     params, flops = head_cost(head)
-    parts.append({"backbone": info["provenance"]["backbone"], "params": params, "flops": flops})
+    parts.append({"backbone": teacher.provenance.backbone, "params": params, "flops": flops})
     return {"teacher": key, **_total(parts), "parts": parts}
 
 
 def student_cost(root, model: Student, input_keys: list[str]) -> dict:
     """The deployed student: its inputs' backbones at `frames` rows per segment plus its head."""
-    parts = [extractor_cost(cache.open_teacher(root, k), model.cfg.frames) for k in input_keys]
+    parts = [extractor_cost(root.teacher(k), model.cfg.frames) for k in input_keys]
     params, flops = head_cost(model)
     parts.append({"backbone": "student head", "params": params, "flops": flops})
     return {"teacher": "student", **_total(parts), "parts": parts}

@@ -1,7 +1,7 @@
 """Streams student batches from the cache: whole-shard reads, a shuffle buffer, a prefetch thread.
 
 One epoch is a plan computed up front from (seed, epoch) alone: a shuffled order of blocks
-(segment ranges whose rows are whole shards, `cache.read_blocks`), cut into buffers of
+(segment ranges whose rows are whole shards, `Teacher.blocks`), cut into buffers of
 `buffer_blocks` blocks whose segments are shuffled together, plus one jitter draw per segment.
 Because the plan needs no data, a resumed run restarts at batch k of epoch e and sees exactly
 the batches it would have seen. Rows are read one buffer at a time, one read call per
@@ -18,10 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import zarr
 
 from egodistill import cache
-from egodistill.cache.student_io import feature_dim, feature_reader
 
 
 @dataclass
@@ -62,20 +60,45 @@ def frame_indices(rows: np.ndarray, frames: int, jitter: np.ndarray) -> np.ndarr
     return np.where(room >= 0, long_enough, short)
 
 
-def present_inputs(root: zarr.Group, input_keys: list[str]) -> np.ndarray:
+def present_inputs(opened: cache.Cache, input_keys: list[str]) -> np.ndarray:
     """bool [N, inputs]: the segment has usable rows in that input teacher."""
     cols = []
     for key in input_keys:
-        teacher = cache.open_teacher(root, key)
-        offsets = cache.read_offsets(teacher)
-        cols.append(cache.usable_segments(teacher) & (np.diff(offsets) > 0))
+        teacher = opened.teacher(key)
+        cols.append(teacher.usable_segments() & (np.diff(teacher.offsets) > 0))
     return np.stack(cols, axis=1)
 
 
-def teacher_logit_table(root: zarr.Group, teacher_keys: list[str], heads: list[str]) -> dict[str, np.ndarray]:
+def teacher_logit_table(opened: cache.Cache, teacher_keys: list[str], heads: list[str]) -> dict[str, np.ndarray]:
     """head -> float32 [N, teachers, C] (NaN where a teacher has no logits for a segment)."""
-    teachers = [cache.open_teacher(root, k) for k in teacher_keys]
-    return {h: np.stack([cache.read_logits(t, h) for t in teachers], axis=1).astype(np.float32) for h in heads}
+    teachers = [opened.teacher(k) for k in teacher_keys]
+    return {h: np.stack([t.read_logits(h) for t in teachers], axis=1).astype(np.float32) for h in heads}
+
+
+def load_windows(loader: CacheLoader, inputs: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every segment's window of an eval-mode loader, in memory, in `loader.segments` order:
+    per input float16 [S, T, D] (zeros where absent) and present bool [S, inputs]."""
+    order = {int(seg): i for i, seg in enumerate(loader.segments)}
+    features = [np.zeros((len(loader.segments), loader.frames, d), dtype=np.float16) for d in loader.dims]
+    present = np.zeros((len(loader.segments), inputs), dtype=bool)
+    for batch in loader.epoch(0):
+        at = np.array([order[int(i)] for i in batch.index.numpy()], dtype=np.int64)
+        for m, x in enumerate(batch.features):
+            features[m][at] = x.numpy()
+        present[at] = batch.present.numpy()
+    return features, present
+
+
+def row_statistics(features: list[np.ndarray], present: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per input (mean [D], std [D]) over every row of the segments where that input is present."""
+    out = []
+    for m, x in enumerate(features):
+        rows = x[present[:, m]].reshape(-1, x.shape[-1]).astype(np.float64)
+        if len(rows) == 0:
+            out.append((torch.zeros(x.shape[-1]), torch.ones(x.shape[-1])))
+            continue
+        out.append((torch.from_numpy(rows.mean(axis=0)).float(), torch.from_numpy(rows.std(axis=0)).float()))
+    return out
 
 
 class CacheLoader:
@@ -86,7 +109,7 @@ class CacheLoader:
 
     def __init__(
         self,
-        root: zarr.Group,
+        opened: cache.Cache,
         input_keys: list[str],
         segments: np.ndarray,
         labels: dict[str, np.ndarray],
@@ -102,11 +125,10 @@ class CacheLoader:
         present: np.ndarray | None = None,
         read_threads: int = 4,
     ) -> None:
-        self.teachers = [cache.open_teacher(root, k) for k in input_keys]
-        self.offsets = [cache.read_offsets(t) for t in self.teachers]
-        self.readers = [feature_reader(t) for t in self.teachers]
-        self.dims = [feature_dim(t) for t in self.teachers]
-        self.present = present if present is not None else present_inputs(root, input_keys)
+        self.teachers = [opened.teacher(k) for k in input_keys]
+        self.offsets = [t.offsets for t in self.teachers]
+        self.dims = [t.feature_dim for t in self.teachers]
+        self.present = present if present is not None else present_inputs(opened, input_keys)
         self.segments = np.asarray(segments, dtype=np.int64)
         self.labels, self.teacher_logits = labels, teacher_logits
         self.batch_size, self.frames, self.train, self.seed = batch_size, frames, train, seed
@@ -115,10 +137,10 @@ class CacheLoader:
         # segment ranges (one call each), which are whole shards too when layouts agree.
         selected = np.zeros(len(self.present), dtype=bool)
         selected[self.segments] = True
-        self.blocks = [b for b in cache.read_blocks(self.teachers[0]) if selected[b.start:b.stop].any()]
+        self.blocks = [b for b in self.teachers[0].blocks() if selected[b.start:b.stop].any()]
         self.block_segments = [np.arange(b.start, b.stop)[selected[b.start:b.stop]] for b in self.blocks]
         self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="egodistill-read")
-        self.memory = [read(0, int(o[-1])) for read, o in zip(self.readers, self.offsets)] if in_memory else None
+        self.memory = [t.read_features([(0, int(o[-1]))]) for t, o in zip(self.teachers, self.offsets)] if in_memory else None
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -192,22 +214,20 @@ class CacheLoader:
 
     def _read_buffer(self, block_ids: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Rows of every input for these blocks, concatenated, and each segment's first row in them."""
+        if self.memory is not None:  # every row is in memory already: read it in place, no copy
+            return self.memory, [o[:-1] for o in self.offsets]
         spans = [[(int(o[self.blocks[b].start]), int(o[self.blocks[b].stop])) for b in block_ids] for o in self.offsets]
-        if self.memory is not None:
-            parts = [[self.memory[m][r0:r1] for r0, r1 in spans[m]] for m in range(len(spans))]
-        else:
-            # The reads are independent whole-shard reads; a few at once overlap I/O and decoding.
-            jobs = [[self._pool.submit(self.readers[m], r0, r1) for r0, r1 in spans[m]] for m in range(len(spans))]
-            parts = [[job.result() for job in row] for row in jobs]
-        rows, starts = [], []
-        n = len(self.present)
+        # Each input's blocks are one whole-shard read call (tensorstore, concurrently, on local caches);
+        # the inputs' calls are in flight together.
+        jobs = [self._pool.submit(t.read_features, s) for t, s in zip(self.teachers, spans)]
+        rows = [job.result() for job in jobs]
+        starts = []
         for m, offsets in enumerate(self.offsets):
-            start, at = np.full(n, -1, dtype=np.int64), 0
+            start, at = np.full(len(self.present), -1, dtype=np.int64), 0
             for b, (r0, r1) in zip(block_ids, spans[m]):
                 block = self.blocks[b]
                 start[block.start:block.stop] = offsets[block.start:block.stop] - r0 + at
                 at += r1 - r0
-            rows.append(np.concatenate(parts[m]) if len(parts[m]) > 1 else parts[m][0])
             starts.append(start)
         return rows, starts
 

@@ -22,7 +22,6 @@ from egodistill.student.data import CacheLoader, present_inputs
 from egodistill.student.metrics import head_metrics, reliability
 from egodistill.student.model import ModelConfig, Student
 from egodistill.student.plots import reliability_diagram, subset_bars
-from egodistill.student.train import pick_device
 
 
 class EvaluateError(EgodistillError):
@@ -65,16 +64,16 @@ def load_student(run: str, checkpoint: str = "best") -> tuple[dict, Student]:
 def evaluate(cfg: EvalConfig) -> dict:
     record, model = load_student(cfg.run, cfg.checkpoint)
     root = cache.open_cache(cfg.cache, mode="r")
-    table = cache.read_segments(root)
+    table = root.segments
     input_keys, teacher_keys = record["input_keys"], record["teacher_keys"]
     for key in [*input_keys, *teacher_keys]:
-        cache.open_teacher(root, key)  # a clear error if the cache no longer holds it
+        root.teacher(key)  # a clear error if the cache no longer holds it
     present = present_inputs(root, input_keys)
     segments = np.flatnonzero((table.split == cfg.split) & present.any(axis=1))
     if len(segments) == 0:
         splits = ", ".join(sorted(set(table.split.tolist())))
         raise EvaluateError(f"no {cfg.split!r} segments with the student's inputs in the cache (splits: {splits}): pass another --split")
-    device = pick_device(cfg.device)
+    device = cache.pick_device(cfg.device)
     model = model.to(device)
     loader = CacheLoader(root, input_keys, segments, table.labels, batch_size=cfg.batch_size, frames=model.cfg.frames, train=False, present=present)
     subsets = input_subsets(len(input_keys))
@@ -103,8 +102,8 @@ def evaluate(cfg: EvalConfig) -> dict:
             entry["reliability"] = {h: reliability(v, labels[h]) for h, v in logits.items()}
         result["subsets"].append(entry)
     for key in teacher_keys:
-        teacher = cache.open_teacher(root, key)
-        logits = {h: cache.read_logits(teacher, h)[order] for h in table.heads}
+        teacher = root.teacher(key)
+        logits = {h: teacher.read_logits(h)[order] for h in table.heads}
         result["teacher_metrics"].append({"teacher": key, "metrics": head_metrics(logits, labels)})
     if cfg.cost:
         result["cost"] = {"student": student_cost(root, model.cpu(), input_keys), "teachers": [teacher_cost(root, k) for k in teacher_keys]}
@@ -113,7 +112,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def _input_names(root, keys: list[str]) -> list[str]:
-    modalities = [cache.teacher_info(cache.open_teacher(root, k))["modality"] for k in keys]
+    modalities = [root.teacher(k).modality for k in keys]
     return modalities if len(set(modalities)) == len(modalities) else keys
 
 

@@ -6,8 +6,6 @@ one teacher of that modality that has what is asked for (features for inputs, lo
 
 from __future__ import annotations
 
-import zarr
-
 from egodistill import cache
 from egodistill.cache.errors import CacheError
 
@@ -29,35 +27,46 @@ def split_names(names: str | list[str] | tuple[str, ...] | None) -> list[str]:
     return out
 
 
-def _resolve(root: zarr.Group, name: str, what: str, wanted, option: str) -> str:
-    keys = cache.list_teachers(root)
-    if name in keys:
-        if not wanted(cache.open_teacher(root, name)):
+def split_numbers(text: str, option: str) -> tuple[int, ...]:
+    """"0,1" -> (0, 1); anything that is not a comma-separated list of whole numbers >= 0 is a one-line error."""
+    try:
+        numbers = tuple(int(part) for part in split_names(text))
+    except ValueError:
+        numbers = ()
+    if not numbers or min(numbers) < 0:
+        raise SourceError(f"{option} {text!r}: give comma-separated whole numbers >= 0, e.g. 0,1")
+    return numbers
+
+
+def _resolve(opened: cache.Cache, name: str, what: str, wanted, option: str) -> str:
+    teachers = {t.key: t for t in opened.teachers()}
+    if name in teachers:
+        if not wanted(teachers[name]):
             raise SourceError(f"teacher {name!r} has no {what}: pick another for {option} (`egodistill cache info` lists them)")
         return name
-    matches = [k for k in keys if cache.teacher_info(cache.open_teacher(root, k))["modality"] == name and wanted(cache.open_teacher(root, k))]
+    matches = [k for k, t in teachers.items() if t.modality == name and wanted(t)]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        have = sorted({cache.teacher_info(cache.open_teacher(root, k))["modality"] for k in keys if wanted(cache.open_teacher(root, k))})
+        have = sorted({t.modality for t in teachers.values() if wanted(t)})
         hint = "run `egodistill fit-teachers` first" if what == "logits" else "run `egodistill extract` for it first"
         raise SourceError(f"{option} {name!r}: no teacher of that key or modality with {what} in the cache (modalities with {what}: {', '.join(have) or 'none'}): {hint}")
     raise SourceError(f"{option} {name!r} is ambiguous, the cache has several teachers of that modality with {what}: {', '.join(matches)}: pass one key instead")
 
 
-def resolve_inputs(root: zarr.Group, names: list[str], option: str = "--inputs") -> list[str]:
+def resolve_inputs(opened: cache.Cache, names: list[str], option: str = "--inputs") -> list[str]:
     """Keys of teachers with frame features, one per name."""
     if not names:
         raise SourceError(f"{option} is empty: name at least one modality or teacher key")
-    keys = [_resolve(root, n, "features", cache.has_features, option) for n in names]
+    keys = [_resolve(opened, n, "features", lambda t: t.has_features, option) for n in names]
     return _unique(keys, option)
 
 
-def resolve_teachers(root: zarr.Group, names: list[str], heads: dict[str, int]) -> list[str]:
+def resolve_teachers(opened: cache.Cache, names: list[str], heads: dict[str, int]) -> list[str]:
     """Keys of teachers with logits for every output head of the cache, all with its class counts."""
-    keys = _unique([_resolve(root, n, "logits", lambda t: bool(cache.logit_heads(t)), "--teachers") for n in names], "--teachers")
+    keys = _unique([_resolve(opened, n, "logits", lambda t: bool(t.heads), "--teachers") for n in names], "--teachers")
     for key in keys:
-        have = cache.logit_heads(cache.open_teacher(root, key))
+        have = opened.teacher(key).heads
         for head, classes in heads.items():
             if head not in have:
                 raise SourceError(f"teacher {key!r} has no logits for head {head!r} (it has {', '.join(have)}): choose teachers fitted on this cache's heads")

@@ -69,7 +69,7 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[Fit
     if cfg.dim % 4:
         raise FitError(f"dim {cfg.dim} is not a multiple of the 4 attention heads of a fitted teacher")
     root = cache.open_cache(cfg.cache, mode="r+")
-    table = cache.read_segments(root)
+    table = root.segments
     keys = resolve_inputs(root, cfg.modalities, "--modalities")
     train = _labelled_training(table, cfg)
     if cfg.folds < 2:
@@ -78,30 +78,26 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[Fit
         raise FitError(f"--folds {cfg.folds} needs at least {cfg.folds} labelled {cfg.train_split!r} segments, the cache has {len(train)}: lower --folds")
     features, present = load_features(root, keys, cfg)
     fold = fold_assignment(len(train), cfg.folds, cfg.seed)
-    jobs = [(cache.teacher_info(cache.open_teacher(root, k))["modality"], [m]) for m, k in enumerate(keys)]
+    jobs = [(root.teacher(k).modality, [m]) for m, k in enumerate(keys)]
     if cfg.fusion:
         jobs.append(("fusion", list(range(len(keys)))))
     written = []
     for modality, members in jobs:
         log(f"fitting {modality} teacher on {', '.join(keys[m] for m in members)} ({cfg.folds} folds + all-train model)")
         fitted = _cross_fit([features[m] for m in members], present[:, members], table.labels, train, fold, cfg, table.heads)
-        provenance = {
-            "modality": modality,
-            "backbone": "fusion_transformer" if len(members) > 1 or modality == "fusion" else "temporal_head",
-            "weights": f"fitted:seed{cfg.seed}",
-            "head": None,
-            "source_teachers": [keys[m] for m in members],
-            "folds": cfg.folds,
-            "seed": cfg.seed,
-            "train_split": cfg.train_split,
-            "fit": {"epochs": cfg.epochs, "frames": cfg.frames, "dim": cfg.dim, "batch_size": cfg.batch_size, "lr": cfg.lr},
-            "egodistill": cache.egodistill_version(),
-        }
-        key = cache.teacher_key(provenance)
-        failed = [{"segment": int(i), "id": str(table.ids[i]), "video": str(table.videos[i]), "reason": "no usable input features", "expected_rows": 0, "written_rows": 0}
+        provenance = cache.Provenance(
+            modality=modality,
+            backbone="fusion_transformer" if len(members) > 1 or modality == "fusion" else "temporal_head",
+            weights=f"fitted:seed{cfg.seed}",
+            source_teachers=tuple(keys[m] for m in members),
+            fit={"folds": cfg.folds, "seed": cfg.seed, "train_split": cfg.train_split, "epochs": cfg.epochs, "frames": cfg.frames,
+                 "dim": cfg.dim, "batch_size": cfg.batch_size, "lr": cfg.lr},
+        )
+        key = root.key_for(provenance)
+        failed = [cache.Failure(int(i), str(table.ids[i]), str(table.videos[i]), "no usable input features")
                   for i in np.flatnonzero(fitted.source_model == -2)]
-        cache.create_logits_teacher(root, key, provenance, fitted.logits, failed=failed)
-        fitted.key, fitted.modality, fitted.sources = key, modality, provenance["source_teachers"]
+        root.create_logits_teacher(key, provenance, fitted.logits, failed=failed)
+        fitted.key, fitted.modality, fitted.sources = key, modality, list(provenance.source_teachers)
         written.append(fitted)
     return written
 
@@ -121,7 +117,7 @@ def load_features(root, keys: list[str], cfg: FitConfig) -> tuple[list[np.ndarra
     present = present_inputs(root, keys)
     n = len(present)
     loader = CacheLoader(root, keys, np.arange(n), {}, batch_size=1024, frames=cfg.frames, train=False, present=present)
-    features = [np.zeros((n, cfg.frames, cache.open_teacher(root, k)["features"].shape[1]), dtype=np.float16) for k in keys]
+    features = [np.zeros((n, cfg.frames, root.teacher(k).feature_dim), dtype=np.float16) for k in keys]
     for batch in loader.epoch(0):
         for m, x in enumerate(batch.features):
             features[m][batch.index.numpy()] = x.numpy()

@@ -66,7 +66,7 @@ class TrainConfig:
 class Setup:
     """Everything a run derives from its config and the cache, before any training."""
 
-    root: object
+    root: cache.Cache
     table: cache.SegmentTable
     input_keys: list[str]
     teacher_keys: list[str]
@@ -103,7 +103,7 @@ def setup(cfg: TrainConfig) -> Setup:
     if cfg.weighting not in SCHEMES:
         raise TrainError(f"--weighting {cfg.weighting!r} is unknown: use one of {', '.join(SCHEMES)}")
     root = cache.open_cache(cfg.cache, mode="r")
-    table = cache.read_segments(root)
+    table = root.segments
     if not table.heads:
         raise TrainError("the cache has no label heads, so the student has no outputs: extract a manifest with label columns")
     input_keys = resolve_inputs(root, cfg.inputs)
@@ -129,17 +129,9 @@ def setup(cfg: TrainConfig) -> Setup:
         if held == 0:
             raise TrainError("--weighting dataset needs held-out labelled training segments: set --holdout > 0 (and have >= 2 labelled segments)")
         weights = {h: dataset_weights(torch.from_numpy(v[holdout]), torch.from_numpy(table.labels[h][holdout].astype(np.int64)), cfg.tau) for h, v in logits.items()}
-    dims = [cache.teacher_info(cache.open_teacher(root, k))["feature_dim"] for k in input_keys]
+    dims = [root.teacher(k).feature_dim for k in input_keys]
     model = ModelConfig(dims, dict(table.heads), frames=cfg.frames, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, dropout=cfg.dropout)
     return Setup(root, table, input_keys, teacher_keys, present, logits, np.setdiff1d(candidates, holdout), holdout, weights, model)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError("--device cuda asked for, but torch sees no CUDA device: use --device cpu")
-    return torch.device(name)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -174,7 +166,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     after that many steps with last.pt saved, as if it had been killed right after a checkpoint.
     started_run is what start_run returned, for callers that check before showing progress."""
     s, resuming = started_run or start_run(cfg, resume)
-    device = pick_device(cfg.device)
+    device = cache.pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     train_loader, held_loader = loaders(cfg, s)
     model = Student(s.model).to(device)

@@ -31,7 +31,7 @@ def fitted(tmp_path_factory):
 
 def test_every_segments_logits_come_from_a_model_that_never_saw_it(fitted):
     path, cfg, teachers = fitted
-    table = cache.read_segments(cache.open_cache(path))
+    table = cache.open_cache(path).segments
     train = np.flatnonzero(table.split == "train")
     for t in teachers:
         for i, model in enumerate(t.source_model):
@@ -48,14 +48,13 @@ def test_fitted_teachers_are_written_with_provenance_and_resolve_by_modality(fit
     assert [t.modality for t in teachers] == ["rgb", "audio", "fusion"]
     keys = resolve_teachers(root, ["rgb", "audio", "fusion"], {"verb": 4, "noun": 6})
     assert keys == [t.key for t in teachers]
-    fusion = cache.teacher_info(cache.open_teacher(root, keys[2]))
-    p = fusion["provenance"]
-    assert p["folds"] == 5 and p["seed"] == 0 and len(p["source_teachers"]) == 2 and p["backbone"] == "fusion_transformer"
-    audio = cache.open_teacher(root, keys[1])
+    p = root.teacher(keys[2]).provenance
+    assert p.fit["folds"] == 5 and p.fit["seed"] == 0 and len(p.source_teachers) == 2 and p.backbone == "fusion_transformer"
+    audio = root.teacher(keys[1])
     # The audio extraction failed on segments 3 and 40: no audio logits there, but fusion stands in with rgb.
-    assert not np.isfinite(cache.read_logits(audio, "verb")[[3, 40]]).any()
-    assert [f["segment"] for f in cache.ledger(audio)] == [3, 40]
-    assert np.isfinite(cache.read_logits(cache.open_teacher(root, keys[2]), "verb")).all()
+    assert not np.isfinite(audio.read_logits("verb")[[3, 40]]).any()
+    assert [f.segment for f in audio.ledger()] == [3, 40]
+    assert np.isfinite(root.teacher(keys[2]).read_logits("verb")).all()
 
 
 def test_cross_fitted_logits_do_not_carry_memorised_labels(tmp_path):
@@ -66,7 +65,7 @@ def test_cross_fitted_logits_do_not_carry_memorised_labels(tmp_path):
                                               modalities={"rgb": ("resnet18", 3, 64, 0.0)}, seed=5))
     cfg = FitConfig(cache=path, modalities=["rgb"], folds=4, epochs=60, dim=32, lr=3e-3, batch_size=64, device="cpu")
     [teacher] = fit_teachers(cfg, log=QUIET)
-    labels = cache.read_segments(cache.open_cache(path)).labels["verb"]
+    labels = cache.open_cache(path).segments.labels["verb"]
     cross_fitted = (teacher.logits["verb"].argmax(1) == labels).mean()
     features, present = load_features(cache.open_cache(path), [keys["rgb"]], cfg)
     every = np.arange(40)

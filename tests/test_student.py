@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from egodistill import cache
-from egodistill.student import data as student_data
 from egodistill.student.data import CacheLoader, frame_indices
 from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets
 from egodistill.student.model import ModelConfig, Student, mask_modalities
@@ -23,17 +21,17 @@ HEADS = {"verb": 4, "noun": 6}
 SMALL = dict(epochs=2, batch_size=16, dim=32, depth=1, num_heads=2, lr=1e-3, device="cpu", prefetch=2, buffer_blocks=2)
 
 
-def add_logits_teacher(root: zarr.Group, modality: str, quality: float, seed: int, heads: dict[str, int] = HEADS) -> str:
+def add_logits_teacher(root: cache.Cache, modality: str, quality: float, seed: int, heads: dict[str, int] = HEADS) -> str:
     """A logits-only teacher whose logits point at the label with strength `quality` (what fit-teachers writes)."""
-    table = cache.read_segments(root)
+    table = root.segments
     rng = np.random.default_rng(seed)
     logits = {}
     for head, classes in heads.items():
         y = np.clip(table.labels.get(head, np.zeros(len(table), np.int32)), 0, classes - 1)
         logits[head] = (rng.normal(size=(len(table), classes)) + quality * np.eye(classes)[y]).astype(np.float32)
-    provenance = {"modality": modality, "backbone": "temporal_head", "source_teachers": [], "seed": seed}
-    key = cache.teacher_key(provenance)
-    cache.create_logits_teacher(root, key, provenance, logits)
+    provenance = cache.Provenance(modality=modality, backbone="temporal_head", fit={"seed": seed})
+    key = provenance.teacher_key()
+    root.create_logits_teacher(key, provenance, logits)
     return key
 
 
@@ -88,7 +86,7 @@ def test_frame_indices_stride_centre_jitter_and_short_segments():
 
 def loader_for(path, keys, train_mode, **kw):
     root = cache.open_cache(path)
-    table = cache.read_segments(root)
+    table = root.segments
     segments = np.flatnonzero(table.split == "train")
     return root, segments, CacheLoader(root, keys, segments, table.labels, batch_size=10, frames=8, train=train_mode, seed=3, buffer_blocks=2, **kw)
 
@@ -96,25 +94,25 @@ def loader_for(path, keys, train_mode, **kw):
 def test_loader_reads_whole_blocks_and_gives_every_segment_its_own_rows(synthetic, monkeypatch):
     path, keys, _ = synthetic
     calls = []
-    real = student_data.feature_reader
+    real = cache.Teacher.read_features
 
-    def counting_reader(teacher):  # the real reader, with every call's row count noted
-        read = real(teacher)
-        return lambda a, b: calls.append(b - a) or read(a, b)
+    def counting_read(teacher, spans):  # the real read, with the rows of every span it asks for noted
+        calls.extend(b - a for a, b in spans)
+        return real(teacher, spans)
 
-    monkeypatch.setattr(student_data, "feature_reader", counting_reader)
+    monkeypatch.setattr(cache.Teacher, "read_features", counting_read)
     inputs = [keys["rgb"], keys["audio"]]
     root, segments, loader = loader_for(path, inputs, train_mode=False)
     seen = []
-    teachers = [cache.open_teacher(root, k) for k in inputs]
+    teachers = [root.teacher(k) for k in inputs]
     for batch in loader.epoch(0):
         for row, i in enumerate(batch.index.tolist()):
             for m, t in enumerate(teachers):
-                o = cache.read_offsets(t)
-                np.testing.assert_array_equal(batch.features[m][row].numpy(), cache.read_rows(t, o[i], o[i + 1])[0])
+                o = t.offsets
+                np.testing.assert_array_equal(batch.features[m][row].numpy(), t.read_rows(o[i], o[i + 1])[0])
         seen += batch.index.tolist()
     assert sorted(seen) == segments.tolist()
-    # One call per block and input, each a whole block (8 segments x 8 rows = one shard).
+    # Every block of every input read whole, once (8 segments x 8 rows = one shard).
     assert calls == [64] * (len(loader.blocks) * len(inputs))
 
 
@@ -134,16 +132,16 @@ def test_loader_shuffles_per_epoch_and_resumes_mid_epoch_with_the_same_batches(s
 def test_temporal_jitter_in_training_centred_window_at_evaluation(synthetic):
     path, keys, _ = synthetic
     root = cache.open_cache(path)
-    table = cache.read_segments(root)
+    table = root.segments
     segments = np.flatnonzero(table.split == "train")
     make = lambda train_mode: CacheLoader(root, [keys["rgb"]], segments, table.labels, batch_size=200, frames=4, train=train_mode, seed=0)  # noqa: E731
-    teacher = cache.open_teacher(root, keys["rgb"])
-    o = cache.read_offsets(teacher)
+    teacher = root.teacher(keys["rgb"])
+    o = teacher.offsets
 
     def starts(batch):  # which of a segment's 8 rows each sample's first frame came from
         out = []
         for row, i in enumerate(batch.index.tolist()):
-            rows = cache.read_rows(teacher, o[i], o[i + 1])[0]
+            rows = teacher.read_rows(o[i], o[i + 1])[0]
             out.append(int(np.flatnonzero((rows == batch.features[0][row, 0].numpy()).all(axis=1))[0]))
         return out
 

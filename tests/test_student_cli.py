@@ -26,7 +26,7 @@ def session_cache(extracted_cache, tmp_path):
 
 def test_cross_fitting_on_an_extracted_cache_never_uses_a_model_trained_on_the_segment(session_cache):
     fitted = fit_teachers(FitConfig(cache=str(session_cache), modalities=["rgb", "audio"], fusion=True, folds=5, epochs=2, dim=32), log=lambda _: None)
-    split = cache.read_segments(cache.open_cache(session_cache)).split
+    split = cache.open_cache(session_cache).segments.split
     for teacher in fitted:
         assert (teacher.source_model[split == "train"] >= 0).all() and (teacher.source_model[split == "val"] == -1).all()
         for i, model in enumerate(teacher.source_model):
