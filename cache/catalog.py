@@ -21,7 +21,7 @@ from egodistill.cache.layout import Layout
 from egodistill.cache.lease import current_holder, describe_holder, teacher_lease
 from egodistill.cache.options import check_plain_name
 from egodistill.cache.records import Failure, Provenance
-from egodistill.cache.segments import SegmentTable, has_table, read_table, table_attrs, write_table
+from egodistill.cache.segments import SegmentTable, read_table, table_attrs, write_table
 from egodistill.cache.store import ROOT_ATTR, check_schema, open_root
 from egodistill.cache.teachers import ATTR, GROUP, Teacher, create_feature_arrays, create_logit_arrays, teacher_attrs
 
@@ -36,15 +36,16 @@ def open_cache(
     "a" also creates it. See `store.open_root` for URLs, credentials and read-through copies."""
     root, folder = open_root(location, mode, storage_options, read_cache)
     check_schema(root, location)
-    return Cache(root, str(location), folder, writable=mode != "r")
+    return Cache(root, str(location), folder)
 
 
 class Cache:
-    def __init__(self, root: zarr.Group, location: str, folder: Path | None, writable: bool) -> None:
+    """A cache opened at `location`: the segments table and the teachers (handles, see cache/teachers.py)."""
+
+    def __init__(self, root: zarr.Group, location: str, folder: Path | None) -> None:
         self._root = root  # cache/ modules only
         self.location = location
         self.folder = folder  # on a local or NFS path, else None
-        self.writable = writable
 
     def __repr__(self) -> str:
         return f"Cache({self.location!r})"
@@ -71,9 +72,6 @@ class Cache:
         """Write the table if the cache has none; otherwise insist it is the same segments."""
         write_table(self._root, table, source)
         self.__dict__.pop("segments", None)
-
-    def has_segments(self) -> bool:
-        return has_table(self._root)
 
     # --- teachers ------------------------------------------------------------------------
 
