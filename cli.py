@@ -328,24 +328,25 @@ class Weighting(str, Enum):
 def fit_teachers_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     modalities: Annotated[str, typer.Option(help="Comma-separated modalities or teacher keys with features, e.g. rgb,flow,audio.")],
-    fusion: Annotated[bool, typer.Option(help="Also fit one transformer fusion teacher over all of them.")] = False,
-    folds: Annotated[int, typer.Option(help="K of the K-fold cross-fitting that makes training segments' logits.")] = 5,
+    fusion: Annotated[bool, typer.Option(help="Also fit one fusion teacher over all of them.")] = False,
+    folds: Annotated[int, typer.Option(help="K of the grouped K-fold cross-fitting that makes training segments' logits.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the folds and the fits.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Training epochs of each fit.")] = 30,
+    steps: Annotated[int, typer.Option(help="Optimiser steps of each fit; 0: 100 passes over the data, 1,000-10,000 steps.")] = 0,
+    depths: Annotated[str, typer.Option(help="Candidate depths, kept by out-of-fold accuracy (0: pooled linear head, 1: plus a temporal transformer).")] = "0,1",
     frames: Annotated[int, typer.Option(help="Rows per segment the heads read (centred).")] = 8,
     device: Annotated[Device, typer.Option(help="Where the heads are fitted.")] = Device.auto,
 ) -> None:
     """Fit light teachers on cached features (per modality, optional fusion) and write their logits into the cache."""
-    from egodistill.student.sources import split_names
-    from egodistill.student.teachers import FitConfig, fit_teachers
     from egodistill.cache import pick_device
+    from egodistill.student.fit import FitConfig, fit_teachers
+    from egodistill.student.sources import split_names, split_numbers
 
-    cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, epochs=epochs, frames=frames,
-                    device=str(pick_device(device.value)))
+    cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, steps=steps,
+                    depths=split_numbers(depths, "--depths"), frames=frames, device=str(pick_device(device.value)))
     fitted = fit_teachers(cfg, log=console.print)
-    table = Table("teacher key", "modality", "from", "segments with logits")
+    table = Table("teacher key", "modality", "from", "depth", "out-of-fold top-1", "segments with logits")
     for t in fitted:
-        table.add_row(t.key, t.modality, ", ".join(t.sources), str(int((t.source_model != -2).sum())))
+        table.add_row(t.key, t.modality, ", ".join(t.sources), str(t.depth), f"{100 * t.oof_accuracy[t.depth]:.1f} %", str(int((t.source_model != -2).sum())))
     console.print(table)
     console.print("use them with `egodistill train-student --teachers " + ",".join(t.modality for t in fitted) + " ...`")
 
@@ -354,7 +355,7 @@ def fit_teachers_command(
 def train_student_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     inputs: Annotated[str, typer.Option(help="Comma-separated student inputs: modalities or teacher keys with features.")],
-    out: Annotated[str, typer.Option(help="Run directory (config.json, metrics.jsonl, best.pt, last.pt).")],
+    out: Annotated[str, typer.Option(help="Run directory (config.json, metrics.jsonl, last.pt).")],
     teachers: Annotated[str, typer.Option(help="Comma-separated teachers with logits (modalities such as rgb,flow,audio,fusion or keys); empty: ground truth only.")] = "",
     weighting: Annotated[Weighting, typer.Option(help="How teacher logits are combined per head.")] = Weighting.uniform,
     tau: Annotated[float, typer.Option(help="Softmin temperature of per-sample/dataset weights (0 = pick the best teacher).")] = 1.0,
@@ -362,12 +363,16 @@ def train_student_command(
     kd_weight: Annotated[float, typer.Option(help="Weight of the distillation term.")] = 1.0,
     gt_weight: Annotated[float, typer.Option(help="Weight of the ground-truth cross-entropy.")] = 1.0,
     mask_prob: Annotated[float, typer.Option(help="Per-sample probability of dropping each input (never all).")] = 0.0,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+    steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data, 1,000-10,000 steps. The last step is the model evaluated.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Segments per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (a head on frozen features; the paper's fine-tuning: 1e-4).")] = 1e-2,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (paper: 0.02).")] = 0.05,
+    schedule: Annotated[str, typer.Option(help="Decay after the warm-up: cosine or linear (paper).")] = "cosine",
+    clip: Annotated[float, typer.Option(help="Gradient-norm clip (paper: 5).")] = 1.0,
     frames: Annotated[int, typer.Option(help="Rows per segment and input (temporal jitter in training).")] = 8,
-    dim: Annotated[int, typer.Option(help="Student width.")] = 256,
-    depth: Annotated[int, typer.Option(help="Temporal transformer layers.")] = 2,
+    dim: Annotated[int, typer.Option(help="Transformer width (with --depth >= 1).")] = 64,
+    depth: Annotated[int, typer.Option(help="Temporal transformer layers; 0: the pooled linear head alone.")] = 0,
+    holdout: Annotated[float, typer.Option(help="Fraction of training videos held out for monitoring (and dataset weights).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = 0,
     device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device.auto,
     in_memory: Annotated[bool, typer.Option(help="Read the inputs' features whole into memory first.")] = False,
@@ -380,8 +385,9 @@ def train_student_command(
     from egodistill.student.train import TrainConfig, start_run, train
 
     cfg = TrainConfig(cache=cache, inputs=split_names(inputs), teachers=split_names(teachers), out=out, weighting=weighting.value, tau=tau,
-                      temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, epochs=epochs,
-                      batch_size=batch_size, lr=lr, frames=frames, dim=dim, depth=depth, seed=seed, device=device.value, in_memory=in_memory)
+                      temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, steps=steps,
+                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, clip=clip, frames=frames, dim=dim,
+                      depth=depth, holdout=holdout, seed=seed, device=device.value, in_memory=in_memory)
     started = start_run(cfg, resume)  # every one-line error comes before the progress bar
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} segments/s"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -392,7 +398,7 @@ def train_student_command(
 
         metrics = train(cfg, resume=resume, log=progress.console.print, on_step=on_step, started_run=started)
     if metrics:
-        console.print(f"done: {len(metrics)} epochs in {out}; last train loss {metrics[-1]['train_loss']:.4f}")
+        console.print(f"done: {metrics[-1]['step']} steps in {out}; last train loss {metrics[-1]['train_loss']:.4f}")
 
 
 @app.command("evaluate")
@@ -400,13 +406,13 @@ def evaluate_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     run: Annotated[str, typer.Option(help="Run directory written by train-student.")],
     split: Annotated[str, typer.Option(help="Split of the cache to evaluate on.")] = "val",
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    baseline: Annotated[bool, typer.Option(help="Also fit the logistic-regression probe per input on the training split and score it here.")] = False,
     device: Annotated[Device, typer.Option(help="cpu, cuda or auto.")] = Device.auto,
 ) -> None:
-    """Accuracy, action accuracy, ECE for every subset of the student's inputs, its teachers, and inference cost."""
+    """Accuracy, NLL, Brier, ECE for every subset of the student's inputs, its teachers and their ensembles, and inference cost."""
     from egodistill.student.evaluate import EvalConfig, evaluate, format_table
 
-    result = evaluate(EvalConfig(cache=cache, run=run, split=split, checkpoint=checkpoint, device=device.value))
+    result = evaluate(EvalConfig(cache=cache, run=run, split=split, baseline=baseline, device=device.value))
     console.print(format_table(result), markup=False, highlight=False)
     console.print(f"written: {run}/eval-{split}/ (metrics.json, table.txt, reliability.png, subsets.png)")
 

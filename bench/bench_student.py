@@ -56,7 +56,7 @@ def build(workdir: Path, segments: int) -> tuple[str, dict[str, str], list[str]]
 
 
 def student_config(path: str, out: Path, **overrides) -> TrainConfig:
-    base = dict(cache=path, inputs=["rgb", "flow", "audio"], teachers=["rgb", "flow", "audio"], out=str(out), epochs=1, batch_size=64,
+    base = dict(cache=path, inputs=["rgb", "flow", "audio"], teachers=["rgb", "flow", "audio"], out=str(out), steps=0, batch_size=64,
                 device="cpu", weighting="per-sample", temperature=2.0)
     return TrainConfig(**{**base, **overrides})
 

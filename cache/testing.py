@@ -27,6 +27,7 @@ class SyntheticSpec:
     segments_per_task: int = 16
     unlabelled: float = 0.0        # fraction of training segments whose labels are -1
     failed: dict[str, list[int]] = field(default_factory=dict)  # modality -> segments its ledger marks failed (NaN rows)
+    offset: float = 0.0            # a pattern shared by every row of a modality, of this norm (as frozen features have)
     seed: int = 0
 
 
@@ -56,7 +57,9 @@ def _write_teacher(handle: cache.Cache, modality, backbone, in_chans, size, stre
     n, t, d = spec.segments, spec.frames, spec.feature_dim
     directions = {h: rng.normal(size=(c, d)) for h, c in spec.heads.items()}
     signal = sum(directions[h][y] for h, y in labels.items()) * strength
-    rows = (signal[:, None, :] + rng.normal(size=(n, t, d))).reshape(n * t, d).astype(np.float16)
+    shared = rng.normal(size=d)
+    shared *= spec.offset / np.linalg.norm(shared)
+    rows = (shared + signal[:, None, :] + rng.normal(size=(n, t, d))).reshape(n * t, d).astype(np.float16)
     provenance = cache.Provenance(
         modality=modality, backbone=backbone, weights=f"random-init:{spec.seed}", in_chans=in_chans,
         preprocessing={"input_size": [size, size]}, sampling={"frames": t}, precision="fp32",

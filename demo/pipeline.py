@@ -34,7 +34,7 @@ def run_demo(out: str | Path, small: bool = False, seeds: int = 3, workers: int 
     if folder.exists() and not folder.is_dir():
         raise EgodistillError(f"--out {folder} is a file: give a folder for the demo's data, cache, runs and report")
     spec = DemoSpec.small() if small else DemoSpec()
-    budget = StudentBudget(epochs=12, fit_epochs=15) if small else StudentBudget()
+    budget = StudentBudget(steps=300, fit_steps=300) if small else StudentBudget()
     t0 = time.perf_counter()
     manifest = generate_demo_data(folder / "data", spec, workers=max(1, workers))
     generate_seconds = time.perf_counter() - t0
@@ -87,7 +87,7 @@ def _demo_commands(manifest, cache: str, backbones: dict, budget, summary: dict)
     videos = manifest.parent / "videos"
     lines = [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {b} --frames {budget.frames} --device cpu"
              for m, b in backbones.items()]
-    lines.append(f"egodistill fit-teachers --cache {cache} --modalities rgb,flow,audio --fusion --folds {budget.folds} --epochs {budget.fit_epochs} --frames {budget.frames} --seed 0")
+    lines.append(f"egodistill fit-teachers --cache {cache} --modalities rgb,flow,audio --fusion --folds {budget.folds} --steps {budget.fit_steps} --frames {budget.frames} --seed 0")
     for name, s in summary["students"].items():
         lines.extend(s["commands"])
         lines.append(f"egodistill evaluate --cache {cache} --run {s['commands'][0].split('--out ')[1].split()[0]}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from egodistill.student.evaluate import EvalConfig, evaluate
-from egodistill.student.teachers import FitConfig, fit_teachers
+from egodistill.student.fit import FitConfig, fit_teachers
 from egodistill.student.train import TrainConfig, train
 
 MODALITIES = ["rgb", "flow", "audio"]
@@ -45,15 +45,11 @@ STUDENTS = [
 class StudentBudget:
     """Training settings shared by every student of the demo."""
 
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    dim: int = 128
-    depth: int = 1
+    steps: int = 0          # train-student's default budget (0 = auto)
     frames: int = 8
     temperature: float = 2.0
     tau: float = 1.0
-    fit_epochs: int = 30
+    fit_steps: int = 0      # fit-teachers' default budget (0 = auto)
     folds: int = 5
     device: str = "cpu"
     in_memory: bool = True  # the demo's cache is a few MB: no reader threads competing with training
@@ -62,8 +58,7 @@ class StudentBudget:
 def train_command(cache: str, recipe: StudentRecipe, budget: StudentBudget, seed: int, out: Path) -> str:
     """The CLI line that trains this row, for the report."""
     parts = [f"egodistill train-student --cache {cache} --inputs {','.join(recipe.inputs)} --out {out}",
-             f"--epochs {budget.epochs} --batch-size {budget.batch_size} --lr {budget.lr} --dim {budget.dim} --depth {budget.depth}",
-             f"--frames {budget.frames} --seed {seed} --device {budget.device}" + (" --in-memory" if budget.in_memory else "")]
+             f"--steps {budget.steps} --frames {budget.frames} --seed {seed} --device {budget.device}" + (" --in-memory" if budget.in_memory else "")]
     if recipe.teachers:
         parts.append(f"--teachers {','.join(recipe.teachers)} --weighting {recipe.weighting} --temperature {budget.temperature} --tau {budget.tau}")
     if recipe.mask_prob:
@@ -75,7 +70,7 @@ def run_students(cache: str, out: Path, seeds: list[int], budget: StudentBudget,
     """Fit teachers, then train and evaluate every recipe for every seed. Returns the raw results."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    fit_teachers(FitConfig(cache=cache, modalities=MODALITIES, fusion=True, folds=budget.folds, seed=0, epochs=budget.fit_epochs,
+    fit_teachers(FitConfig(cache=cache, modalities=MODALITIES, fusion=True, folds=budget.folds, seed=0, steps=budget.fit_steps,
                            frames=budget.frames, device=budget.device), log=lambda _: None)
     timings["fit_teachers"] = time.perf_counter() - t0
     log(f"fit-teachers: rgb, flow, audio and fusion with {budget.folds}-fold cross-fitting ({timings['fit_teachers']:.1f} s)")
@@ -89,8 +84,7 @@ def run_students(cache: str, out: Path, seeds: list[int], budget: StudentBudget,
             run = runs_dir / recipe.name / f"seed{seed}"
             cfg = TrainConfig(
                 cache=cache, inputs=recipe.inputs, teachers=recipe.teachers, out=str(run), weighting=recipe.weighting,
-                tau=budget.tau, temperature=budget.temperature, mask_prob=recipe.mask_prob, epochs=budget.epochs,
-                batch_size=budget.batch_size, lr=budget.lr, dim=budget.dim, depth=budget.depth, frames=budget.frames,
+                tau=budget.tau, temperature=budget.temperature, mask_prob=recipe.mask_prob, steps=budget.steps, frames=budget.frames,
                 seed=seed, device=budget.device, in_memory=budget.in_memory,
             )
             started = time.perf_counter()

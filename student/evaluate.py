@@ -1,4 +1,5 @@
-"""`evaluate`: a trained student on one split, for every subset of its inputs, beside its teachers.
+"""`evaluate`: a trained student on one split, for every subset of its inputs, beside its teachers,
+their ensembles (the distillation targets) and, with --baseline, the logistic-regression probe.
 
 Writes <run>/eval-<split>/metrics.json, table.txt, reliability.png and subsets.png.
 """
@@ -15,13 +16,14 @@ import torch
 from egodistill import cache
 from egodistill.cache.errors import EgodistillError
 from egodistill.cache.jsonio import write_json
-from egodistill.cache.options import check_choice
 from egodistill.student import rundir
 from egodistill.student.cost import student_cost, teacher_cost
-from egodistill.student.data import CacheLoader, present_inputs
+from egodistill.student.data import CacheLoader, load_windows, present_inputs, teacher_logit_table
+from egodistill.student.losses import dataset_weights, ensemble_logits
 from egodistill.student.metrics import head_metrics, reliability
 from egodistill.student.model import ModelConfig, Student
 from egodistill.student.plots import reliability_diagram, subset_bars
+from egodistill.student.probe import fit_probe, pooled_inputs, probe_logits
 
 
 class EvaluateError(EgodistillError):
@@ -33,7 +35,7 @@ class EvalConfig:
     cache: str
     run: str
     split: str = "val"
-    checkpoint: str = "best"   # best | last
+    baseline: bool = False     # also fit and score the logistic-regression probe per input
     batch_size: int = 256
     device: str = "auto"
     cost: bool = True          # count teacher/student FLOPs (needs timm's model definitions only)
@@ -44,25 +46,22 @@ def input_subsets(count: int) -> list[tuple[int, ...]]:
     return [c for size in range(count, 0, -1) for c in itertools.combinations(range(count), size)]
 
 
-def load_student(run: str, checkpoint: str = "best") -> tuple[dict, Student]:
-    check_choice(EvaluateError, "--checkpoint", checkpoint, ("best", "last"))
+def load_student(run: str) -> tuple[dict, Student]:
+    """The run's config record and its model at the last step (the one rule every arm is scored by)."""
     record = rundir.read_run_config(run)
-    name = rundir.BEST if checkpoint == "best" else rundir.LAST
-    if checkpoint == "best" and not (Path(run) / name).exists():
-        name = rundir.LAST
-    ckpt = rundir.load_checkpoint(run, name)
+    ckpt = rundir.load_checkpoint(run, rundir.LAST)
     try:
         model = Student(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError) as err:  # a checkpoint of another student model version
         detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise EvaluateError(f"{Path(run) / name} does not fit this egodistill's student model ({detail}): train the run again with train-student") from err
+        raise EvaluateError(f"{Path(run) / rundir.LAST} does not fit this egodistill's student model ({detail}): train the run again with train-student") from err
     return record, model.eval()
 
 
 @torch.no_grad()
 def evaluate(cfg: EvalConfig) -> dict:
-    record, model = load_student(cfg.run, cfg.checkpoint)
+    record, model = load_student(cfg.run)
     root = cache.open_cache(cfg.cache, mode="r")
     table = root.segments
     input_keys, teacher_keys = record["input_keys"], record["teacher_keys"]
@@ -92,23 +91,77 @@ def evaluate(cfg: EvalConfig) -> dict:
     names = _input_names(root, input_keys)
     result = {
         "run": str(cfg.run), "split": cfg.split, "segments": int(len(order)), "inputs": input_keys, "teachers": teacher_keys,
-        "subsets": [], "teacher_metrics": [],
+        "subsets": [], "teacher_metrics": [], "ensembles": [], "baselines": [],
     }
     for s in subsets:
-        logits = {h: np.concatenate(v) for h, v in outputs[s].items()}
-        entry = {"name": "+".join(names[i] for i in s), "inputs": [input_keys[i] for i in s], "metrics": head_metrics(logits, labels),
-                 "segments_with_all": int(present[order][:, list(s)].all(axis=1).sum())}
+        # A subset is scored on the segments that have every input of it, so a missing audio track
+        # is not counted as a failure of the audio-only student.
+        has_all = present[order][:, list(s)].all(axis=1)
+        logits = {h: np.concatenate(v)[has_all] for h, v in outputs[s].items()}
+        kept = {h: y[has_all] for h, y in labels.items()}
+        entry = {"name": "+".join(names[i] for i in s), "inputs": [input_keys[i] for i in s], "segments": int(has_all.sum()),
+                 "metrics": head_metrics(logits, kept)}
         if s == subsets[0]:
-            entry["reliability"] = {h: reliability(v, labels[h]) for h, v in logits.items()}
+            entry["reliability"] = {h: reliability(v, kept[h]) for h, v in logits.items()}
         result["subsets"].append(entry)
-    for key in teacher_keys:
-        teacher = root.teacher(key)
-        logits = {h: teacher.read_logits(h)[order] for h in table.heads}
+    teacher_logits = teacher_logit_table(root, teacher_keys, list(table.heads)) if teacher_keys else {}
+    for k, key in enumerate(teacher_keys):
+        logits = {h: v[order, k] for h, v in teacher_logits.items()}
         result["teacher_metrics"].append({"teacher": key, "metrics": head_metrics(logits, labels)})
+    if len(teacher_keys) > 1:
+        result["ensembles"] = teacher_ensembles(teacher_logits, table, order, float(record["config"].get("tau", 1.0)), record["config"].get("train_split", "train"))
+    if cfg.baseline:
+        result["baselines"] = probe_baselines(root, table, input_keys, names, present, order, model.cfg.frames, record["config"].get("train_split", "train"))
     if cfg.cost:
         result["cost"] = {"student": student_cost(root, model.cpu(), input_keys), "teachers": [teacher_cost(root, k) for k in teacher_keys]}
-    write_report(result, Path(cfg.run) / f"eval-{cfg.split}")
+    write_evaluation(result, Path(cfg.run) / f"eval-{cfg.split}")
     return result
+
+
+def teacher_ensembles(teacher_logits: dict[str, np.ndarray], table: cache.SegmentTable, order: np.ndarray, tau: float, train_split: str) -> list[dict]:
+    """The distillation targets themselves, scored: the uniform and the dataset-weighted sum of teacher logits.
+
+    Dataset weights come from the training split's labelled segments, whose teacher logits are out-of-fold."""
+    labels = {h: y[order] for h, y in table.labels.items()}
+    train = np.flatnonzero(table.split == train_split)
+    out = []
+    for scheme in ("uniform", "dataset"):
+        logits, weights = {}, {}
+        for h, v in teacher_logits.items():
+            w = None
+            if scheme == "dataset":
+                y = table.labels[h][train]
+                if not (y >= 0).any():
+                    break
+                w = dataset_weights(torch.from_numpy(v[train]), torch.from_numpy(y.astype(np.int64)), tau)
+                weights[h] = [float(x) for x in w]
+            logits[h] = ensemble_logits(torch.from_numpy(v[order]), None, scheme, tau, w).numpy()
+        else:
+            out.append({"ensemble": scheme, "weights": weights or None, "metrics": head_metrics(logits, labels)})
+    return out
+
+
+def probe_baselines(root: cache.Cache, table: cache.SegmentTable, input_keys: list[str], names: list[str], present: np.ndarray,
+                    order: np.ndarray, frames: int, train_split: str) -> list[dict]:
+    """The logistic-regression probe (student/probe.py) per input and on all inputs: fitted on the training
+    split, scored on the evaluated segments. A student below its probe learns less than its features hold."""
+    train = np.flatnonzero((table.split == train_split) & present.any(axis=1))
+    windows = {}
+    for name, segs in (("train", train), ("eval", order)):
+        loader = CacheLoader(root, input_keys, segs, {}, batch_size=512, frames=frames, train=False, present=present)
+        windows[name] = load_windows(loader, len(input_keys))
+    labels = {h: y[order] for h, y in table.labels.items()}
+    out = []
+    members = [(names[m], [m]) for m in range(len(input_keys))] + ([("+".join(names), list(range(len(input_keys))))] if len(input_keys) > 1 else [])
+    for name, ms in members:
+        x_train = pooled_inputs([windows["train"][0][m] for m in ms], windows["train"][1][:, ms])
+        x_eval = pooled_inputs([windows["eval"][0][m] for m in ms], windows["eval"][1][:, ms])
+        has_all = windows["eval"][1][:, ms].all(axis=1)
+        logits = {}
+        for h, classes in table.heads.items():
+            logits[h] = probe_logits(x_eval, fit_probe(x_train, table.labels[h][train], classes))[has_all]
+        out.append({"probe": name, "segments": int(has_all.sum()), "metrics": head_metrics(logits, {h: y[has_all] for h, y in labels.items()})})
+    return out
 
 
 def _input_names(root, keys: list[str]) -> list[str]:
@@ -117,11 +170,13 @@ def _input_names(root, keys: list[str]) -> list[str]:
 
 
 def format_table(result: dict) -> str:
-    """A plain-text table: one row per input subset, then one per teacher, then costs."""
+    """A plain-text table: one row per input subset, per teacher, per teacher ensemble and per probe, then costs."""
     keys = [k for k in result["subsets"][0]["metrics"]]
     rows = [["model", *[k + (" (x100)" if k.endswith("_ece") else " %") for k in keys]]]
     rows += [[f"student[{s['name']}]", *[_pct(s["metrics"][k], k) for k in keys]] for s in result["subsets"]]
     rows += [[f"teacher {t['teacher']}", *[_pct(t["metrics"].get(k), k) for k in keys]] for t in result["teacher_metrics"]]
+    rows += [[f"ensemble of teachers ({e['ensemble']})", *[_pct(e["metrics"].get(k), k) for k in keys]] for e in result["ensembles"]]
+    rows += [[f"probe[{b['probe']}]", *[_pct(b["metrics"].get(k), k) for k in keys]] for b in result["baselines"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     if "cost" in result:
@@ -132,7 +187,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(result: dict, folder: Path) -> Path:
+def write_evaluation(result: dict, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "metrics.json", result)
     (folder / "table.txt").write_text(format_table(result))
@@ -143,9 +198,11 @@ def write_report(result: dict, folder: Path) -> Path:
 
 
 def _pct(v, key: str) -> str:
-    """Accuracies as %, ECE as stored (already x100)."""
+    """Accuracies as %, ECE as stored (already x100), NLL and Brier as they are."""
     if v is None or not np.isfinite(v):
         return "-"
+    if key.endswith(("_nll", "_brier")):
+        return f"{v:.3f}"
     return f"{v:.1f}" if key.endswith("_ece") else f"{v * 100:.1f}"
 
 

@@ -65,13 +65,38 @@ def ece(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     return float(100.0 * sum(gaps) / total)
 
 
+def nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the label (nats) over labelled segments (NaN if none)."""
+    logits, labels = _labelled(logits, labels)
+    if len(labels) == 0:
+        return float("nan")
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def brier(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean multi-class Brier score: sum over classes of (p - onehot)^2, in [0, 2] (NaN if none labelled).
+
+    Unlike binned ECE it has no bins to bias it on a few hundred clips."""
+    logits, labels = _labelled(logits, labels)
+    if len(labels) == 0:
+        return float("nan")
+    probs = softmax(logits.astype(np.float64))
+    probs[np.arange(len(labels)), labels] -= 1.0
+    return float((probs**2).sum(axis=1).mean())
+
+
 def head_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
-    """top1/top5/ece per head, plus `action_top1` when both verb and noun heads exist."""
+    """top1/top5/ece/nll/brier per head, plus `action_top1` when both verb and noun heads exist."""
     out: dict[str, float] = {}
     for h, values in logits.items():
         out[f"{h}_top1"] = topk_accuracy(values, labels[h], 1)
         out[f"{h}_top5"] = topk_accuracy(values, labels[h], 5)
         out[f"{h}_ece"] = ece(values, labels[h])
+        out[f"{h}_nll"] = nll(values, labels[h])
+        out[f"{h}_brier"] = brier(values, labels[h])
     if "verb" in logits and "noun" in logits:
         out["action_top1"] = action_accuracy(logits["verb"], labels["verb"], logits["noun"], labels["noun"])
     return out

@@ -1,7 +1,20 @@
-"""The student: per-modality projection, modality embeddings, a short temporal transformer, linear heads.
+"""The student: standardised inputs, a pooled linear head, and (depth >= 1) a temporal transformer on top.
 
-A missing modality (absent from the cache for a segment, or masked in training) is replaced by
-a learnable token of its own, so one model serves every subset of its inputs (KARMMA).
+Each input is first standardised per feature with statistics of the training segments, stored in
+the model (buffers), so a checkpoint carries its own preprocessing. Why: frozen features, random-
+init ones above all, are dominated by a pattern shared by every clip (audio: clip-to-clip variation
+~5 % of the magnitude); a per-token LayerNorm keeps that pattern and hides the class signal.
+
+The pooled path is the logistic-regression probe made trainable: per input, the mean of its rows
+and the mean of the second half minus the first half, dropout, one linear map per head. With
+depth >= 1 a short temporal transformer over every input's rows adds its own logits (heads start at
+zero, so training starts from the pooled model). On small data the pooled path alone generalises
+best (the transformer memorises a few hundred clips); on motion-like features and larger data the
+transformer adds what pooling loses. See docs/training.md for the measurements behind the defaults.
+
+A missing input (absent from the cache for a segment, or masked in training) is replaced by learned
+stand-ins of its own (a pooled vector, and a token for the transformer), so one model serves every
+subset of its inputs (KARMMA).
 """
 
 from __future__ import annotations
@@ -17,42 +30,99 @@ class ModelConfig:
     input_dims: list[int]                  # feature size D of each input, in --inputs order
     heads: dict[str, int]                  # output head -> classes
     frames: int = 8                        # T rows per segment and input
-    dim: int = 256
-    depth: int = 2
+    dim: int = 64                          # transformer width
+    depth: int = 0                         # transformer layers; 0 = the pooled linear head alone
     num_heads: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.1                   # inside the transformer
+    input_dropout: float = 0.5             # on the pooled features: the head's main regulariser
     extra: dict = field(default_factory=dict)  # room for later options without breaking old checkpoints
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class Student(nn.Module):
+class Standardise(nn.Module):
+    """(x - mean) / std per feature, with statistics set from training data (`set_statistics`)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        # A constant feature carries nothing: divide by 1, not by ~0.
+        self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def pool_rows(z: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] -> [B, 2D]: mean over time, and mean(second half) - mean(first half)."""
+    half = z.shape[1] // 2
+    late = z[:, half:].mean(dim=1)
+    early = z[:, :half].mean(dim=1) if half else late
+    return torch.cat([z.mean(dim=1), late - early], dim=1)
+
+
+class TemporalTransformer(nn.Module):
+    """Per-input projection, time and modality embeddings, missing tokens, a transformer encoder, mean pool."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.cfg = cfg
         m = len(cfg.input_dims)
-        self.project = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.dim)) for d in cfg.input_dims)
+        self.project = nn.ModuleList(nn.Sequential(nn.Linear(d, cfg.dim), nn.LayerNorm(cfg.dim)) for d in cfg.input_dims)
         self.modality_embedding = nn.Parameter(torch.randn(m, cfg.dim) * 0.02)
         self.time_embedding = nn.Parameter(torch.randn(cfg.frames, cfg.dim) * 0.02)
         self.missing_token = nn.Parameter(torch.randn(m, cfg.dim) * 0.02)
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.num_heads, 4 * cfg.dim, cfg.dropout, activation="gelu", batch_first=True, norm_first=True)
         # enable_nested_tensor only helps with padding masks, which the student never uses.
         self.encoder = nn.TransformerEncoder(layer, cfg.depth, norm=nn.LayerNorm(cfg.dim), enable_nested_tensor=False)
-        self.heads = nn.ModuleDict({h: nn.Linear(cfg.dim, c) for h, c in cfg.heads.items()})
+
+    def forward(self, standardised: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        tokens = []
+        for m, (z, project) in enumerate(zip(standardised, self.project)):
+            projected = project(z)
+            # torch.where (not multiply) so garbage in an absent input cannot leak through.
+            token = torch.where(present[:, m].view(-1, 1, 1), projected, self.missing_token[m].expand_as(projected))
+            tokens.append(token + self.time_embedding[: z.shape[1]] + self.modality_embedding[m])
+        return self.encoder(torch.cat(tokens, dim=1)).mean(dim=1)
+
+
+class Student(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.standardise = nn.ModuleList(Standardise(d) for d in cfg.input_dims)
+        # Zeros: an absent input starts as the training mean, i.e. "no evidence".
+        self.missing_pooled = nn.Parameter(torch.zeros(2 * sum(cfg.input_dims)))
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        self.heads = nn.ModuleDict({h: nn.Linear(2 * sum(cfg.input_dims), c) for h, c in cfg.heads.items()})
+        self.temporal = TemporalTransformer(cfg) if cfg.depth > 0 else None
+        self.temporal_heads = nn.ModuleDict({h: nn.Linear(cfg.dim, c) for h, c in cfg.heads.items()}) if cfg.depth > 0 else None
+        for head in (self.temporal_heads or {}).values():
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def set_statistics(self, statistics: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Per input (mean [D], std [D]) of the training segments' features."""
+        for standardise, (mean, std) in zip(self.standardise, statistics):
+            standardise.set_statistics(mean, std)
 
     def forward(self, features: list[torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
         """features: per input [B, T, D_m]; present: bool [B, inputs] -> {head: logits [B, C]}."""
-        tokens = []
-        for m, (x, project) in enumerate(zip(features, self.project)):
-            projected = project(x.to(self.modality_embedding.dtype))
-            # torch.where (not multiply) so NaN/garbage in an absent input cannot leak through.
-            missing = self.missing_token[m].expand_as(projected)
-            token = torch.where(present[:, m].view(-1, 1, 1), projected, missing)
-            tokens.append(token + self.time_embedding[: x.shape[1]] + self.modality_embedding[m])
-        encoded = self.encoder(torch.cat(tokens, dim=1))
-        pooled = encoded.mean(dim=1)
-        return {h: head(pooled) for h, head in self.heads.items()}
+        dtype = self.missing_pooled.dtype
+        # Absent inputs are zeroed first: garbage (NaN rows of a failed segment) must not reach any gradient.
+        standardised = [s(torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0)) for m, (s, x) in enumerate(zip(self.standardise, features))]
+        pooled = torch.cat([pool_rows(z) for z in standardised], dim=1)
+        per_input = torch.cat([present[:, m:m + 1].expand(-1, 2 * d) for m, d in enumerate(self.cfg.input_dims)], dim=1)
+        pooled = self.input_dropout(torch.where(per_input, pooled, self.missing_pooled))
+        logits = {h: head(pooled) for h, head in self.heads.items()}
+        if self.temporal is not None:
+            encoded = self.temporal(standardised, present)
+            logits = {h: v + self.temporal_heads[h](encoded) for h, v in logits.items()}
+        return logits
 
 
 def mask_modalities(present: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -69,6 +139,19 @@ def mask_modalities(present: torch.Tensor, prob: float, generator: torch.Generat
         keep_one = torch.nn.functional.one_hot(torch.where(present, scores, torch.full_like(scores, -1.0)).argmax(dim=1), present.shape[1]).bool()
         kept = torch.where(emptied.view(-1, 1), keep_one, kept)
     return kept
+
+
+NO_DECAY = ("modality_embedding", "time_embedding", "missing_token", "missing_pooled")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices only, never on norms, biases or learned stand-ins."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (plain if p.ndim < 2 or name.split(".")[-1] in NO_DECAY else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
 def parameter_count(model: nn.Module) -> int:

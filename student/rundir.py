@@ -1,4 +1,4 @@
-"""The run directory: config.json, metrics.jsonl, last.pt and best.pt, and the guard against mixing runs.
+"""The run directory: config.json, metrics.jsonl and last.pt, and the guard against mixing runs.
 
 Checkpoints hold state dicts, tensors and plain Python values only, so
 `torch.load(path, weights_only=True)` opens them.
@@ -18,7 +18,6 @@ from egodistill.cache.jsonio import dumps
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 LAST = "last.pt"
-BEST = "best.pt"
 # Settings that change where and how fast a run goes, not what it computes: a resume may change them.
 # "model" is derived from the config and the inputs' feature sizes, which the keys already pin.
 RUNTIME_FIELDS = frozenset({"device", "in_memory", "prefetch", "out", "cache", "model"})

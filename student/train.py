@@ -1,13 +1,13 @@
 """`train-student`: the training loop, read top to bottom (data, model, optimiser, then the loop).
 
-Each step: mask inputs, forward, distillation loss, backward, clip, AdamW step, log. Each epoch
-ends with the held-out loss, one line in metrics.jsonl, last.pt and (if better) best.pt.
+Each step: mask inputs, forward, distillation loss, backward, clip, AdamW step, log. The budget
+is a number of optimiser steps (student/schedule.py); each pass over the data ends with one line in
+metrics.jsonl and last.pt. The model evaluated is the one at the last step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,11 +17,14 @@ import torch
 
 from egodistill import cache
 from egodistill.cache.errors import EgodistillError
-from egodistill.cache.options import check_number
+from egodistill.cache.device import pick_device
+from egodistill.cache.options import check_choice, check_number
 from egodistill.student import rundir
-from egodistill.student.data import CacheLoader, present_inputs, teacher_logit_table
+from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table
+from egodistill.student.folds import grouped_holdout, segment_groups
 from egodistill.student.losses import SCHEMES, dataset_weights, student_loss
 from egodistill.student.model import ModelConfig, Student, mask_modalities
+from egodistill.student.schedule import SCHEDULES, auto_steps, head_threads, lr_at, make_optimiser
 from egodistill.student.sources import resolve_inputs, resolve_teachers
 
 
@@ -41,18 +44,20 @@ class TrainConfig:
     kd_weight: float = 1.0
     gt_weight: float = 1.0
     mask_prob: float = 0.0          # per-sample, per-input drop probability (never all inputs)
-    epochs: int = 10
+    steps: int = 0                  # optimiser steps; 0 = schedule.auto_steps (100 passes, 1k-10k steps)
     batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.02
-    warmup: float = 0.1             # fraction of all steps spent warming up, then linear decay to 0
-    clip: float = 5.0
+    lr: float = 1e-2                # a head on frozen features; the paper's fine-tuning lr is 1e-4 (student/schedule.py)
+    weight_decay: float = 0.05
+    schedule: str = "cosine"        # cosine | linear decay after the warm-up
+    warmup: float = 0.05            # fraction of all steps spent warming up
+    clip: float = 1.0
     frames: int = 8
-    dim: int = 256
-    depth: int = 2
+    dim: int = 64
+    depth: int = 0                  # 0: pooled linear head; >= 1: plus a temporal transformer (student/model.py)
     num_heads: int = 4
     dropout: float = 0.1
-    holdout: float = 0.1            # fraction of labelled training segments kept out: dataset weights, best.pt
+    input_dropout: float = 0.5
+    holdout: float = 0.0            # fraction of labelled training groups kept out (monitoring, dataset weights)
     train_split: str = "train"
     seed: int = 0
     buffer_blocks: int = 8
@@ -60,6 +65,9 @@ class TrainConfig:
     device: str = "auto"
     in_memory: bool = False
     prefetch: int = 4
+
+
+STATISTICS_SEGMENTS = 2048  # standardisation statistics from at most this many training segments
 
 
 @dataclass
@@ -76,29 +84,35 @@ class Setup:
     holdout_segments: np.ndarray
     weights: dict[str, torch.Tensor] | None
     model: ModelConfig
+    steps: int
 
     def record(self, cfg: TrainConfig) -> dict:
-        return {"config": asdict(cfg), "input_keys": self.input_keys, "teacher_keys": self.teacher_keys, "model": self.model.to_dict()}
+        return {"config": asdict(cfg), "input_keys": self.input_keys, "teacher_keys": self.teacher_keys, "model": self.model.to_dict(), "steps": self.steps}
 
 
 def check_numbers(cfg: TrainConfig) -> None:
     """Every number of the config in its range, before the cache is opened; raises TrainError naming the option."""
     for option, value, bounds in (
-        ("--epochs", cfg.epochs, {"at_least": 1}), ("--batch-size", cfg.batch_size, {"at_least": 1}), ("--lr", cfg.lr, {"above": 0}),
-        ("--mask-prob", cfg.mask_prob, {"at_least": 0, "below": 1}), ("--temperature", cfg.temperature, {"above": 0}),
+        ("--steps", cfg.steps, {"at_least": 0}), ("--batch-size", cfg.batch_size, {"at_least": 1}), ("--lr", cfg.lr, {"above": 0}),
+        ("--mask-prob", cfg.mask_prob, {"at_least": 0, "below": 1}), ("--temperature", cfg.temperature, {"at_least": 0.05, "at_most": 100}),
         ("--tau", cfg.tau, {"at_least": 0}), ("--kd-weight", cfg.kd_weight, {"at_least": 0}), ("--gt-weight", cfg.gt_weight, {"at_least": 0}),
-        ("--frames", cfg.frames, {"at_least": 1}), ("--dim", cfg.dim, {"at_least": 1}), ("--depth", cfg.depth, {"at_least": 1}),
+        ("--frames", cfg.frames, {"at_least": 1}), ("--dim", cfg.dim, {"at_least": 1}), ("--depth", cfg.depth, {"at_least": 0}),
         ("num_heads", cfg.num_heads, {"at_least": 1}), ("dropout", cfg.dropout, {"at_least": 0, "below": 1}),
+        ("input_dropout", cfg.input_dropout, {"at_least": 0, "below": 1}),
         ("holdout", cfg.holdout, {"at_least": 0, "below": 1}), ("warmup", cfg.warmup, {"at_least": 0, "at_most": 1}),
-        ("clip", cfg.clip, {"above": 0}), ("weight_decay", cfg.weight_decay, {"at_least": 0}), ("save_every", cfg.save_every, {"at_least": 0}),
+        ("--clip", cfg.clip, {"above": 0}), ("--weight-decay", cfg.weight_decay, {"at_least": 0}), ("save_every", cfg.save_every, {"at_least": 0}),
     ):
         check_number(TrainError, option, value, **bounds)
-    if cfg.dim % cfg.num_heads:
+    check_choice(TrainError, "--schedule", cfg.schedule, SCHEDULES)
+    if cfg.depth and cfg.dim % cfg.num_heads:
         raise TrainError(f"--dim {cfg.dim} is not a multiple of the {cfg.num_heads} attention heads: give e.g. --dim {cfg.num_heads * max(1, round(cfg.dim / cfg.num_heads))}")
 
 
 def setup(cfg: TrainConfig) -> Setup:
-    """Resolve names, choose the training and held-out segments, read teacher logits, fix weights."""
+    """Resolve names, choose the training and held-out segments, read teacher logits, fix weights.
+
+    Every arm trains on the same segments: those of the training split with at least one input.
+    A segment some teacher has no logits for keeps its other teachers (see student/losses.py)."""
     check_numbers(cfg)
     if cfg.weighting not in SCHEMES:
         raise TrainError(f"--weighting {cfg.weighting!r} is unknown: use one of {', '.join(SCHEMES)}")
@@ -112,34 +126,26 @@ def setup(cfg: TrainConfig) -> Setup:
         raise TrainError(f"--weighting {cfg.weighting} needs --teachers")
     present = present_inputs(root, input_keys)
     logits = teacher_logit_table(root, teacher_keys, list(table.heads)) if teacher_keys else None
-    usable = (table.split == cfg.train_split) & present.any(axis=1)
-    if logits is not None:
-        usable &= np.all([np.isfinite(v).all(axis=(1, 2)) for v in logits.values()], axis=0)
-    candidates = np.flatnonzero(usable)
+    candidates = np.flatnonzero((table.split == cfg.train_split) & present.any(axis=1))
     if len(candidates) == 0:
-        raise TrainError(f"no {cfg.train_split!r} segments have both input features and teacher logits in the cache: check --inputs/--teachers and the split names")
+        raise TrainError(f"no {cfg.train_split!r} segments have input features in the cache: check --inputs and the split names")
     labelled = candidates[np.any([table.labels[h][candidates] >= 0 for h in table.heads], axis=0)]
     needs_labels = cfg.gt_weight > 0 or cfg.weighting != "uniform" or not teacher_keys
     if len(labelled) == 0 and needs_labels:
         raise TrainError(f"the cache has no labels for its {cfg.train_split!r} segments: train with --gt-weight 0 --weighting uniform and --teachers, or extract a labelled manifest")
-    held = max(1, round(cfg.holdout * len(labelled))) if cfg.holdout > 0 and len(labelled) >= 2 else 0
-    holdout = np.sort(np.random.default_rng(cfg.seed).permutation(labelled)[:held])
+    held = grouped_holdout(segment_groups(table.videos[candidates]), cfg.holdout, cfg.seed)
+    holdout, train_segments = candidates[held], candidates[~held]
     weights = None
     if cfg.weighting == "dataset":
-        if held == 0:
-            raise TrainError("--weighting dataset needs held-out labelled training segments: set --holdout > 0 (and have >= 2 labelled segments)")
-        weights = {h: dataset_weights(torch.from_numpy(v[holdout]), torch.from_numpy(table.labels[h][holdout].astype(np.int64)), cfg.tau) for h, v in logits.items()}
+        # Training segments' teacher logits are out-of-fold (fit-teachers cross-fits them), so each
+        # teacher's CE over them is already a held-out score; a --holdout narrows it to the holdout.
+        scored = holdout if len(holdout) else labelled
+        weights = {h: dataset_weights(torch.from_numpy(v[scored]), torch.from_numpy(table.labels[h][scored].astype(np.int64)), cfg.tau) for h, v in logits.items()}
     dims = [root.teacher(k).feature_dim for k in input_keys]
-    model = ModelConfig(dims, dict(table.heads), frames=cfg.frames, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, dropout=cfg.dropout)
-    return Setup(root, table, input_keys, teacher_keys, present, logits, np.setdiff1d(candidates, holdout), holdout, weights, model)
-
-
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then linear decay to 0 at the last step."""
-    warmup = max(1, int(cfg.warmup * total))
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    return cfg.lr * max(0.0, (total - step) / max(1, total - warmup))
+    model = ModelConfig(dims, dict(table.heads), frames=cfg.frames, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
+                        dropout=cfg.dropout, input_dropout=cfg.input_dropout)
+    steps = cfg.steps or auto_steps(len(train_segments), cfg.batch_size)
+    return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, model, steps)
 
 
 def loaders(cfg: TrainConfig, s: Setup) -> tuple[CacheLoader, CacheLoader | None]:
@@ -148,6 +154,16 @@ def loaders(cfg: TrainConfig, s: Setup) -> tuple[CacheLoader, CacheLoader | None
     train = CacheLoader(s.root, s.input_keys, s.train_segments, s.table.labels, batch_size=cfg.batch_size, train=True, **common)
     held = CacheLoader(s.root, s.input_keys, s.holdout_segments, s.table.labels, batch_size=max(cfg.batch_size, 256), train=False, **common) if len(s.holdout_segments) else None
     return train, held
+
+
+def training_statistics(cfg: TrainConfig, s: Setup) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per input (mean, std) over the rows of (a seeded sample of) the training segments only."""
+    segments = s.train_segments
+    if len(segments) > STATISTICS_SEGMENTS:
+        segments = np.sort(np.random.default_rng(cfg.seed).choice(segments, STATISTICS_SEGMENTS, replace=False))
+    loader = CacheLoader(s.root, s.input_keys, segments, {}, batch_size=256, frames=cfg.frames, train=False, present=s.present)
+    features, present = load_windows(loader, len(s.input_keys))
+    return row_statistics(features, present)
 
 
 def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[Setup, bool]:
@@ -160,21 +176,30 @@ def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[Setup, bool]:
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
           on_step: Callable[[int, int, float, float], None] | None = None, stop_after: int | None = None,
           started_run: tuple[Setup, bool] | None = None) -> list[dict]:
-    """Train (or resume) the student; returns the metrics lines of every epoch in the run dir.
+    """Train (or resume) the student for its step budget; returns the metrics lines of every epoch.
 
-    on_step(step, total_steps, loss, segments_per_s) reports progress; stop_after ends the run
-    after that many steps with last.pt saved, as if it had been killed right after a checkpoint.
-    started_run is what start_run returned, for callers that check before showing progress."""
+    The model scored afterwards is the one at the last step (last.pt): one rule for every arm, never
+    a checkpoint picked on a noisy held-out loss. on_step(step, total_steps, loss, segments_per_s)
+    reports progress; stop_after ends the run after that many steps with last.pt saved, as if it had
+    been killed right after a checkpoint. started_run is what start_run returned."""
     s, resuming = started_run or start_run(cfg, resume)
-    device = cache.pick_device(cfg.device)
+    device = pick_device(cfg.device)
+    with head_threads(device):
+        return _train(cfg, s, resuming, device, log, on_step, stop_after)
+
+
+def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log: Callable[[str], None],
+           on_step: Callable[[int, int, float, float], None] | None, stop_after: int | None) -> list[dict]:
     torch.manual_seed(cfg.seed)
     train_loader, held_loader = loaders(cfg, s)
-    model = Student(s.model).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = Student(s.model)
+    model.set_statistics(training_statistics(cfg, s))
+    model = model.to(device)
+    optimiser = make_optimiser(model, cfg.lr, cfg.weight_decay)
     masking = torch.Generator().manual_seed(cfg.seed + 1)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
-    total_steps = cfg.epochs * len(train_loader)
-    state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "seen": 0, "best": math.inf}
+    total_steps = s.steps
+    state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "seen": 0}
     if resuming:
         ckpt = rundir.load_checkpoint(cfg.out, rundir.LAST)
         model.load_state_dict(ckpt["model"])
@@ -188,21 +213,22 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         log(f"resuming {cfg.out} at epoch {state['epoch']}, batch {state['batch']} (step {state['step']} of {total_steps})")
     loss_args = dict(scheme=cfg.weighting, tau=cfg.tau, temperature=cfg.temperature, kd_weight=cfg.kd_weight,
                      gt_weight=cfg.gt_weight, weights=None if s.weights is None else {h: w.to(device) for h, w in s.weights.items()})
+    log_every = max(1, total_steps // 10)
 
-    def checkpoint(name: str) -> None:
+    def checkpoint() -> None:
         rng = {"torch": torch.get_rng_state(), "masking": masking.get_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
-        rundir.save_checkpoint(cfg.out, name, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": dict(state), "rng": rng, "model_config": s.model.to_dict()})
+        rundir.save_checkpoint(cfg.out, rundir.LAST, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": dict(state), "rng": rng, "model_config": s.model.to_dict()})
 
-    while state["epoch"] < cfg.epochs:
+    while state["step"] < total_steps:
         model.train()
-        started, seen_now = time.perf_counter(), 0
+        started, seen_now, logged_before = time.perf_counter(), 0, state["step"] // log_every
         for batch in train_loader.epoch(state["epoch"], state["batch"]):
             batch = batch.to(device)
             present = mask_modalities(batch.present, cfg.mask_prob, masking)
             for group in optimiser.param_groups:
-                group["lr"] = lr_at(state["step"], total_steps, cfg)
+                group["lr"] = lr_at(state["step"], total_steps, cfg.lr, cfg.warmup, cfg.schedule)
             with autocast():
                 logits = model(batch.features, present)
             loss = student_loss(logits, batch.labels, batch.teacher_logits, **loss_args)
@@ -218,22 +244,23 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             if on_step:
                 on_step(state["step"], total_steps, loss.detach().item(), seen_now / max(time.perf_counter() - started, 1e-9))
             if cfg.save_every and state["step"] % cfg.save_every == 0:
-                checkpoint(rundir.LAST)
+                checkpoint()
             if stop_after is not None and state["step"] >= stop_after:
-                checkpoint(rundir.LAST)
+                checkpoint()
                 return rundir.read_metrics(cfg.out)
+            if state["step"] >= total_steps:
+                break
         seconds = time.perf_counter() - started
-        line = {"epoch": state["epoch"], "step": state["step"], "lr": lr_at(max(state["step"] - 1, 0), total_steps, cfg),
-                "train_loss": state["loss_sum"] / max(state["seen"], 1), **held_out(model, held_loader, device, autocast, loss_args),
-                "seconds": seconds, "segments_per_s": seen_now / max(seconds, 1e-9)}
+        line = {"epoch": state["epoch"], "step": state["step"], "lr": lr_at(max(state["step"] - 1, 0), total_steps, cfg.lr, cfg.warmup, cfg.schedule),
+                "train_loss": state["loss_sum"] / max(state["seen"], 1), "seconds": seconds, "segments_per_s": seen_now / max(seconds, 1e-9)}
+        last = state["step"] >= total_steps
+        if held_loader is not None and (last or state["step"] // log_every > logged_before):
+            line.update(held_out(model, held_loader, device, autocast, loss_args))
         rundir.append_metrics(cfg.out, line)
-        log(_summary(line))
-        score = line.get("holdout_loss", line["train_loss"])
+        if last or state["step"] // log_every > logged_before:
+            log(_summary(line, total_steps))
         state.update(epoch=state["epoch"] + 1, batch=0, loss_sum=0.0, seen=0)
-        if score < state["best"]:
-            state["best"] = score
-            checkpoint(rundir.BEST)
-        checkpoint(rundir.LAST)
+        checkpoint()
     return rundir.read_metrics(cfg.out)
 
 
@@ -258,8 +285,8 @@ def held_out(model: Student, loader: CacheLoader | None, device, autocast, loss_
     return {"holdout_loss": loss_sum / max(count, 1), **{f"holdout_top1_{h}": correct[h] / max(labelled[h], 1) for h in correct}}
 
 
-def _summary(line: dict) -> str:
-    parts = [f"epoch {line['epoch']}", f"train loss {line['train_loss']:.4f}"]
+def _summary(line: dict, total_steps: int) -> str:
+    parts = [f"step {line['step']}/{total_steps}", f"train loss {line['train_loss']:.4f}"]
     parts += [f"{k.replace('_', ' ')} {v:.4f}" for k, v in line.items() if k.startswith("holdout_")]
     parts.append(f"{line['segments_per_s']:.0f} segments/s")
     return ", ".join(parts)

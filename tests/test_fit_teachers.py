@@ -1,22 +1,36 @@
-"""fit-teachers: cross-fitted logits never come from a model that trained on the segment."""
+"""fit-teachers: grouped cross-fitting, step budgets, depth chosen out of fold, logits never from a model that saw the segment."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from egodistill import cache
 from egodistill.student.sources import SourceError, resolve_teachers
 from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache
-from egodistill.student.teachers import FitConfig, FitError, fit_head, fit_teachers, fold_assignment, load_features, predict_head
+from egodistill.student.fit import FitConfig, FitError, fit_head, fit_teachers, load_features, predict_head
+from egodistill.student.folds import grouped_folds, segment_groups
 
 QUIET = lambda _: None  # noqa: E731
 
 
 def test_folds_are_balanced_seeded_and_cover_every_sample():
-    fold = fold_assignment(23, 5, seed=1)
+    fold = grouped_folds(np.arange(23), 5, seed=1)
     assert sorted(np.bincount(fold).tolist()) == [4, 4, 5, 5, 5]
-    assert np.array_equal(fold, fold_assignment(23, 5, seed=1)) and not np.array_equal(fold, fold_assignment(23, 5, seed=2))
+    assert np.array_equal(fold, grouped_folds(np.arange(23), 5, seed=1)) and not np.array_equal(fold, grouped_folds(np.arange(23), 5, seed=2))
+
+
+def test_grouped_folds_keep_every_video_in_one_fold_and_epic_groups_by_participant():
+    videos = np.array([f"v{i % 9}" for i in range(60)])  # 9 videos of uneven size, interleaved as EPIC's segments are
+    fold = grouped_folds(segment_groups(videos), 4, seed=0)
+    for v in np.unique(videos):
+        assert len(np.unique(fold[videos == v])) == 1
+    assert len(np.unique(fold)) == 4
+    epic = np.array(["P01_11", "P01_12", "P02_01", "P03_04", "P01_11"])
+    groups = segment_groups(epic)
+    assert groups[0] == groups[1] == groups[4] and len(np.unique(groups)) == 3
+    assert len(np.unique(segment_groups(np.array(["P01_11", "kitchen"])))) == 2  # not all EPIC-named: by video
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +39,7 @@ def fitted(tmp_path_factory):
     spec = SyntheticSpec(segments=60, feature_dim=16, segments_per_task=10, failed={"audio": [3, 40]},
                          modalities={"rgb": ("resnet18", 3, 64, 0.5), "audio": ("resnet18", 1, 64, 0.3)})
     build_synthetic_cache(path, spec)
-    cfg = FitConfig(cache=path, modalities=["rgb", "audio"], fusion=True, folds=5, epochs=4, dim=32, device="cpu")
+    cfg = FitConfig(cache=path, modalities=["rgb", "audio"], fusion=True, folds=3, steps=40, dim=32, device="cpu")
     return path, cfg, fit_teachers(cfg, log=QUIET)
 
 
@@ -49,7 +63,7 @@ def test_fitted_teachers_are_written_with_provenance_and_resolve_by_modality(fit
     keys = resolve_teachers(root, ["rgb", "audio", "fusion"], {"verb": 4, "noun": 6})
     assert keys == [t.key for t in teachers]
     p = root.teacher(keys[2]).provenance
-    assert p.fit["folds"] == 5 and p.fit["seed"] == 0 and len(p.source_teachers) == 2 and p.backbone == "fusion_transformer"
+    assert p.fit["folds"] == 3 and p.fit["depth"] in (0, 1) and p.fit["seed"] == 0 and len(p.source_teachers) == 2 and p.backbone == "fusion_head"
     audio = root.teacher(keys[1])
     # The audio extraction failed on segments 3 and 40: no audio logits there, but fusion stands in with rgb.
     assert not np.isfinite(audio.read_logits("verb")[[3, 40]]).any()
@@ -63,22 +77,57 @@ def test_cross_fitted_logits_do_not_carry_memorised_labels(tmp_path):
     path = str(tmp_path / "noise.zarr")
     keys = build_synthetic_cache(path, SyntheticSpec(segments=40, heads={"verb": 4}, splits={"train": 1.0}, feature_dim=16, segments_per_task=10,
                                               modalities={"rgb": ("resnet18", 3, 64, 0.0)}, seed=5))
-    cfg = FitConfig(cache=path, modalities=["rgb"], folds=4, epochs=60, dim=32, lr=3e-3, batch_size=64, device="cpu")
+    cfg = FitConfig(cache=path, modalities=["rgb"], folds=4, steps=300, depths=(1,), dim=32, lr=3e-3, batch_size=64, device="cpu")
     [teacher] = fit_teachers(cfg, log=QUIET)
     labels = cache.open_cache(path).segments.labels["verb"]
     cross_fitted = (teacher.logits["verb"].argmax(1) == labels).mean()
     features, present = load_features(cache.open_cache(path), [keys["rgb"]], cfg)
     every = np.arange(40)
-    model = fit_head(features, present, {"verb": labels}, every, cfg, {"verb": 4}, seed=1)
+    model = fit_head(features, present, {"verb": labels}, every, cfg, {"verb": 4}, depth=1, seed=1)
     in_sample = (predict_head(model, features, present, every, cfg)["verb"].argmax(1) == labels).mean()
     assert in_sample > 0.9
     assert cross_fitted < 0.5
 
 
+def test_every_segments_video_is_in_one_fold(fitted):
+    path, cfg, teachers = fitted
+    table = cache.open_cache(path).segments
+    for t in teachers:
+        fold_of = {}
+        for i in np.flatnonzero((t.source_model >= 0)):
+            assert fold_of.setdefault(str(table.videos[i]), int(t.source_model[i])) == int(t.source_model[i])
+
+
+def test_a_fit_takes_its_step_budget_whatever_the_batch_size(tmp_path, monkeypatch):
+    path = str(tmp_path / "c.zarr")
+    keys = build_synthetic_cache(path, SyntheticSpec(segments=40, heads={"verb": 4}, feature_dim=8, segments_per_task=10, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    steps = []
+    original = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), original(self, *a, **k))[1])
+    for batch in (8, 256):  # 256 > the 28 training segments: one batch per pass, still 25 steps
+        steps.clear()
+        cfg = FitConfig(cache=path, modalities=["rgb"], steps=25, batch_size=batch, device="cpu")
+        features, present = load_features(cache.open_cache(path), [keys["rgb"]], cfg)
+        labels = cache.open_cache(path).segments.labels
+        fit_head(features, present, labels, np.arange(28), cfg, {"verb": 4}, depth=0, seed=0)
+        assert len(steps) == 25
+
+
+def test_standardisation_statistics_come_from_the_fitted_segments_only(tmp_path):
+    path = str(tmp_path / "c.zarr")
+    keys = build_synthetic_cache(path, SyntheticSpec(segments=40, heads={"verb": 4}, feature_dim=8, segments_per_task=10, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    cfg = FitConfig(cache=path, modalities=["rgb"], steps=1, device="cpu")
+    features, present = load_features(cache.open_cache(path), [keys["rgb"]], cfg)
+    features[0][30:] += 100.0  # segments the fit never sees: far away
+    model = fit_head(features, present, cache.open_cache(path).segments.labels, np.arange(30), cfg, {"verb": 4}, depth=0, seed=0)
+    expected = features[0][:30].astype(np.float64).reshape(-1, 8).mean(axis=0)
+    assert np.allclose(model.standardise[0].mean.numpy(), expected, atol=1e-3)
+
+
 def test_fit_teachers_refuses_bad_requests(tmp_path):
     path = str(tmp_path / "c.zarr")
     build_synthetic_cache(path, SyntheticSpec(segments=12, feature_dim=8, unlabelled=0.0, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
-    with pytest.raises(FitError, match="lower --folds") as err:
+    with pytest.raises(FitError, match="lower --folds") as err:  # 12 segments in 2 videos
         fit_teachers(FitConfig(cache=path, modalities=["rgb"], folds=20), log=QUIET)
     assert "\n" not in str(err.value)
     with pytest.raises(FitError, match="at least 2 folds"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,7 +14,10 @@ OLD_STYLE = re.compile(r"^\s*(from|import)\s+(cache|extract|student|cli|demo)(\.
 
 
 def test_wheel_holds_only_egodistill(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+    # Built from a copy: setuptools leaves build/ behind, and a stale build/ would leak old modules into later wheels.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "*.zarr", "demo-run", "runs", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
                    check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("egodistill-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()

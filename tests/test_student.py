@@ -10,15 +10,15 @@ import torch
 
 from egodistill import cache
 from egodistill.student.data import CacheLoader, frame_indices
-from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets
+from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets, load_student
 from egodistill.student.model import ModelConfig, Student, mask_modalities
 from egodistill.student.rundir import RunDirError
 from egodistill.student.sources import SourceError
 from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache
-from egodistill.student.train import TrainConfig, TrainError, train
+from egodistill.student.train import TrainConfig, TrainError, setup, train, training_statistics
 
 HEADS = {"verb": 4, "noun": 6}
-SMALL = dict(epochs=2, batch_size=16, dim=32, depth=1, num_heads=2, lr=1e-3, device="cpu", prefetch=2, buffer_blocks=2)
+SMALL = dict(steps=10, batch_size=16, dim=32, depth=1, num_heads=2, lr=1e-3, device="cpu", prefetch=2, buffer_blocks=2)  # 5 batches a pass: 2 passes
 
 
 def add_logits_teacher(root: cache.Cache, modality: str, quality: float, seed: int, heads: dict[str, int] = HEADS) -> str:
@@ -68,11 +68,15 @@ def test_the_missing_token_stands_in_for_an_absent_input_and_gets_gradients():
     model = Student(ModelConfig([5, 7], HEADS, frames=4, dim=16, depth=1, num_heads=2))
     features = [torch.randn(6, 4, 5), torch.full((6, 4, 7), float("nan"))]  # input 1 holds garbage (NaN rows)
     present = torch.tensor([[True, False]] * 6)
+    for head in model.temporal_heads.values():  # zero at init (training starts from the pooled model): wake them
+        torch.nn.init.normal_(head.weight)
     out = model(features, present)
     assert all(torch.isfinite(v).all() for v in out.values())
     sum(v.sum() for v in out.values()).backward()
-    assert model.missing_token.grad[1].abs().sum() > 0
-    assert model.missing_token.grad[0].abs().sum() == 0  # input 0 was never missing
+    assert model.temporal.missing_token.grad[1].abs().sum() > 0
+    assert model.temporal.missing_token.grad[0].abs().sum() == 0  # input 0 was never missing
+    assert model.missing_pooled.grad[10:].abs().sum() > 0 and model.missing_pooled.grad[:10].abs().sum() == 0  # pooled: 2 x 5 for input 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 # --- the streaming loader --------------------------------------------------------------------
@@ -181,10 +185,60 @@ def test_resume_gives_the_same_metrics_and_weights_as_an_uninterrupted_run(synth
 
 def test_dataset_weighting_and_ground_truth_only_runs(synthetic, tmp_path):
     path, _, _ = synthetic
-    metrics = train(config(path, tmp_path / "dataset", weighting="dataset", tau=0.5, temperature=2.0, epochs=1), log=lambda _: None)
+    metrics = train(config(path, tmp_path / "dataset", weighting="dataset", tau=0.5, temperature=2.0, steps=5), log=lambda _: None)
     assert np.isfinite(metrics[-1]["train_loss"])
-    metrics = train(config(path, tmp_path / "gt", inputs=["rgb"], teachers=[], epochs=1), log=lambda _: None)
+    metrics = train(config(path, tmp_path / "gt", inputs=["rgb"], teachers=[], steps=5, holdout=0.2), log=lambda _: None)
     assert np.isfinite(metrics[-1]["holdout_loss"])
+
+
+def test_the_step_budget_is_kept_and_the_model_scored_is_the_last_one(synthetic, tmp_path):
+    path, _, _ = synthetic
+    out = tmp_path / "run"
+    metrics = train(config(path, out, inputs=["rgb"], teachers=[], steps=7), log=lambda _: None)
+    assert metrics[-1]["step"] == 7 and sorted(p.name for p in out.glob("*.pt")) == ["last.pt"]
+    _, model = load_student(str(out))
+    last = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
+
+
+def test_a_default_student_learns_a_planted_signal_and_is_never_an_untrained_model(tmp_path):
+    # Strong class signal under a large shared offset (as frozen features have): a model picked on an
+    # early held-out loss, or one without standardisation, stays near chance; the default does not.
+    path = str(tmp_path / "planted.zarr")
+    build_synthetic_cache(path, SyntheticSpec(segments=200, heads={"verb": 4}, feature_dim=16, segments_per_task=20, offset=50.0,
+                                              modalities={"rgb": ("resnet18", 3, 64, 0.6)}, seed=3))
+    train(TrainConfig(cache=path, inputs=["rgb"], out=str(tmp_path / "run"), steps=300, device="cpu", in_memory=True), log=lambda _: None)
+    result = evaluate(EvalConfig(cache=path, run=str(tmp_path / "run"), split="val", device="cpu", cost=False, baseline=True))
+    student = result["subsets"][0]["metrics"]["verb_top1"]
+    probe = result["baselines"][0]["metrics"]["verb_top1"]
+    assert student > 0.6 and student >= probe - 0.05, (student, probe)
+
+
+def test_standardisation_statistics_come_from_training_segments_only(synthetic, tmp_path):
+    path, keys, _ = synthetic
+    cfg = config(path, tmp_path / "s", inputs=["rgb"], teachers=[])
+    s = setup(cfg)
+    stats = training_statistics(cfg, s)
+    teacher = s.root.teacher(keys["rgb"])
+    rows = np.concatenate([teacher.read_rows(int(teacher.offsets[i]), int(teacher.offsets[i + 1]))[0] for i in s.train_segments]).astype(np.float64)
+    assert np.allclose(stats[0][0].numpy(), rows.mean(axis=0), atol=1e-3)
+    assert not (s.table.split[s.train_segments] != "train").any()
+
+
+def test_distilled_and_ground_truth_arms_train_on_the_same_segments(synthetic, tmp_path):
+    path, _, _ = synthetic
+    root = cache.open_cache(path, mode="a")
+    partial = add_logits_teacher(root, "audio-partial", 2.0, 9)
+    logits = {h: root.teacher(partial).read_logits(h) for h in HEADS}
+    for v in logits.values():
+        v[::3] = np.nan  # this teacher has nothing for every third segment (e.g. videos without sound)
+    provenance = cache.Provenance(modality="partial", backbone="temporal_head", fit={"seed": 9})
+    root.create_logits_teacher(provenance.teacher_key(), provenance, logits)
+    gt = setup(config(path, tmp_path / "gt", inputs=["rgb"], teachers=[]))
+    kd = setup(config(path, tmp_path / "kd", inputs=["rgb"], teachers=["rgb", "partial"]))
+    assert np.array_equal(gt.train_segments, kd.train_segments)
+    metrics = train(config(path, tmp_path / "kd", inputs=["rgb"], teachers=["rgb", "partial"], weighting="per-sample", steps=5), log=lambda _: None)
+    assert np.isfinite(metrics[-1]["train_loss"])
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -192,22 +246,27 @@ def test_dataset_weighting_and_ground_truth_only_runs(synthetic, tmp_path):
 def test_evaluation_reports_every_input_subset_teachers_and_cost(synthetic, tmp_path):
     path, _, _ = synthetic
     out = tmp_path / "run"
-    train(config(path, out, mask_prob=0.5, epochs=3), log=lambda _: None)
-    result = evaluate(EvalConfig(cache=path, run=str(out), split="val", device="cpu"))
+    train(config(path, out, mask_prob=0.5, steps=15), log=lambda _: None)
+    result = evaluate(EvalConfig(cache=path, run=str(out), split="val", device="cpu", baseline=True))
     names = [s["name"] for s in result["subsets"]]
     assert names == ["rgb+flow+audio", "rgb+flow", "rgb+audio", "flow+audio", "rgb", "flow", "audio"]
     assert len(input_subsets(3)) == 7
     for s in result["subsets"]:
         m = s["metrics"]
-        assert set(m) == {"verb_top1", "verb_top5", "verb_ece", "noun_top1", "noun_top5", "noun_ece", "action_top1"}
+        assert set(m) == {f"{h}_{k}" for h in HEADS for k in ("top1", "top5", "ece", "nll", "brier")} | {"action_top1"}
         assert 0 <= m["action_top1"] <= min(m["verb_top1"], m["noun_top1"]) <= 1 and m["verb_top1"] <= m["verb_top5"]
-        assert 0 <= m["verb_ece"] <= 100
+        assert 0 <= m["verb_ece"] <= 100 and m["verb_nll"] > 0 and 0 <= m["verb_brier"] <= 2
+        assert s["segments"] == result["segments"]  # every val segment has every input here
     assert [t["teacher"] for t in result["teacher_metrics"]] == result["teachers"]
+    assert [e["ensemble"] for e in result["ensembles"]] == ["uniform", "dataset"]
+    assert abs(sum(result["ensembles"][1]["weights"]["verb"]) - 1) < 1e-5
+    assert [b["probe"] for b in result["baselines"]] == ["rgb", "flow", "audio", "rgb+flow+audio"]
     cost = result["cost"]
     assert cost["student"]["flops"] > 0 and cost["student"]["parts"][0]["backbone"] == "resnet18"
     folder = out / "eval-val"
     assert json.loads((folder / "metrics.json").read_text())["segments"] == result["segments"]
-    assert "student[rgb]" in (folder / "table.txt").read_text()
+    table = (folder / "table.txt").read_text()
+    assert "student[rgb]" in table and "ensemble of teachers (dataset)" in table and "probe[rgb+flow+audio]" in table
     for png in ("reliability.png", "subsets.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -257,13 +316,13 @@ def test_a_cache_without_training_labels_is_refused(tmp_path):
         train(config(path, tmp_path / "r", inputs=["rgb"], teachers=[teacher]))
     assert "no labels" in one_line(err)
     # Pure distillation needs no labels.
-    metrics = train(config(path, tmp_path / "kd", inputs=["rgb"], teachers=[teacher], gt_weight=0.0, epochs=1), log=lambda _: None)
+    metrics = train(config(path, tmp_path / "kd", inputs=["rgb"], teachers=[teacher], gt_weight=0.0, steps=5), log=lambda _: None)
     assert np.isfinite(metrics[0]["train_loss"])
 
 
 def test_a_run_dir_with_another_config_is_refused(synthetic, tmp_path):
     path, _, _ = synthetic
-    train(config(path, tmp_path / "run", inputs=["rgb"], epochs=1), log=lambda _: None)
+    train(config(path, tmp_path / "run", inputs=["rgb"], steps=5), log=lambda _: None)
     with pytest.raises(RunDirError) as err:
-        train(config(path, tmp_path / "run", inputs=["rgb"], epochs=1, lr=5e-4), resume=True)
+        train(config(path, tmp_path / "run", inputs=["rgb"], steps=5, lr=5e-4), resume=True)
     assert "another config" in one_line(err) and "lr" in one_line(err)

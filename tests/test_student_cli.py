@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from egodistill import cache
 from egodistill.cli import app
-from egodistill.student.teachers import FitConfig, fit_teachers
+from egodistill.student.fit import FitConfig, fit_teachers
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def session_cache(extracted_cache, tmp_path):
 
 
 def test_cross_fitting_on_an_extracted_cache_never_uses_a_model_trained_on_the_segment(session_cache):
-    fitted = fit_teachers(FitConfig(cache=str(session_cache), modalities=["rgb", "audio"], fusion=True, folds=5, epochs=2, dim=32), log=lambda _: None)
+    fitted = fit_teachers(FitConfig(cache=str(session_cache), modalities=["rgb", "audio"], fusion=True, folds=5, steps=20, dim=32), log=lambda _: None)
     split = cache.open_cache(session_cache).segments.split
     for teacher in fitted:
         assert (teacher.source_model[split == "train"] >= 0).all() and (teacher.source_model[split == "val"] == -1).all()
@@ -36,10 +36,10 @@ def test_cross_fitting_on_an_extracted_cache_never_uses_a_model_trained_on_the_s
 def test_fit_train_and_evaluate_through_the_cli(session_cache, tmp_path):
     runner = CliRunner()
     c = str(session_cache)
-    result = runner.invoke(app, ["fit-teachers", "--cache", c, "--modalities", "rgb,flow,audio", "--fusion", "--epochs", "3", "--device", "cpu"])
+    result = runner.invoke(app, ["fit-teachers", "--cache", c, "--modalities", "rgb,flow,audio", "--fusion", "--steps", "20", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "--teachers rgb,flow,audio,fusion" in result.output
-    small = ["--epochs", "2", "--dim", "32", "--depth", "1", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu"]
+    small = ["--steps", "6", "--dim", "32", "--depth", "1", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu"]
     rgb_student = tmp_path / "rgb-student"
     result = runner.invoke(app, ["train-student", "--cache", c, "--inputs", "rgb", "--teachers", "rgb,flow,audio",
                                  "--weighting", "per-sample", "--temperature", "2", "--out", str(rgb_student), *small])
@@ -48,7 +48,7 @@ def test_fit_train_and_evaluate_through_the_cli(session_cache, tmp_path):
     result = runner.invoke(app, ["train-student", "--cache", c, "--inputs", "rgb,flow,audio", "--teachers", "fusion", "--mask-prob", "0.5",
                                  "--out", str(any_subset), *small])
     assert result.exit_code == 0, result.output
-    assert [json.loads(line)["epoch"] for line in (any_subset / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert json.loads((any_subset / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
     result = runner.invoke(app, ["evaluate", "--cache", c, "--run", str(any_subset), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads((any_subset / "eval-val" / "metrics.json").read_text())
@@ -60,7 +60,7 @@ def test_fit_train_and_evaluate_through_the_cli(session_cache, tmp_path):
 
 
 def test_bad_input_is_one_line_on_stderr(session_cache, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", "import cli; cli.main()", "train-student", "--cache", str(session_cache), "--inputs", "depth",
+    proc = subprocess.run([sys.executable, "-c", "from egodistill import cli; cli.main()", "train-student", "--cache", str(session_cache), "--inputs", "depth",
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
