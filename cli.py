@@ -333,7 +333,8 @@ def fit_teachers_command(
     seed: Annotated[int, typer.Option(help="Seed of the folds and the fits.")] = 0,
     steps: Annotated[int, typer.Option(help="Optimiser steps of each fit; 0: 100 passes over the data, 1,000-10,000 steps.")] = 0,
     depths: Annotated[str, typer.Option(help="Candidate depths, kept by out-of-fold accuracy (0: pooled linear head, 1: plus a temporal transformer).")] = "0,1",
-    frames: Annotated[int, typer.Option(help="Rows per segment the heads read (centred).")] = 8,
+    frames: Annotated[int, typer.Option(help="Rows per segment the heads read (a window of them).")] = 8,
+    views: Annotated[int, typer.Option(help="Windows per segment with logits of their own, from first to last rows (consistent teaching when segments hold more rows than --frames); 1: centred.")] = 1,
     device: Annotated[Device, typer.Option(help="Where the heads are fitted.")] = Device.auto,
 ) -> None:
     """Fit light teachers on cached features (per modality, optional fusion) and write their logits into the cache."""
@@ -342,7 +343,7 @@ def fit_teachers_command(
     from egodistill.student.sources import split_names, split_numbers
 
     cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, steps=steps,
-                    depths=split_numbers(depths, "--depths"), frames=frames, device=str(pick_device(device.value)))
+                    depths=split_numbers(depths, "--depths"), frames=frames, views=views, device=str(pick_device(device.value)))
     fitted = fit_teachers(cfg, log=console.print)
     table = Table("teacher key", "modality", "from", "depth", "out-of-fold top-1", "segments with logits")
     for t in fitted:

@@ -52,7 +52,8 @@ def tensor_epochs(loader: CacheLoader, epochs: range) -> float:
     present = torch.from_numpy(loader.present)
     plans = []
     for epoch in epochs:  # index arithmetic outside the timed loop: the baseline only moves data
-        _, segs, _, jitter = loader.plan(epoch)
+        plan = loader.plan(epoch)
+        segs, jitter = plan.segments, plan.placement
         batches = []
         for a in range(0, len(segs), loader.batch_size):
             batch = segs[a:a + loader.batch_size]

@@ -9,13 +9,13 @@ from egodistill.cache.device import pick_device
 from egodistill.cache.errors import CacheError, DeviceError, EgodistillError, ManifestError, MediaError, TeacherError
 from egodistill.cache.info import describe
 from egodistill.cache.layout import Layout, plan_layout
-from egodistill.cache.records import FEATURES_FORMAT, Failure, Provenance, TaskRecord, egodistill_version
+from egodistill.cache.records import FEATURES_FORMAT, Failure, Provenance, TaskRecord, Views, egodistill_version
 from egodistill.cache.segments import SegmentTable
 from egodistill.cache.store import SCHEMA_VERSION
 from egodistill.cache.teachers import Teacher
 
 __all__ = [
     "FEATURES_FORMAT", "SCHEMA_VERSION", "Cache", "CacheError", "DeviceError", "EgodistillError", "Failure", "Layout",
-    "ManifestError", "MediaError", "Provenance", "SegmentTable", "TaskRecord", "Teacher", "TeacherError", "describe",
+    "ManifestError", "MediaError", "Provenance", "SegmentTable", "TaskRecord", "Teacher", "TeacherError", "Views", "describe",
     "egodistill_version", "open_cache", "pick_device", "plan_layout",
 ]

@@ -20,7 +20,7 @@ from egodistill.cache.errors import CacheError
 from egodistill.cache.layout import Layout
 from egodistill.cache.lease import current_holder, describe_holder, teacher_lease
 from egodistill.cache.options import check_plain_name
-from egodistill.cache.records import Failure, Provenance
+from egodistill.cache.records import Failure, Provenance, Views
 from egodistill.cache.segments import SegmentTable, read_table, table_attrs, write_table
 from egodistill.cache.store import ROOT_ATTR, check_schema, open_root
 from egodistill.cache.teachers import ATTR, GROUP, Teacher, create_feature_arrays, create_logit_arrays, teacher_attrs
@@ -119,10 +119,12 @@ class Cache:
         group.attrs[ATTR] = teacher_attrs(key, provenance, feature_dim, heads, layout)
         return self.teacher(key), False
 
-    def create_logits_teacher(self, key: str, provenance: Provenance, logits: dict[str, np.ndarray], failed: Sequence[Failure] = ()) -> Teacher:
+    def create_logits_teacher(self, key: str, provenance: Provenance, logits: dict[str, np.ndarray], failed: Sequence[Failure] = (),
+                              views: Views | None = None) -> Teacher:
         """A teacher made of logits only (e.g. a head fitted on cached features), written whole at once.
 
-        An existing teacher of that key with the same identity is replaced, another one is refused."""
+        With `views`, its logits of each view too (`Views.logits`: head -> [N, V, C]); `logits` is then the
+        centred view. An existing teacher of that key with the same identity is replaced, another one is refused."""
         check_plain_name(CacheError, "teacher key", key)
         teachers = self._root.require_group(GROUP)
         if key in teachers:
@@ -130,8 +132,11 @@ class Cache:
                 _refuse_other_identity(self.teacher(key), provenance)
             del teachers[key]
         group = teachers.create_group(key)
-        layout = create_logit_arrays(group, logits, failed)
-        group.attrs[ATTR] = teacher_attrs(key, provenance, 0, {h: int(v.shape[1]) for h, v in logits.items()}, layout)
+        layout = create_logit_arrays(group, logits, failed, views.logits if views else None)
+        attrs = teacher_attrs(key, provenance, 0, {h: int(v.shape[1]) for h, v in logits.items()}, layout)
+        if views:
+            attrs["views"] = {"frames": int(views.frames), "placements": [float(p) for p in views.placements]}
+        group.attrs[ATTR] = attrs
         return self.teacher(key)
 
     def remove_teacher(self, key: str) -> None:

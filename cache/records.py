@@ -130,3 +130,13 @@ class TaskRecord:
             device=data.get("device"), seconds=data.get("seconds"), checksums=data.get("checksums"),
             row_checksums=tuple(data.get("row_checksums", ())),
         )
+
+
+@dataclass(frozen=True)
+class Views:
+    """Per-view teacher logits: view v is the window of `frames` rows placed at `placements[v]` in its
+    segment (0 = first rows, 0.5 = centred, 1 = last rows), exactly as the student's loader places it."""
+
+    frames: int
+    placements: tuple[float, ...]
+    logits: dict  # head -> float32 [N, V, C]

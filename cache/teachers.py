@@ -49,6 +49,10 @@ class Teacher:
         self.created_by: str | None = meta.get("created_by")
         self.created_at: str | None = meta.get("created_at")
         self.imported: dict | None = meta.get("imported")  # {"from", "sha256", "by", "at", ...} of `cache import-h5`
+        # Teachers with per-view logits: where each view's window of `frames` rows sits in its segment
+        # (0 = first rows, 0.5 = centred, 1 = last rows), as the student's loader places it.
+        self.views: tuple[float, ...] | None = tuple(meta["views"]["placements"]) if "views" in meta else None
+        self.view_frames: int | None = int(meta["views"]["frames"]) if "views" in meta else None
 
     def __repr__(self) -> str:
         return f"Teacher({self.key!r}, modality={self.modality!r}, rows={self.layout.rows}, heads={self.heads})"
@@ -78,10 +82,18 @@ class Teacher:
         return FeatureReader(self._group["features"], local)
 
     def read_logits(self, head: str) -> np.ndarray:
-        """Logits [N, C] float32 of one output head; NaN rows where a segment has none."""
+        """Logits [N, C] float32 of one output head (for a teacher with views: its centred view); NaN rows where a segment has none."""
         if head not in self.heads:
             raise CacheError(f"teacher {self.key} has no logits for head {head!r} (it has: {', '.join(self.heads) or 'none'})")
         return self._group[f"logits/{head}"][:]
+
+    def read_view_logits(self, head: str) -> np.ndarray:
+        """Logits [N, V, C] float32 of every view (see `views`); a teacher without views has one, the logits."""
+        if self.views is None:
+            return self.read_logits(head)[:, None, :]
+        if head not in self.heads:
+            raise CacheError(f"teacher {self.key} has no logits for head {head!r} (it has: {', '.join(self.heads) or 'none'})")
+        return self._group[f"view_logits/{head}"][:]
 
     def blocks(self) -> list[range]:
         """Segment ranges whose rows are whole shards (one per task): the unit a loader should read."""
@@ -194,13 +206,17 @@ def create_feature_arrays(group: zarr.Group, feature_dim: int, offsets: np.ndarr
     group.create_group("tasks")
 
 
-def create_logit_arrays(group: zarr.Group, logits: dict[str, np.ndarray], failed: Sequence[Failure]) -> Layout:
-    """Logits written whole, with one task record covering every segment."""
+def create_logit_arrays(group: zarr.Group, logits: dict[str, np.ndarray], failed: Sequence[Failure],
+                        view_logits: dict[str, np.ndarray] | None = None) -> Layout:
+    """Logits written whole (and per-view logits [N, V, C] where given), with one task record covering every segment."""
     n = len(next(iter(logits.values())))
     layout = Layout(segments=n, rows=0, segments_per_task=max(n, 1), rows_per_shard=1, rows_per_chunk=1)
     for head, values in logits.items():
         group.create_array(f"logits/{head}", shape=values.shape, dtype="float32", chunks=(max(1, min(n, 65536)), values.shape[1]),
                            fill_value=np.nan, dimension_names=("segment", "class"))[:] = values
+    for head, values in (view_logits or {}).items():
+        group.create_array(f"view_logits/{head}", shape=values.shape, dtype="float32", chunks=(max(1, min(n, 65536 // values.shape[1])), *values.shape[1:]),
+                           fill_value=np.nan, dimension_names=("segment", "view", "class"))[:] = values
     record = TaskRecord(segments=(0, n), rows=(0, 0), finished_at=now(), failed=tuple(failed))
     group.create_group("tasks").create_group(task_name(0)).attrs["record"] = record.to_json()
     return layout

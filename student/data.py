@@ -69,10 +69,24 @@ def present_inputs(opened: cache.Cache, input_keys: list[str]) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def teacher_logit_table(opened: cache.Cache, teacher_keys: list[str], heads: list[str]) -> dict[str, np.ndarray]:
-    """head -> float32 [N, teachers, C] (NaN where a teacher has no logits for a segment)."""
+def teacher_logit_table(opened: cache.Cache, teacher_keys: list[str], heads: list[str], views: bool = False) -> dict[str, np.ndarray]:
+    """head -> float32 [N, teachers, C] (NaN where a teacher has no logits for a segment);
+    with views, [N, teachers, V, C] (see `teacher_views`)."""
     teachers = [opened.teacher(k) for k in teacher_keys]
-    return {h: np.stack([t.read_logits(h) for t in teachers], axis=1).astype(np.float32) for h in heads}
+    read = (lambda t, h: t.read_view_logits(h)) if views else (lambda t, h: t.read_logits(h))
+    return {h: np.stack([read(t, h) for t in teachers], axis=1).astype(np.float32) for h in heads}
+
+
+def teacher_views(opened: cache.Cache, teacher_keys: list[str]) -> tuple[int, tuple[float, ...]] | None:
+    """(frames, placements) shared by all the teachers' per-view logits; None when none has views.
+    Raises CacheError when some have views and others not, or their views differ."""
+    found = {(opened.teacher(k).view_frames, opened.teacher(k).views) for k in teacher_keys}
+    if found == {(None, None)}:
+        return None
+    if len(found) > 1:
+        raise cache.CacheError(f"the teachers {', '.join(teacher_keys)} have different views ({sorted(found, key=str)}): "
+                               "fit them with the same fit-teachers --views, or distil from teachers without views")
+    return next(iter(found))
 
 
 def load_windows(loader: CacheLoader, inputs: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -101,11 +115,27 @@ def row_statistics(features: list[np.ndarray], present: np.ndarray) -> list[tupl
     return out
 
 
+@dataclass(frozen=True)
+class EpochPlan:
+    """One epoch, computed up front: blocks in read order, segments in batch order, the buffer each
+    segment is read with, where its window sits (0..1) and which teacher view that window is."""
+
+    blocks: list[int]
+    segments: np.ndarray
+    buffers: np.ndarray
+    placement: np.ndarray
+    view: np.ndarray
+
+
 class CacheLoader:
     """Batches of the given segments, streamed from the cache (see module doc).
 
     train=True shuffles and jitters (seeded by (seed, epoch)); train=False keeps cache order and
-    centres the frame window. in_memory=True reads every input's rows once, up front."""
+    places the frame window at `window` (0.5: centred). in_memory=True reads every input's rows once,
+    up front. With `views` (the teachers' view placements; teacher_logits then head -> [N, K, V, C]),
+    training draws one view per segment and hands over that view's window and that view's teacher
+    logits, so student and teachers saw the same rows (consistent teaching); evaluation uses the view
+    nearest `window`."""
 
     def __init__(
         self,
@@ -124,6 +154,8 @@ class CacheLoader:
         in_memory: bool = False,
         present: np.ndarray | None = None,
         read_threads: int = 4,
+        views: tuple[float, ...] | None = None,
+        window: float = 0.5,
     ) -> None:
         self.teachers = [opened.teacher(k) for k in input_keys]
         self.offsets = [t.offsets for t in self.teachers]
@@ -132,6 +164,7 @@ class CacheLoader:
         self.segments = np.asarray(segments, dtype=np.int64)
         self.labels, self.teacher_logits = labels, teacher_logits
         self.batch_size, self.frames, self.train, self.seed = batch_size, frames, train, seed
+        self.views, self.window = (tuple(views) if views else None), window
         self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
         # Blocks of the first input define the read unit; other inputs are read over the same
         # segment ranges (one call each), which are whole shards too when layouts agree.
@@ -146,13 +179,15 @@ class CacheLoader:
         """Batches per epoch."""
         return -(-len(self.segments) // self.batch_size)
 
-    def plan(self, epoch: int) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
-        """(block order, segment order, the buffer each segment belongs to, jitter per segment)."""
+    def plan(self, epoch: int) -> EpochPlan:
+        """The whole epoch, from (seed, epoch) alone: block and segment order, buffers, windows and views."""
         if not self.train:
             order = list(range(len(self.blocks)))
             segs = np.concatenate(self.block_segments) if self.blocks else np.zeros(0, np.int64)
             buffers = np.concatenate([np.full(len(s), i // self.buffer_blocks) for i, s in enumerate(self.block_segments)]) if self.blocks else np.zeros(0, np.int64)
-            return order, segs, buffers, np.full(len(segs), 0.5)
+            view = int(np.argmin([abs(p - self.window) for p in self.views])) if self.views else 0
+            placement = self.views[view] if self.views else self.window
+            return EpochPlan(order, segs, buffers, np.full(len(segs), placement), np.full(len(segs), view, dtype=np.int64))
         rng = np.random.default_rng([self.seed, epoch])
         order = [int(i) for i in rng.permutation(len(self.blocks))]
         segs, buffers = [], []
@@ -161,7 +196,11 @@ class CacheLoader:
             segs.append(rng.permutation(members))
             buffers.append(np.full(len(members), g // self.buffer_blocks))
         segs_all = np.concatenate(segs) if segs else np.zeros(0, np.int64)
-        return order, segs_all, np.concatenate(buffers) if buffers else np.zeros(0, np.int64), rng.random(len(segs_all))
+        buffers_all = np.concatenate(buffers) if buffers else np.zeros(0, np.int64)
+        if self.views:
+            view = rng.integers(0, len(self.views), len(segs_all))
+            return EpochPlan(order, segs_all, buffers_all, np.asarray(self.views)[view], view)
+        return EpochPlan(order, segs_all, buffers_all, rng.random(len(segs_all)), np.zeros(len(segs_all), dtype=np.int64))
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """The batches of one epoch from batch `start_batch` on, assembled in a background thread."""
@@ -199,7 +238,8 @@ class CacheLoader:
             worker.join(timeout=5)
 
     def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
-        order, segs, buffers, jitter = self.plan(epoch)
+        plan = self.plan(epoch)
+        order, segs, buffers = plan.blocks, plan.segments, plan.buffers
         groups = [order[g:g + self.buffer_blocks] for g in range(0, len(order), self.buffer_blocks)]
         loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # buffer -> (rows per input, segment -> row start)
         for a in range(start_batch * self.batch_size, len(segs), self.batch_size):
@@ -210,7 +250,8 @@ class CacheLoader:
             for g in need:
                 if int(g) not in loaded:
                     loaded[int(g)] = self._read_buffer(groups[int(g)])
-            yield self._assemble(batch, buffers[a:a + self.batch_size], jitter[a:a + self.batch_size], loaded)
+            cut = slice(a, a + self.batch_size)
+            yield self._assemble(batch, buffers[cut], plan.placement[cut], plan.view[cut], loaded)
 
     def _read_buffer(self, block_ids: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Rows of every input for these blocks, concatenated, and each segment's first row in them."""
@@ -231,7 +272,7 @@ class CacheLoader:
             starts.append(start)
         return rows, starts
 
-    def _assemble(self, batch: np.ndarray, buffers: np.ndarray, jitter: np.ndarray, loaded: dict) -> Batch:
+    def _assemble(self, batch: np.ndarray, buffers: np.ndarray, jitter: np.ndarray, view: np.ndarray, loaded: dict) -> Batch:
         present = self.present[batch]
         features = []
         for m, offsets in enumerate(self.offsets):
@@ -243,5 +284,10 @@ class CacheLoader:
                 out[pick] = rows[starts[batch[pick]][:, None] + within[pick]]
             features.append(torch.from_numpy(out))
         labels = {h: torch.from_numpy(y[batch].astype(np.int64)) for h, y in self.labels.items()}
-        teachers = None if self.teacher_logits is None else {h: torch.from_numpy(t[batch]) for h, t in self.teacher_logits.items()}
+        if self.teacher_logits is None:
+            teachers = None
+        elif self.views:  # [N, K, V, C]: each segment's drawn view
+            teachers = {h: torch.from_numpy(np.ascontiguousarray(t[batch, :, view])) for h, t in self.teacher_logits.items()}
+        else:
+            teachers = {h: torch.from_numpy(t[batch]) for h, t in self.teacher_logits.items()}
         return Batch(features, torch.from_numpy(present.copy()), labels, teachers, torch.from_numpy(batch.copy()))

@@ -46,6 +46,7 @@ class FitConfig:
     seed: int = 0
     steps: int = 0                  # per fit; 0 = schedule.auto_steps
     depths: tuple[int, ...] = (0,)  # candidates kept by out-of-fold accuracy; (0, 1) also tries the transformer
+    views: int = 1                  # windows per segment with logits of their own (consistent teaching); 1: the centred one
     frames: int = 8
     dim: int = 64
     batch_size: int = 64
@@ -62,8 +63,9 @@ class FittedTeacher:
     key: str
     modality: str
     sources: list[str]
-    logits: dict[str, np.ndarray]          # head -> [N, C]; NaN where no input was present
+    logits: dict[str, np.ndarray]          # head -> [N, C] of the centred view; NaN where no input was present
     source_model: np.ndarray               # int [N]: fold whose model made the logits, -1 = all-train model, -2 = none
+    view_logits: dict[str, np.ndarray] = field(default_factory=dict)  # head -> [N, V, C], every view
     depth: int = 0                         # the depth chosen on out-of-fold accuracy
     oof_accuracy: dict[int, float] = field(default_factory=dict)  # depth -> out-of-fold top-1 on the training segments
     trained_on: dict[int, np.ndarray] = field(default_factory=dict)  # model -> segment indices it was fitted on
@@ -72,6 +74,7 @@ class FittedTeacher:
 def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[FittedTeacher]:
     """Fit, cross-fit and write every requested teacher; returns what was written."""
     for option, value, bounds in (("--steps", cfg.steps, {"at_least": 0}), ("--frames", cfg.frames, {"at_least": 1}), ("dim", cfg.dim, {"at_least": 4}),
+                                  ("--views", cfg.views, {"at_least": 1, "at_most": 32}),
                                   ("batch_size", cfg.batch_size, {"at_least": 1}), ("lr", cfg.lr, {"above": 0})):
         check_number(FitError, option, value, **bounds)
     if cfg.dim % 4:
@@ -88,7 +91,12 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[Fit
     if len(np.unique(groups)) < cfg.folds:
         raise FitError(f"--folds {cfg.folds} needs at least {cfg.folds} videos (or participants) among the labelled {cfg.train_split!r} segments, "
                        f"the cache has {len(np.unique(groups))}: lower --folds")
-    features, present = load_features(root, keys, cfg)
+    placements = view_placements(cfg.views)
+    windows = [load_features(root, keys, cfg, window=p) for p in placements]
+    # Views stacked along the segment axis: row v * N + i is segment i seen through window v.
+    features = [np.concatenate([w[0][m] for w in windows]) for m in range(len(keys))]
+    present = np.tile(windows[0][1], (cfg.views, 1))
+    labels = {h: np.tile(y, cfg.views) for h, y in table.labels.items()}
     fold = grouped_folds(groups, cfg.folds, cfg.seed)
     jobs = [(root.teacher(k).modality, [m]) for m, k in enumerate(keys)]
     if cfg.fusion:
@@ -97,7 +105,7 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[Fit
     for modality, members in jobs:
         log(f"fitting {modality} teacher on {', '.join(keys[m] for m in members)} ({cfg.folds} grouped folds x depths {list(cfg.depths)}, then the all-train model)")
         with head_threads(cfg.device):
-            fitted = cross_fit([features[m] for m in members], present[:, members], table.labels, train, fold, cfg, table.heads)
+            fitted = cross_fit([features[m] for m in members], present[:, members], labels, train, fold, cfg, table.heads)
         log(f"  out-of-fold top-1 by depth: {', '.join(f'{d}: {a:.3f}' for d, a in fitted.oof_accuracy.items())}; kept depth {fitted.depth}")
         provenance = cache.Provenance(
             modality=modality,
@@ -107,12 +115,14 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[Fit
             fit={"folds": cfg.folds, "grouped_by": "participant/video", "seed": cfg.seed, "train_split": cfg.train_split,
                  "steps": cfg.steps or "auto", "depths": list(cfg.depths), "depth": fitted.depth,
                  "oof_top1": {str(d): a for d, a in fitted.oof_accuracy.items()}, "frames": cfg.frames, "dim": cfg.dim,
-                 "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+                 "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                 **({"views": {"frames": cfg.frames, "placements": list(placements)}} if cfg.views > 1 else {})},
         )
         key = root.key_for(provenance)
         failed = [cache.Failure(int(i), str(table.ids[i]), str(table.videos[i]), "no usable input features")
                   for i in np.flatnonzero(fitted.source_model == -2)]
-        root.create_logits_teacher(key, provenance, fitted.logits, failed=failed)
+        views = cache.Views(cfg.frames, placements, fitted.view_logits) if cfg.views > 1 else None
+        root.create_logits_teacher(key, provenance, fitted.logits, failed=failed, views=views)
         fitted.key, fitted.modality, fitted.sources = key, modality, list(provenance.source_teachers)
         written.append(fitted)
     return written
@@ -128,30 +138,46 @@ def _labelled_training(table: cache.SegmentTable, cfg: FitConfig) -> np.ndarray:
     return train
 
 
-def load_features(root: cache.Cache, keys: list[str], cfg: FitConfig) -> tuple[list[np.ndarray], np.ndarray]:
-    """Centred T-row windows of every segment and input, in memory: [N, T, D_m] float16 each, and present [N, inputs]."""
+def view_placements(views: int) -> tuple[float, ...]:
+    """Where each view's window sits in its segment: evenly from first to last rows; one view is centred."""
+    return (0.5,) if views == 1 else tuple(float(p) for p in np.linspace(0.0, 1.0, views))
+
+
+def load_features(root: cache.Cache, keys: list[str], cfg: FitConfig, window: float = 0.5) -> tuple[list[np.ndarray], np.ndarray]:
+    """T-row windows (placed at `window`) of every segment and input, in memory: [N, T, D_m] float16 each, and present [N, inputs]."""
     present = present_inputs(root, keys)
-    loader = CacheLoader(root, keys, np.arange(len(present)), {}, batch_size=1024, frames=cfg.frames, train=False, present=present)
+    loader = CacheLoader(root, keys, np.arange(len(present)), {}, batch_size=1024, frames=cfg.frames, train=False, present=present, window=window)
     features, _ = load_windows(loader, len(keys))
     return features, present
 
 
 def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads) -> FittedTeacher:
-    """Out-of-fold logits at every candidate depth, the depth with the best OOF accuracy, then the all-train model."""
-    n = len(present)
+    """Out-of-fold logits at every candidate depth, the depth with the best OOF accuracy, then the all-train model.
+
+    Inputs hold cfg.views stacked windows per segment (row v * N + i); a model trains on every view of
+    its segments and predicts each view of the others. Logits come back as [N, V, C]."""
+    n = len(present) // cfg.views
+
+    def every_view(idx: np.ndarray) -> np.ndarray:
+        return np.concatenate([idx + v * n for v in range(cfg.views)])
+
+    def predict_views(model, idx: np.ndarray, logits: dict) -> None:
+        for v in range(cfg.views):
+            for h, values in predict_head(model, features, present, idx + v * n, cfg).items():
+                logits[h][idx, v] = values
+
     usable_train = train[present[train].any(axis=1)]
     runs = {}
     for depth in cfg.depths:
-        logits = {h: np.full((n, c), np.nan, dtype=np.float32) for h, c in heads.items()}
+        logits = {h: np.full((n, cfg.views, c), np.nan, dtype=np.float32) for h, c in heads.items()}
         trained_on: dict[int, np.ndarray] = {}
         for f in range(cfg.folds):
             fit_on, predict = train[fold != f], train[fold == f]
             predict = predict[present[predict].any(axis=1)]  # nothing to predict from: stays NaN, ledger
-            model = fit_head(features, present, labels, fit_on, cfg, heads, depth, seed=cfg.seed * 1000 + f + 1)
-            for h, values in predict_head(model, features, present, predict, cfg).items():
-                logits[h][predict] = values
+            model = fit_head(features, present, labels, every_view(fit_on), cfg, heads, depth, seed=cfg.seed * 1000 + f + 1)
+            predict_views(model, predict, logits)
             trained_on[f] = fit_on
-        runs[depth] = (logits, trained_on, _top1(logits, labels, usable_train))
+        runs[depth] = (logits, trained_on, _top1({h: v.mean(axis=1) for h, v in logits.items()}, labels, usable_train))
     depth = max(cfg.depths, key=lambda d: (runs[d][2], -d))
     logits, trained_on, _ = runs[depth]
     source = np.full(n, -2, dtype=np.int64)
@@ -160,12 +186,13 @@ def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads) -> 
         source[predict[present[predict].any(axis=1)]] = f
     rest = np.setdiff1d(np.arange(n), train)
     rest = rest[present[rest].any(axis=1)]
-    model = fit_head(features, present, labels, train, cfg, heads, depth, seed=cfg.seed * 1000)
-    for h, values in predict_head(model, features, present, rest, cfg).items():
-        logits[h][rest] = values
+    model = fit_head(features, present, labels, every_view(train), cfg, heads, depth, seed=cfg.seed * 1000)
+    predict_views(model, rest, logits)
     source[rest] = -1
     trained_on[-1] = train
-    return FittedTeacher(key="", modality="", sources=[], logits=logits, source_model=source, depth=depth,
+    centre = int(np.argmin(np.abs(np.asarray(view_placements(cfg.views)) - 0.5)))
+    return FittedTeacher(key="", modality="", sources=[], logits={h: v[:, centre] for h, v in logits.items()}, view_logits=logits,
+                         source_model=source, depth=depth,
                          oof_accuracy={d: runs[d][2] for d in cfg.depths}, trained_on=trained_on)
 
 

@@ -20,7 +20,7 @@ from egodistill.cache.errors import EgodistillError
 from egodistill.cache.device import pick_device
 from egodistill.cache.options import check_choice, check_number
 from egodistill.student import rundir
-from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table
+from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table, teacher_views
 from egodistill.student.folds import grouped_holdout, segment_groups
 from egodistill.student.losses import SCHEMES, dataset_weights, student_loss
 from egodistill.student.model import ModelConfig, Student, mask_modalities
@@ -85,6 +85,7 @@ class Setup:
     weights: dict[str, torch.Tensor] | None
     model: ModelConfig
     steps: int
+    views: tuple[float, ...] | None  # the teachers' view placements: logits are then [N, K, V, C]
 
     def record(self, cfg: TrainConfig) -> dict:
         return {"config": asdict(cfg), "input_keys": self.input_keys, "teacher_keys": self.teacher_keys, "model": self.model.to_dict(), "steps": self.steps}
@@ -125,7 +126,11 @@ def setup(cfg: TrainConfig) -> Setup:
     if not teacher_keys and cfg.weighting != "uniform":
         raise TrainError(f"--weighting {cfg.weighting} needs --teachers")
     present = present_inputs(root, input_keys)
-    logits = teacher_logit_table(root, teacher_keys, list(table.heads)) if teacher_keys else None
+    views = teacher_views(root, teacher_keys) if teacher_keys else None
+    if views and views[0] != cfg.frames:
+        raise TrainError(f"the teachers' logits are per view of {views[0]} rows; the student reads --frames {cfg.frames}: "
+                         f"train with --frames {views[0]} so both see the same rows")
+    logits = teacher_logit_table(root, teacher_keys, list(table.heads), views=bool(views)) if teacher_keys else None
     candidates = np.flatnonzero((table.split == cfg.train_split) & present.any(axis=1))
     if len(candidates) == 0:
         raise TrainError(f"no {cfg.train_split!r} segments have input features in the cache: check --inputs and the split names")
@@ -140,17 +145,18 @@ def setup(cfg: TrainConfig) -> Setup:
         # Training segments' teacher logits are out-of-fold (fit-teachers cross-fits them), so each
         # teacher's CE over them is already a held-out score; a --holdout narrows it to the holdout.
         scored = holdout if len(holdout) else labelled
-        weights = {h: dataset_weights(torch.from_numpy(v[scored]), torch.from_numpy(table.labels[h][scored].astype(np.int64)), cfg.tau) for h, v in logits.items()}
+        centred = teacher_logit_table(root, teacher_keys, list(table.heads)) if views else logits
+        weights = {h: dataset_weights(torch.from_numpy(v[scored]), torch.from_numpy(table.labels[h][scored].astype(np.int64)), cfg.tau) for h, v in centred.items()}
     dims = [root.teacher(k).feature_dim for k in input_keys]
     model = ModelConfig(dims, dict(table.heads), frames=cfg.frames, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                         dropout=cfg.dropout, input_dropout=cfg.input_dropout)
     steps = cfg.steps or auto_steps(len(train_segments), cfg.batch_size)
-    return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, model, steps)
+    return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, model, steps, views[1] if views else None)
 
 
 def loaders(cfg: TrainConfig, s: Setup) -> tuple[CacheLoader, CacheLoader | None]:
     common = dict(teacher_logits=s.teacher_logits, frames=cfg.frames, seed=cfg.seed, buffer_blocks=cfg.buffer_blocks,
-                  prefetch=cfg.prefetch, in_memory=cfg.in_memory, present=s.present)
+                  prefetch=cfg.prefetch, in_memory=cfg.in_memory, present=s.present, views=s.views)
     train = CacheLoader(s.root, s.input_keys, s.train_segments, s.table.labels, batch_size=cfg.batch_size, train=True, **common)
     held = CacheLoader(s.root, s.input_keys, s.holdout_segments, s.table.labels, batch_size=max(cfg.batch_size, 256), train=False, **common) if len(s.holdout_segments) else None
     return train, held

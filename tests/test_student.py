@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from egodistill import cache
-from egodistill.student.data import CacheLoader, frame_indices
+from egodistill.student.data import CacheLoader, frame_indices, teacher_logit_table
 from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets, load_student
 from egodistill.student.model import ModelConfig, Student, mask_modalities
 from egodistill.student.rundir import RunDirError
@@ -326,3 +326,57 @@ def test_a_run_dir_with_another_config_is_refused(synthetic, tmp_path):
     with pytest.raises(RunDirError) as err:
         train(config(path, tmp_path / "run", inputs=["rgb"], steps=5, lr=5e-4), resume=True)
     assert "another config" in one_line(err) and "lr" in one_line(err)
+
+
+# --- consistent teaching: per-view teacher logits ------------------------------------------------
+
+def test_the_loader_hands_each_segment_the_rows_and_the_teacher_logits_of_one_view(tmp_path):
+    n, rows, frames, placements = 12, 16, 8, (0.0, 0.5, 1.0)
+    root = cache.open_cache(str(tmp_path / "views.zarr"), mode="a")
+    root.write_segments(cache.SegmentTable(
+        ids=np.array([f"s{i}" for i in range(n)]), videos=np.array([f"v{i}" for i in range(n)]), start_sec=np.zeros(n), stop_sec=np.ones(n),
+        split=np.array(["train"] * n), labels={"verb": np.zeros(n, np.int32)}, heads={"verb": 4}), {"format": "test"})
+    provenance = cache.Provenance(modality="rgb", backbone="counter", sampling={"frames": rows})
+    offsets, layout = cache.plan_layout(np.full(n, rows), 4)
+    teacher, _ = root.create_teacher(provenance.teacher_key(), provenance, 2, offsets, layout, {})
+    for task in range(layout.tasks):  # feature 0 = the row's index inside its segment
+        segs = layout.task_segments(task)
+        index = np.tile(np.arange(rows), len(segs)).astype(np.float16)
+        teacher.write_task(task, np.stack([index, index], axis=1), index.astype(np.float32), {}, failed=[], worker="test")
+    view_logits = np.zeros((n, 3, 4), np.float32)
+    view_logits[:, :, 0] = np.arange(3)  # class-0 logit = the view's number
+    logits_teacher = cache.Provenance(modality="fusion", backbone="student_head", fit={"views": 3})
+    root.create_logits_teacher(logits_teacher.teacher_key(), logits_teacher, {"verb": view_logits[:, 1]},
+                               views=cache.Views(frames, placements, {"verb": view_logits}))
+    opened = cache.open_cache(str(tmp_path / "views.zarr"))
+    keys = [teacher.key]
+    table = teacher_logit_table(opened, [logits_teacher.teacher_key()], ["verb"], views=True)
+    assert table["verb"].shape == (n, 1, 3, 4)
+    loader = CacheLoader(opened, keys, np.arange(n), opened.segments.labels, teacher_logits=table, batch_size=5, frames=frames,
+                         train=True, views=placements)
+    seen_views = set()
+    for epoch in range(3):
+        for batch in loader.epoch(epoch):
+            for b in range(len(batch)):
+                v = int(batch.teacher_logits["verb"][b, 0, 0])
+                seen_views.add(v)
+                expected = frame_indices(np.array([rows]), frames, np.array([placements[v]]))[0]
+                assert batch.features[0][b, :, 0].numpy().astype(int).tolist() == expected.tolist()
+    assert seen_views == {0, 1, 2}
+    centred = next(CacheLoader(opened, keys, np.arange(n), {}, teacher_logits=table, frames=frames, train=False, views=placements).epoch(0))
+    assert (centred.teacher_logits["verb"][:, 0, 0] == 1).all()
+
+
+def test_fit_teachers_writes_per_view_logits_that_train_student_uses(tmp_path):
+    path = str(tmp_path / "c.zarr")
+    build_synthetic_cache(path, SyntheticSpec(segments=60, frames=12, feature_dim=8, segments_per_task=10, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    from egodistill.student.fit import FitConfig, fit_teachers
+    [fitted] = fit_teachers(FitConfig(cache=path, modalities=["rgb"], folds=3, steps=30, frames=8, views=3, device="cpu"), log=lambda _: None)
+    teacher = cache.open_cache(path).teacher(fitted.key)
+    assert teacher.views == (0.0, 0.5, 1.0) and teacher.view_frames == 8
+    assert teacher.read_view_logits("verb").shape == (60, 3, 4)
+    assert np.array_equal(teacher.read_logits("verb"), teacher.read_view_logits("verb")[:, 1], equal_nan=True)
+    with pytest.raises(TrainError, match="--frames 8"):
+        train(TrainConfig(cache=path, inputs=["rgb"], teachers=[fitted.key], out=str(tmp_path / "r"), frames=6, steps=2, device="cpu"))
+    metrics = train(TrainConfig(cache=path, inputs=["rgb"], teachers=[fitted.key], out=str(tmp_path / "r"), frames=8, steps=4, device="cpu"), log=lambda _: None)
+    assert metrics[-1]["step"] == 4
