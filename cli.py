@@ -376,7 +376,7 @@ def train_student_command(
     holdout: Annotated[float, typer.Option(help="Fraction of training videos held out for monitoring (and dataset weights).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = 0,
     device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device.auto,
-    in_memory: Annotated[bool, typer.Option(help="Read the inputs' features whole into memory first.")] = False,
+    in_memory: Annotated[Optional[bool], typer.Option("--in-memory/--stream", help="Read the inputs' features whole first / always stream from the cache; default: keep what was read when it fits in a quarter of the memory.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
 ) -> None:
     """Distil a student from cached features and teacher logits."""

@@ -10,6 +10,7 @@ block and input, never one call per segment.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -115,6 +116,15 @@ def row_statistics(features: list[np.ndarray], present: np.ndarray) -> list[tupl
     return out
 
 
+def memory_budget() -> int:
+    """Bytes of decoded features a loader may hold: a quarter of physical memory, at most 8 GiB."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 8 << 30
+    return int(min(physical // 4, 8 << 30))
+
+
 @dataclass(frozen=True)
 class EpochPlan:
     """One epoch, computed up front: blocks in read order, segments in batch order, the buffer each
@@ -132,7 +142,8 @@ class CacheLoader:
 
     train=True shuffles and jitters (seeded by (seed, epoch)); train=False keeps cache order and
     places the frame window at `window` (0.5: centred). in_memory=True reads every input's rows once,
-    up front. With `views` (the teachers' view placements; teacher_logits then head -> [N, K, V, C]),
+    up front; None (default) keeps the rows it has read when all of them fit `memory_budget()`, so
+    only the first epoch reads the store; False always streams. With `views` (the teachers' view placements; teacher_logits then head -> [N, K, V, C]),
     training draws one view per segment and hands over that view's window and that view's teacher
     logits, so student and teachers saw the same rows (consistent teaching); evaluation uses the view
     nearest `window`."""
@@ -151,7 +162,7 @@ class CacheLoader:
         seed: int = 0,
         buffer_blocks: int = 8,
         prefetch: int = 4,
-        in_memory: bool = False,
+        in_memory: bool | None = None,
         present: np.ndarray | None = None,
         read_threads: int = 4,
         views: tuple[float, ...] | None = None,
@@ -162,7 +173,8 @@ class CacheLoader:
         self.dims = [t.feature_dim for t in self.teachers]
         self.present = present if present is not None else present_inputs(opened, input_keys)
         self.segments = np.asarray(segments, dtype=np.int64)
-        self.labels, self.teacher_logits = labels, teacher_logits
+        # int64 once, not per batch: the loader's per-batch work is what training waits on.
+        self.labels, self.teacher_logits = {h: np.asarray(y, dtype=np.int64) for h, y in labels.items()}, teacher_logits
         self.batch_size, self.frames, self.train, self.seed = batch_size, frames, train, seed
         self.views, self.window = (tuple(views) if views else None), window
         self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
@@ -173,7 +185,11 @@ class CacheLoader:
         self.blocks = [b for b in self.teachers[0].blocks() if selected[b.start:b.stop].any()]
         self.block_segments = [np.arange(b.start, b.stop)[selected[b.start:b.stop]] for b in self.blocks]
         self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="egodistill-read")
-        self.memory = [t.read_features([(0, int(o[-1]))]) for t, o in zip(self.teachers, self.offsets)] if in_memory else None
+        size = sum(int(o[-1]) * d * 2 for o, d in zip(self.offsets, self.dims))
+        # None: hold the decoded rows once read when they fit the budget (every later epoch then reads
+        # memory, not the store); False: always stream; True: read everything now.
+        self._hold = size <= memory_budget() if in_memory is None else bool(in_memory)
+        self.memory = self._read_all() if in_memory else None
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -240,6 +256,8 @@ class CacheLoader:
     def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
         plan = self.plan(epoch)
         order, segs, buffers = plan.blocks, plan.segments, plan.buffers
+        # Every segment's window rows of the epoch at once, per input (inputs may hold other row counts).
+        within = [frame_indices(o[segs + 1] - o[segs], self.frames, plan.placement) for o in self.offsets]
         groups = [order[g:g + self.buffer_blocks] for g in range(0, len(order), self.buffer_blocks)]
         loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # buffer -> (rows per input, segment -> row start)
         for a in range(start_batch * self.batch_size, len(segs), self.batch_size):
@@ -251,10 +269,16 @@ class CacheLoader:
                 if int(g) not in loaded:
                     loaded[int(g)] = self._read_buffer(groups[int(g)])
             cut = slice(a, a + self.batch_size)
-            yield self._assemble(batch, buffers[cut], plan.placement[cut], plan.view[cut], loaded)
+            yield self._assemble(batch, buffers[cut], [w[cut] for w in within], plan.view[cut], loaded)
+
+    def _read_all(self) -> list[np.ndarray]:
+        jobs = [self._pool.submit(t.read_features, [(0, int(o[-1]))]) for t, o in zip(self.teachers, self.offsets)]
+        return [job.result() for job in jobs]
 
     def _read_buffer(self, block_ids: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Rows of every input for these blocks, concatenated, and each segment's first row in them."""
+        if self.memory is None and self._hold:
+            self.memory = self._read_all()
         if self.memory is not None:  # every row is in memory already: read it in place, no copy
             return self.memory, [o[:-1] for o in self.offsets]
         spans = [[(int(o[self.blocks[b].start]), int(o[self.blocks[b].stop])) for b in block_ids] for o in self.offsets]
@@ -272,18 +296,24 @@ class CacheLoader:
             starts.append(start)
         return rows, starts
 
-    def _assemble(self, batch: np.ndarray, buffers: np.ndarray, jitter: np.ndarray, view: np.ndarray, loaded: dict) -> Batch:
+    def _assemble(self, batch: np.ndarray, buffers: np.ndarray, windows: list[np.ndarray], view: np.ndarray, loaded: dict) -> Batch:
         present = self.present[batch]
         features = []
-        for m, offsets in enumerate(self.offsets):
-            out = np.zeros((len(batch), self.frames, self.dims[m]), dtype=np.float16)
-            within = frame_indices(offsets[batch + 1] - offsets[batch], self.frames, jitter)
-            for g in np.unique(buffers):  # usually one buffer; two where a batch straddles buffers
-                rows, starts = loaded[int(g)][0][m], loaded[int(g)][1][m]
-                pick = (buffers == g) & present[:, m]
-                out[pick] = rows[starts[batch[pick]][:, None] + within[pick]]
+        for m, within in enumerate(windows):
+            have = present[:, m]
+            if buffers[0] == buffers[-1]:  # the common case (buffers ascend in a plan): one gather, absent rows zeroed after
+                rows, starts = loaded[int(buffers[0])][0][m], loaded[int(buffers[0])][1][m]
+                out = rows[np.where(have, starts[batch], 0)[:, None] + within]
+                if not have.all():
+                    out[~have] = 0
+            else:  # a batch straddling two buffers
+                out = np.zeros((len(batch), self.frames, self.dims[m]), dtype=np.float16)
+                for g in np.unique(buffers):
+                    rows, starts = loaded[int(g)][0][m], loaded[int(g)][1][m]
+                    pick = (buffers == g) & have
+                    out[pick] = rows[starts[batch[pick]][:, None] + within[pick]]
             features.append(torch.from_numpy(out))
-        labels = {h: torch.from_numpy(y[batch].astype(np.int64)) for h, y in self.labels.items()}
+        labels = {h: torch.from_numpy(y[batch]) for h, y in self.labels.items()}
         if self.teacher_logits is None:
             teachers = None
         elif self.views:  # [N, K, V, C]: each segment's drawn view

@@ -63,7 +63,7 @@ class TrainConfig:
     buffer_blocks: int = 8
     save_every: int = 0             # also save last.pt every N steps (0: at epoch ends only)
     device: str = "auto"
-    in_memory: bool = False
+    in_memory: bool | None = None  # None: hold the features read once they fit in memory; True: read all first; False: stream
     prefetch: int = 4
 
 

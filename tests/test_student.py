@@ -106,7 +106,7 @@ def test_loader_reads_whole_blocks_and_gives_every_segment_its_own_rows(syntheti
 
     monkeypatch.setattr(cache.Teacher, "read_features", counting_read)
     inputs = [keys["rgb"], keys["audio"]]
-    root, segments, loader = loader_for(path, inputs, train_mode=False)
+    root, segments, loader = loader_for(path, inputs, train_mode=False, in_memory=False)  # streaming, as for a cache too big to hold
     seen = []
     teachers = [root.teacher(k) for k in inputs]
     for batch in loader.epoch(0):
@@ -118,6 +118,11 @@ def test_loader_reads_whole_blocks_and_gives_every_segment_its_own_rows(syntheti
     assert sorted(seen) == segments.tolist()
     # Every block of every input read whole, once (8 segments x 8 rows = one shard).
     assert calls == [64] * (len(loader.blocks) * len(inputs))
+    calls.clear()
+    _, _, held = loader_for(path, inputs, train_mode=True)  # default: it fits, so it is read once and held
+    for epoch in range(3):
+        list(held.epoch(epoch))
+    assert calls == [teachers[0].layout.rows, teachers[1].layout.rows]
 
 
 def test_loader_shuffles_per_epoch_and_resumes_mid_epoch_with_the_same_batches(synthetic):
