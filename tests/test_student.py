@@ -385,3 +385,16 @@ def test_fit_teachers_writes_per_view_logits_that_train_student_uses(tmp_path):
         train(TrainConfig(cache=path, inputs=["rgb"], teachers=[fitted.key], out=str(tmp_path / "r"), frames=6, steps=2, device="cpu"))
     metrics = train(TrainConfig(cache=path, inputs=["rgb"], teachers=[fitted.key], out=str(tmp_path / "r"), frames=8, steps=4, device="cpu"), log=lambda _: None)
     assert metrics[-1]["step"] == 4
+
+
+def test_weight_decay_only_on_weight_matrices():
+    from egodistill.student.model import parameter_groups
+
+    model = Student(ModelConfig([5, 7], HEADS, frames=4, dim=16, depth=1, num_heads=2))
+    decay, plain = parameter_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert "heads.verb.weight" in decayed and "temporal.project.0.0.weight" in decayed
+    assert not any(n.endswith(("bias", "missing_pooled", "missing_token", "time_embedding", "modality_embedding")) or ".norm" in n for n in decayed)
+    assert len(decay["params"]) + len(plain["params"]) == len(list(model.parameters()))
