@@ -414,7 +414,7 @@ def evaluate_command(
     from egodistill.student.evaluate import EvalConfig, evaluate, format_table
 
     result = evaluate(EvalConfig(cache=cache, run=run, split=split, baseline=baseline, device=device.value))
-    console.print(format_table(result), markup=False, highlight=False)
+    console.print(format_table(result), markup=False, highlight=False, soft_wrap=True)
     console.print(f"written: {run}/eval-{split}/ (metrics.json, table.txt, reliability.png, subsets.png)")
 
 

@@ -172,7 +172,7 @@ def _input_names(root, keys: list[str]) -> list[str]:
 def format_table(result: dict) -> str:
     """A plain-text table: one row per input subset, per teacher, per teacher ensemble and per probe, then costs."""
     keys = [k for k in result["subsets"][0]["metrics"]]
-    rows = [["model", *[k + (" (x100)" if k.endswith("_ece") else " %") for k in keys]]]
+    rows = [["model", *[k + (" (x100)" if k.endswith("_ece") else "" if k.endswith(("_nll", "_brier")) else " %") for k in keys]]]
     rows += [[f"student[{s['name']}]", *[_pct(s["metrics"][k], k) for k in keys]] for s in result["subsets"]]
     rows += [[f"teacher {t['teacher']}", *[_pct(t["metrics"].get(k), k) for k in keys]] for t in result["teacher_metrics"]]
     rows += [[f"ensemble of teachers ({e['ensemble']})", *[_pct(e["metrics"].get(k), k) for k in keys]] for e in result["ensembles"]]
