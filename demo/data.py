@@ -51,7 +51,7 @@ class DemoSpec:
     """What to generate. The defaults are the full demo; `DemoSpec.small()` is the CI set."""
 
     clips_train: int = 240
-    clips_val: int = 120
+    clips_val: int = 720  # 60 per class: enough clips for a 3-point difference to show (docs/demo-protocol.md)
     seconds: float = 2.0
     fps: int = 12
     size: int = 112  # square frames, pixels

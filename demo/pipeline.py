@@ -1,46 +1,65 @@
-"""`egodistill demo`: generate clips, extract teachers once, distil students, check the claims, write the report."""
+"""`egodistill demo`: generate clips, extract teachers once, then per seed fit teachers and train every arm,
+test the protocol's claims with intervals (docs/demo-protocol.md), and write the report."""
 
 from __future__ import annotations
 
 import json
-import statistics
+import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
+
+from egodistill import cache as cache_api
 from egodistill.cache.errors import EgodistillError
 from egodistill.cache.jsonio import write_json
 from egodistill.cache.options import check_number
-from egodistill.demo.data import DemoSpec, describe_demo, generate_demo_data
+from egodistill.demo import claims as claims_api
+from egodistill.demo.data import HEAD, SPEC_NAME, DemoSpec, class_names, describe_demo, generate_demo_data
+from egodistill.demo.protocol import BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, SEEDS, describe_protocol
 from egodistill.demo.report import write_report
-from egodistill.demo.students import StudentBudget, check_claims, explain_claims, run_students, summarise
+from egodistill.demo.stats import Draws
+from egodistill.demo.students import StudentBudget, budget_fields, demo_segments, run_seed, small_budget
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 
 DEMO_BACKBONE = "test_resnet"  # timm's smallest ResNet: the demo fits in minutes on 2 CPU cores
+SMALL_SEEDS = 2
 
 
 def _plain_extract(run, cfg, plan):
     return run(cfg, plan)
 
 
-def run_demo(out: str | Path, small: bool = False, seeds: int = 3, workers: int = 2,
+def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, workers: int = 2,
              extract: Callable = _plain_extract, log: Callable[[str], None] = print) -> tuple[dict, Path]:
     """Run the whole demo into folder `out`; returns (results, path of report.html).
 
+    `seeds`: how many seeds (default: the protocol's 5; 2 with `small`). `workers`: extraction's Dask
+    workers, and the processes that run seeds side by side (0: everything in this process).
     `extract(run_extraction, cfg, plan)` runs one extraction (the CLI passes one with a progress bar)."""
+    started = time.perf_counter()
     folder = Path(out)
-    check_number(EgodistillError, "--seeds", seeds, at_least=1)
+    seeds = SMALL_SEEDS if small and seeds is None else len(SEEDS) if seeds is None else seeds
+    check_number(EgodistillError, "--seeds", seeds, at_least=2)
     check_number(EgodistillError, "--workers", workers, at_least=0)
     if folder.exists() and not folder.is_dir():
         raise EgodistillError(f"--out {folder} is a file: give a folder for the demo's data, cache, runs and report")
+    seed_list = list(range(seeds))
     spec = DemoSpec.small() if small else DemoSpec()
-    budget = StudentBudget(steps=300, fit_steps=300) if small else StudentBudget()
+    budget = small_budget() if small else StudentBudget()
+    protocol = describe_protocol(seed_list, small)
+    log(f"protocol version {protocol['version']} ({protocol['doc']})" + ("" if protocol["followed"] else f"; NOT the protocol: {'; '.join(protocol['deviations'])}"))
+
     t0 = time.perf_counter()
     manifest = generate_demo_data(folder / "data", spec, workers=max(1, workers))
     generate_seconds = time.perf_counter() - t0
     log(f"demo data: {manifest} ({generate_seconds:.1f} s)")
 
     cache = str(folder / "cache.zarr")
+    _match_cache_to_data(folder, manifest.parent / SPEC_NAME)
     backbones = {"rgb": DEMO_BACKBONE, "flow": DEMO_BACKBONE, "audio": DEMO_BACKBONE}
     extract_seconds: dict[str, float] = {}
     for modality, backbone in backbones.items():
@@ -51,44 +70,125 @@ def run_demo(out: str | Path, small: bool = False, seeds: int = 3, workers: int 
         if not summary.ok:
             raise EgodistillError(f"demo extraction of {modality} failed for {summary.failed} segments: see `egodistill cache info {cache}`")
     first = _first_extraction(folder, extract_seconds)
-    reused = first != extract_seconds
 
-    raw = run_students(cache, folder, list(range(seeds)), budget, log=log)
-    summary = summarise(raw)
-    claims = check_claims(summary)
-    run_seconds = statistics.fmean(s["seconds"]["mean"] for s in summary["students"].values())
+    t0 = time.perf_counter()
+    per_seed = run_seeds(cache, folder / "runs", seed_list, budget, workers, log)
+    seeds_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    segments = demo_segments(cache)
+    labels_all = cache_api.open_cache(cache, mode="r").segments.labels[HEAD]
+    labels = {split: labels_all[idx].astype(np.int64) for split, idx in segments.items()}
+    draws = {"val": Draws.make(len(labels["val"]), seeds, BOOTSTRAP_DRAWS, BOOTSTRAP_SEED),
+             "train": Draws.make(len(labels["train"]), seeds, BOOTSTRAP_DRAWS, BOOTSTRAP_SEED + 1)}
+    analysis = claims_api.analyse(per_seed, labels, draws, len(class_names(spec)))
+    statistics_seconds = time.perf_counter() - t0
+    _save_predictions(folder / "predictions.npz", per_seed, labels)
+
+    train_seconds = [s for r in per_seed for s in r["train_seconds"].values()]
+    fit_seconds = [r["fit_seconds"] for r in per_seed]
     results = {
-        "data": {**describe_demo(spec), "manifest": str(manifest)},
+        "protocol": protocol,
+        "data": {**describe_demo(spec), "manifest": str(manifest), "clips_scored": {k: int(len(v)) for k, v in labels.items()}},
         "backbones": backbones,
-        "seeds": list(range(seeds)),
-        "budget": vars(budget),
-        "timings": {"generate": generate_seconds, "extract": extract_seconds, "extract_first": first, "extraction_reused": reused,
-                    "fit_teachers": raw["timings"]["fit_teachers"]},
-        "student_run_seconds": run_seconds,
-        "ratio_student_run_over_extraction": run_seconds / sum(first.values()),
-        **summary,
-        "claims": claims,
-        "explanations": explain_claims(claims),
-        "commands": _demo_commands(manifest, cache, backbones, budget, summary),
+        "seeds": seed_list,
+        "budget": budget_fields(budget),
+        "timings": {
+            "generate": generate_seconds, "extract": extract_seconds, "extract_first": first, "extraction_reused": first != extract_seconds,
+            "fit_teachers_per_seed": fit_seconds, "fit_teachers_mean": float(np.mean(fit_seconds)),
+            "student_run_mean": float(np.mean(train_seconds)), "student_runs": len(train_seconds),
+            "seeds_wall": seeds_seconds, "seed_processes": _processes(workers, seeds), "statistics": statistics_seconds,
+        },
+        "ratio_student_run_over_extraction": float(np.mean(train_seconds)) / sum(first.values()),
+        **analysis,
+        "cost": per_seed[0].get("cost"),
+        "teacher_keys": {str(r["seed"]): r["teacher_keys"] for r in per_seed},
+        "oof_accuracy": {str(r["seed"]): r["oof_accuracy"] for r in per_seed},
+        "commands": _extract_commands(manifest, cache, backbones, budget) + [c for r in per_seed for c in r["commands"]],
     }
-    return results, write_report(folder, results, raw)
+    t0 = time.perf_counter()
+    report = write_report(folder, results, per_seed, labels)
+    results["timings"]["report"] = time.perf_counter() - t0
+    results["timings"]["total"] = time.perf_counter() - started
+    write_json(folder / "results.json", results)  # again, with the report's and the total time
+    return results, report
+
+
+def _processes(workers: int, seeds: int) -> int:
+    return max(1, min(workers, seeds))
+
+
+def run_seeds(cache: str, runs: Path, seeds: list[int], budget: StudentBudget, workers: int, log: Callable[[str], None]) -> list[dict]:
+    """Every seed's replicate (demo/students.run_seed), side by side in `workers` processes (0 or 1: here)."""
+    jobs = [(cache, str(runs), s, budget_fields(budget), s == seeds[0]) for s in seeds]
+    processes = _processes(workers, len(seeds))
+    done: dict[int, dict] = {}
+
+    def report(result: dict) -> None:
+        done[result["seed"]] = result
+        log(f"seed {result['seed']}: teachers fitted in {result['fit_seconds']:.1f} s, {len(result['train_seconds'])} students "
+            f"in {sum(result['train_seconds'].values()):.1f} s ({len(done)}/{len(seeds)} seeds)")
+
+    if processes == 1:
+        for job in jobs:
+            report(run_seed(job))
+    else:
+        with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
+            for result in pool.map(run_seed, jobs):
+                report(result)
+    return [done[s] for s in seeds]
+
+
+def _save_predictions(path: Path, per_seed: list[dict], labels: dict[str, np.ndarray]) -> None:
+    """Every logit the statistics used, for re-analysis: seed<s>/<group>/<name>[/<variant>] -> [N, C]."""
+    arrays = {f"labels/{split}": y for split, y in labels.items()}
+    for r in per_seed:
+        for arm, variants in r["students"].items():
+            for variant, logits in variants.items():
+                arrays[f"seed{r['seed']}/students/{arm}/{variant}"] = logits
+        arrays[f"seed{r['seed']}/students/mm-masked/fewer-frames"] = r["masked_fewer_frames"]
+        for split in ("train", "val"):
+            for name, logits in r["teachers"][split].items():
+                arrays[f"seed{r['seed']}/teachers/{split}/{name}"] = logits
+    np.savez_compressed(path, **arrays)
+
+
+def _match_cache_to_data(folder: Path, spec_file: Path) -> None:
+    """A cache, runs and timings made from other demo data (another spec or generator version) are removed."""
+    marker = folder / "cache-data.json"
+    wanted = spec_file.read_text()
+    if marker.exists() and marker.read_text() == wanted:
+        return
+    for stale in ("cache.zarr", "runs"):
+        shutil.rmtree(folder / stale, ignore_errors=True)
+    (folder / "extraction-seconds.json").unlink(missing_ok=True)
+    marker.write_text(wanted)
 
 
 def _first_extraction(folder, seconds: dict[str, float]) -> dict[str, float]:
     """Extraction times of the run that actually extracted (a later demo reuses the cache)."""
     path = folder / "extraction-seconds.json"
     if path.exists():
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
+        if set(stored) == set(seconds):
+            return stored
     write_json(path, seconds)
     return seconds
 
 
-def _demo_commands(manifest, cache: str, backbones: dict, budget, summary: dict) -> list[str]:
+def _extract_commands(manifest, cache: str, backbones: dict, budget: StudentBudget) -> list[str]:
     videos = manifest.parent / "videos"
-    lines = [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {b} --frames {budget.frames} --device cpu"
-             for m, b in backbones.items()]
-    lines.append(f"egodistill fit-teachers --cache {cache} --modalities rgb,flow,audio --fusion --folds {budget.folds} --steps {budget.fit_steps} --frames {budget.frames} --seed 0")
-    for name, s in summary["students"].items():
-        lines.extend(s["commands"])
-        lines.append(f"egodistill evaluate --cache {cache} --run {s['commands'][0].split('--out ')[1].split()[0]}")
+    return [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {b} --frames {budget.frames} --device cpu"
+            for m, b in backbones.items()]
+
+
+def summary_lines(results: dict) -> list[str]:
+    """What `egodistill demo` prints at the end: the protocol, the gate, each primary verdict with its interval, timings."""
+    p, t = results["protocol"], results["timings"]
+    lines = [f"protocol v{p['version']} ({p['doc']}), generator v{results['data']['generator_version']}, seeds {results['seeds']}, "
+             f"{results['data']['clips_scored']['val']} validation clips" + ("" if p["followed"] else f" -- NOT the protocol: {'; '.join(p['deviations'])}")]
+    lines.append(f"teacher gate (training clips, out-of-fold): {'passed' if results['gate']['passed'] else 'FAILED'}")
+    lines += [c["sentence"] for c in results["claims"] if c["primary"]]
+    lines.append(f"time: {t['total']:.0f} s in all (generate {t['generate']:.0f} s, extract {sum(t['extract'].values()):.0f} s, "
+                 f"seeds {t['seeds_wall']:.0f} s, statistics {t['statistics']:.0f} s); one student run / extraction = {results['ratio_student_run_over_extraction']:.3f}")
     return lines

@@ -1,9 +1,10 @@
-"""The demo report: results.json, PNG charts and one self-contained report.html."""
+"""The demo report: results.json, PNG charts (error bars are 95 % bootstrap intervals) and one self-contained report.html."""
 
 from __future__ import annotations
 
 import base64
 import html
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -13,37 +14,98 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from egodistill.cache.jsonio import write_json  # noqa: E402
+from egodistill.demo.protocol import protocol_doc  # noqa: E402
+from egodistill.student.metrics import reliability  # noqa: E402
 from egodistill.student.plots import reliability_diagram  # noqa: E402
 
+VERDICT_COLOURS = {"holds": "#2a7", "does not hold": "#c33", "inconclusive": "#999"}
+RGB_ARMS = ["rgb-gt", "rgb-kd-uniform", "rgb-kd-per-sample", "rgb-kd-dataset"]
+MM_ARMS = ["mm-unmasked", "mm-masked", "mm-masked-gt"]
 
-def write_report(out: Path, results: dict, raw: dict) -> Path:
+
+def write_report(out: Path, results: dict, per_seed: list[dict], labels: dict[str, np.ndarray]) -> Path:
     """Write results.json, the charts and report.html into `out`; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results, default=str)
+    write_json(out / "results.json", results)
+    doc = protocol_doc()
+    if doc is not None:
+        shutil.copyfile(doc, out / "demo-protocol.md")
     charts = {
-        "accuracy_calibration.png": _students_chart(results, out / "accuracy_calibration.png"),
-        "missing_modalities.png": _subsets_chart(results, out / "missing_modalities.png"),
+        "claims.png": _claims_chart(results, out / "claims.png"),
+        "paper1.png": _paper1_chart(results, out / "paper1.png"),
+        "frames.png": _frames_chart(results, out / "frames.png"),
+        "subsets.png": _subsets_chart(results, out / "subsets.png"),
         "timings.png": _timings_chart(results, out / "timings.png"),
     }
-    for name in ("rgb-gt", results["claims"]["paper1"]["best_scheme"]):
-        evaluation = raw["students"][name]["runs"][0]["evaluation"]
+    seed0 = per_seed[0]
+    for name in ("rgb-gt", "rgb-kd-uniform"):
         path = out / f"reliability_{name}.png"
-        charts[path.name] = reliability_diagram(evaluation["subsets"][0]["reliability"], path, f"{name} (seed {raw['students'][name]['runs'][0]['seed']})")
+        curve = {"action": reliability(seed0["students"][name]["frames8"], labels["val"])}
+        charts[path.name] = reliability_diagram(curve, path, f"{name}, seed {seed0['seed']}, validation")
     report = out / "report.html"
-    report.write_text(_html(results, charts))
+    report.write_text(_html(results, charts, doc is not None))
     return report
 
 
-def _students_chart(results: dict, path: Path) -> Path:
-    names = list(results["students"])
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, label in ((a, "top1", "top-1 accuracy (%)"), (b, "ece", "ECE x100 (lower is better)")):
-        means = [results["students"][n][metric]["mean"] for n in names]
-        stds = [results["students"][n][metric]["std"] for n in names]
-        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=["#888"] + ["#4a7"] * 3 + ["#47a"] * 2)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+# --- charts --------------------------------------------------------------------------------
+
+def _bar_errors(stats: list[dict]) -> tuple[list[float], np.ndarray]:
+    values = [s["estimate"] for s in stats]
+    errors = np.array([[s["estimate"] - s["lo"] for s in stats], [s["hi"] - s["estimate"] for s in stats]])
+    return values, np.maximum(errors, 0)
+
+
+def _claims_chart(results: dict, path: Path) -> Path:
+    """Every primary claim's improvement with its 95 % interval, one panel per unit; 0 and the margin marked."""
+    rows = [c for c in results["claims"] if c["primary"] and "improvement" in c]
+    units = list(dict.fromkeys(c["unit"] for c in rows))
+    groups = [[c for c in rows if c["unit"] == u] for u in units]
+    fig, axes = plt.subplots(len(units), 1, figsize=(10, 0.5 * len(rows) + 1.2 * len(units)), squeeze=False,
+                             gridspec_kw={"height_ratios": [len(g) + 1 for g in groups]})
+    for ax, unit, group in zip(axes[:, 0], units, groups):
+        for i, c in enumerate(group):
+            imp = c["improvement"]
+            ax.errorbar([imp["estimate"]], [i], xerr=[[max(imp["estimate"] - imp["lo"], 0)], [max(imp["hi"] - imp["estimate"], 0)]],
+                        fmt="o", color=VERDICT_COLOURS.get(c["verdict"], "#999"), capsize=4)
+            ax.plot([-c["margin"] if c["id"].startswith("P2.4") else c["margin"]], [i], marker="|", markersize=16, color="#333")
+        ax.axvline(0, color="#333", lw=1)
+        ax.set_yticks(range(len(group)), [f"{c['id']}: {c['verdict']}" for c in group])
+        ax.set_ylim(len(group) - 0.5, -0.5)
+        ax.set_xlabel(f"improvement in the claim's favour, {unit}")
+    axes[0, 0].set_title("Primary claims, 95 % intervals over clips and seeds (| = margin; green holds, red does not hold, grey inconclusive)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _paper1_chart(results: dict, path: Path) -> Path:
+    arms = RGB_ARMS + ["ensemble-uniform", "rgb"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, metric, label in zip(axes, ("top1", "ece", "nll"), ("top-1 %", "ECE x100 (lower is better)", "NLL, nats (lower is better)")):
+        stats = [results["students"][a]["metrics"][metric] if a in results["students"] else results["teachers"][a][metric] for a in arms]
+        values, errors = _bar_errors(stats)
+        ax.bar(range(len(arms)), values, yerr=errors, capsize=4, color=["#888", "#4a7", "#8c8", "#8c8", "#c96", "#ca6"])
+        ax.set_xticks(range(len(arms)), [a if a != "rgb" else "rgb teacher" for a in arms], rotation=30, ha="right")
         ax.set_ylabel(label)
-    fig.suptitle("Students on the validation split (mean ± std over seeds)")
+    fig.suptitle("Paper 1: RGB students and their teachers on validation (bars: mean over seeds; error bars: 95 % intervals)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _frames_chart(results: dict, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, style in zip(RGB_ARMS, ("o-", "s-", "^:", "v:")):
+        frames = results["students"][arm]["frames"]
+        ks = sorted(frames, key=int, reverse=True)
+        values, errors = _bar_errors([frames[k]["top1"] for k in ks])
+        ax.errorbar([int(k) for k in ks], values, yerr=errors, fmt=style, capsize=3, label=arm, alpha=1.0 if arm in RGB_ARMS[:2] else 0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([8, 4, 2, 1], ["8", "4", "2", "1"])
+    ax.set(xlabel="frames at test time (trained with 8)", ylabel="top-1 %", title="Paper 1: fewer frames at test time (95 % intervals)")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -51,16 +113,17 @@ def _students_chart(results: dict, path: Path) -> Path:
 
 
 def _subsets_chart(results: dict, path: Path) -> Path:
-    models = ["mm-unmasked", "mm-masked"]
-    subsets = list(results["students"][models[0]]["subsets"])
+    subsets = list(results["students"]["mm-masked"]["subsets"])
     x = np.arange(len(subsets))
-    fig, ax = plt.subplots(figsize=(10, 4))
-    for i, name in enumerate(models):
-        s = results["students"][name]["subsets"]
-        ax.bar(x + (i - 0.5) * 0.4, [s[k]["top1"]["mean"] for k in subsets], 0.4, yerr=[s[k]["top1"]["std"] for k in subsets], capsize=3, label=name)
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for i, arm in enumerate(MM_ARMS):
+        values, errors = _bar_errors([results["students"][arm]["subsets"][s]["top1"] for s in subsets])
+        ax.bar(x + (i - 1) * 0.27, values, 0.27, yerr=errors, capsize=3, label=arm)
+    fusion = results["teachers"]["fusion"]["top1"]
+    ax.axhspan(fusion["lo"], fusion["hi"], color="#c96", alpha=0.25, label="fusion teacher, all inputs (interval)")
     ax.set_xticks(x, subsets, rotation=30, ha="right")
-    ax.set(ylabel="top-1 accuracy (%)", title="Missing modalities at test time: every subset of the inputs")
-    ax.legend()
+    ax.set(ylabel="top-1 %", title="Paper 2: every subset of the inputs at test time (95 % intervals)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -69,11 +132,11 @@ def _subsets_chart(results: dict, path: Path) -> Path:
 
 def _timings_chart(results: dict, path: Path) -> Path:
     t = results["timings"]
-    labels = [f"extract {m}" for m in t["extract"]] + ["fit teachers"] + [f"student {n}" for n in results["students"]]
-    values = list(t["extract"].values()) + [t["fit_teachers"]] + [results["students"][n]["seconds"]["mean"] for n in results["students"]]
+    labels = ["generate"] + [f"extract {m}" for m in t["extract_first"]] + ["fit teachers (one seed)", "one student run", "all seeds (wall)", "statistics"]
+    values = [t["generate"], *t["extract_first"].values(), t["fit_teachers_mean"], t["student_run_mean"], t["seeds_wall"], t["statistics"]]
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.barh(labels[::-1], values[::-1], color=["#47a"] * len(results["students"]) + ["#aa4"] + ["#a44"] * len(t["extract"]))
-    ax.set_xlabel("seconds (student runs: mean over seeds)")
+    ax.barh(labels[::-1], values[::-1], color="#47a")
+    ax.set_xlabel("seconds")
     ax.set_title("Wall time per stage: teachers run once, students many times")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -81,69 +144,144 @@ def _timings_chart(results: dict, path: Path) -> Path:
     return path
 
 
+# --- html ----------------------------------------------------------------------------------
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _pm(stat: dict, digits: int = 1) -> str:
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+def _ci(stat: dict | None, digits: int = 1) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['estimate']:.{digits}f} <small>[{stat['lo']:.{digits}f}, {stat['hi']:.{digits}f}]</small>"
 
 
-def _html(results: dict, charts: dict[str, Path]) -> str:
-    c1, c2 = results["claims"]["paper1"], results["claims"]["paper2"]
-    rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{html.escape(s['title'])}</td><td>{_pm(s['top1'])}</td><td>{_pm(s['ece'])}</td><td>{_pm(s['seconds'])}</td></tr>"
-        for n, s in results["students"].items()
-    )
-    teachers = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['top1']:.1f}</td><td>{v['ece']:.1f}</td></tr>" for k, v in results["teachers"].items())
-    subset_rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{_pm(results['students']['mm-unmasked']['subsets'][k]['top1'])}</td><td>{_pm(v['top1'])}</td></tr>"
-        for k, v in results["students"]["mm-masked"]["subsets"].items()
-    )
+def _metric_cells(m: dict) -> str:
+    return f"<td>{_ci(m['top1'])}</td><td>{_ci(m['ece'])}</td><td>{_ci(m['nll'], 3)}</td><td>{_ci(m['brier'], 3)}</td>"
+
+
+def _verdict(v: str) -> str:
+    colour = VERDICT_COLOURS.get(v, "#999")
+    return f'<b style="color:{colour}">{html.escape(v)}</b>'
+
+
+def _claim_rows(claims: list[dict]) -> str:
+    rows = []
+    for c in claims:
+        digits = 3 if c.get("unit") == "nats" else 1
+        interval = _ci(c["improvement"], digits) if "improvement" in c else "parts: " + html.escape(", ".join(c["parts"]))
+        extra = f"<br><small>FLOPs ratio {c['flops_ratio']:.2f}</small>" if c.get("flops_ratio") is not None else ""
+        rows.append(f"<tr><td>{html.escape(c['id'])}</td><td>{html.escape(c['claim'])}<br><small>{html.escape(c['statistic'])}</small></td>"
+                    f"<td>{interval}{extra}</td><td>{c.get('margin', '') if 'improvement' in c else ''} {html.escape(c.get('unit', '') if 'improvement' in c else '')}</td>"
+                    f"<td>{_verdict(c['verdict'])}</td></tr>")
+    return "".join(rows)
+
+
+def _cost_rows(cost: dict | None) -> str:
+    if not cost:
+        return ""
+    rows = []
+
+    def row(name: str, c: dict) -> None:
+        params = "?" if c.get("params") is None else f"{c['params'] / 1e6:.3f} M"
+        flops = "?" if c.get("flops") is None else f"{c['flops'] / 1e9:.3f}"
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{params}</td><td>{flops}</td></tr>")
+
+    row("RGB student (rgb-kd-uniform), 8 frames", cost["rgb-kd-uniform"]["student"])
+    for t in cost["rgb-kd-uniform"]["teachers"]:
+        row(f"its teacher {t['teacher']}", t)
+    row("masked student (mm-masked), 8 frames", cost["mm-masked"]["student"])
+    for t in cost["mm-masked"]["teachers"]:
+        row(f"its teacher {t['teacher']}", t)
+    for key, c in cost.items():
+        if key.startswith("mm-masked@"):
+            row(f"masked student reading {key.split('@')[1]} frames", c)
+    return "".join(rows)
+
+
+def _html(results: dict, charts: dict[str, Path], doc_copied: bool) -> str:
+    p, d, t, g = results["protocol"], results["data"], results["timings"], results["gate"]
+    primary = [c for c in results["claims"] if c["primary"]]
+    secondary = [c for c in results["claims"] if not c["primary"]]
+    link = '<a href="demo-protocol.md">demo-protocol.md</a> (a copy of the checkout\'s docs/demo-protocol.md)' if doc_copied else f"{html.escape(p['doc'])} in the egodistill source"
+    banner = ("" if p["followed"] else
+              f'<p style="background:#fde;padding:0.6em 1em;border-left:4px solid #c33"><b>Not the protocol</b>: {html.escape("; ".join(p["deviations"]))}. '
+              "These verdicts decide nothing; run <code>egodistill demo</code> for the protocol's.</p>")
+    s = results["students"]
+    rgb_rows = "".join(f"<tr><td>{a}</td><td>{html.escape(s[a]['title'])}</td>{_metric_cells(s[a]['metrics'])}</tr>" for a in RGB_ARMS)
+    teacher_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{'teacher' if not k.startswith('ensemble') else 'ensemble of the rgb, flow, audio teachers'}</td>{_metric_cells(m)}</tr>"
+                           for k, m in results["teachers"].items())
+    ks = list(s["rgb-gt"]["frames"])
+    frame_rows = "".join(f"<tr><td>{a}</td>" + "".join(f"<td>{_ci(s[a]['frames'][k]['top1'])}</td>" for k in ks) + "</tr>" for a in RGB_ARMS)
+    subsets = list(s["mm-masked"]["subsets"])
+    subset_rows = "".join(f"<tr><td>{html.escape(x)}</td>" + "".join(f"<td>{_ci(s[a]['subsets'][x]['top1'])}</td>" for a in MM_ARMS)
+                          + "".join(f"<td>{_ci(s[a]['subsets'][x]['ece'])}</td>" for a in MM_ARMS) + "</tr>" for x in subsets)
+    gate_rows = "".join(f"<tr><td>{html.escape(x['test'])}</td><td>{_ci(x['difference'])}</td><td>{'passed' if x['passed'] else '<b>failed</b>'}</td></tr>" for x in g["tests"])
+    oof_rows = ", ".join(f"{html.escape(k)} {_ci(v)}" for k, v in g["top1_out_of_fold"].items())
+    weights = results["dataset_weights"]
+    weight_text = "; ".join(f"seed {seed}: " + ", ".join(f"{m} {w:.2f}" for m, w in ws.items()) for seed, ws in zip(results["seeds"], weights))
     commands = "".join(f"<li><code>{html.escape(cmd)}</code></li>" for cmd in results["commands"])
-    t = results["timings"]
-    verdict1 = "holds" if c1["holds"] else "does not hold"
-    verdict2 = "holds" if c2["holds"] else ("holds on average only" if c2["holds_mean"] else "does not hold")
-    d = c2["drops"]
+    sentences = "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in primary)
+    secondary_sentences = "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in secondary)
+    b = p["bootstrap"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>egodistill demo report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
-img{{max-width:100%;display:block;margin:1em 0}}code{{font-size:85%}}.claim{{background:#f4f4f0;padding:0.6em 1em;border-left:4px solid #888}}</style>
+<style>body{{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}
+img{{max-width:100%;display:block;margin:1em 0}}code{{font-size:85%}}small{{color:#555}}</style>
 </head><body>
-<h1>egodistill demo</h1>
-<p>{html.escape(results['data']['description'])} Teachers are small timm backbones with <b>random initialisation and fixed seeds</b>
-({html.escape(', '.join(f"{m}: {b}" for m, b in results['backbones'].items()))}); with real pretrained weights
-use <code>egodistill extract --weights FILE</code> (README). Students: {len(results['seeds'])} seeds ({', '.join(map(str, results['seeds']))}), same budget each.</p>
+<h1>egodistill demo: two papers' claims, tested</h1>
+{banner}
+<p><b>Protocol</b> version {p['version']}: {link}, fixed and committed before any of these results was computed
+(what is compared, the primary scheme <b>{html.escape(p['primary_scheme'])}</b>, seeds, metrics, the test and its margins).
+<b>Data</b>: generator version {d['generator_version']}. {html.escape(d['description'])}
+Scored: {d['clips_scored']['val']} validation clips; the teacher gate uses {d['clips_scored']['train']} training clips.
+Extractors: {html.escape(', '.join(f"{m}: {bb}" for m, bb in results['backbones'].items()))}, random initialisation, run once.
+<b>Seeds</b> {', '.join(map(str, results['seeds']))}: each fits the teachers (folds and initialisation) and trains every student.
+<b>Intervals</b>: [lo, hi] after each number is a 95 % paired bootstrap interval ({b['draws']} draws of clips and seeds, RNG seed {b['seed']});
+a verdict comes from the interval and the margin: holds if the improvement's interval is above 0, does not hold if it is below the margin
+without being above 0, inconclusive otherwise.</p>
 
-<h2>The two claims</h2>
-<div class="claim"><b>Paper 1 (Radevski et al.)</b>: {html.escape(c1['claim'])}<br>
-Ground-truth RGB student: top-1 {c1['ground_truth']['top1']:.1f} %, ECE {c1['ground_truth']['ece']:.1f}.
-Distilled: {html.escape('; '.join(f"{k}: top-1 {v['top1']:.1f} %, ECE {v['ece']:.1f}" for k, v in c1['distilled'].items()))}.<br>
-<b>Verdict: the claim {verdict1}</b>{html.escape(' (for ' + ', '.join(c1['schemes_where_it_holds']) + ')' if c1['holds'] else '')}.
-{html.escape(results['explanations']['paper1'])}</div>
-<div class="claim"><b>Paper 2 (KARMMA)</b>: {html.escape(c2['claim'])}<br>
-Unmasked: all inputs {d['mm-unmasked']['full']:.1f} %, mean drop {d['mm-unmasked']['mean_drop']:.1f} points, worst drop {d['mm-unmasked']['worst_drop']:.1f}.
-Masked: all inputs {d['mm-masked']['full']:.1f} %, mean drop {d['mm-masked']['mean_drop']:.1f} points, worst drop {d['mm-masked']['worst_drop']:.1f}.<br>
-<b>Verdict: the claim {verdict2}</b>. {html.escape(results['explanations']['paper2'])}</div>
+<h2>Verdicts (primary tests)</h2>
+<table><tr><th>claim</th><th>what</th><th>improvement [95 % interval]</th><th>margin</th><th>verdict</th></tr>{_claim_rows(primary)}</table>
+<ul>{sentences}</ul>
+{_img(charts['claims.png'], 'every primary claim with its interval')}
 
-<h2>Students (validation, mean ± std over seeds)</h2>
-<table><tr><th>student</th><th>what</th><th>top-1 %</th><th>ECE x100</th><th>train s</th></tr>{rows}</table>
-{_img(charts['accuracy_calibration.png'], 'accuracy and calibration of every student')}
-<h2>Teachers (validation; fitted on cached features, cross-fitted on training segments)</h2>
-<table><tr><th>teacher</th><th>top-1 %</th><th>ECE x100</th></tr>{teachers}</table>
-<h2>Reliability</h2>
-{''.join(_img(p, n) for n, p in charts.items() if n.startswith('reliability_'))}
-<h2>Missing-modality matrix</h2>
-<table><tr><th>inputs at test time</th><th>unmasked top-1 %</th><th>masked top-1 %</th></tr>{subset_rows}</table>
-{_img(charts['missing_modalities.png'], 'accuracy per input subset')}
+<h2>Teachers worth learning from? (the gate: training clips' out-of-fold logits only)</h2>
+<p>Out-of-fold top-1 on the training clips: {oof_rows} (chance {g['chance']:.1f} %).
+Gate <b>{'passed' if g['passed'] else 'FAILED: every distillation verdict is inconclusive'}</b>.</p>
+<table><tr><th>test</th><th>difference, points [95 % interval]</th><th></th></tr>{gate_rows}</table>
+
+<h2>Paper 1: an RGB student distilled from rgb + flow + audio teachers</h2>
+<table><tr><th>arm</th><th>what</th><th>top-1 %</th><th>ECE x100</th><th>NLL</th><th>Brier</th></tr>{rgb_rows}
+<tr><th colspan="6">teachers and their ensembles (validation; fusion reads all three inputs)</th></tr>{teacher_rows}</table>
+<p>Dataset-ensemble weights (rgb, flow, audio; from the training clips' out-of-fold logits): {html.escape(weight_text)}.</p>
+{_img(charts['paper1.png'], 'paper 1 arms with intervals')}
+<h3>Fewer frames at test time (the same trained students)</h3>
+<table><tr><th>arm</th>{''.join(f'<th>{k} frames</th>' for k in ks)}</tr>{frame_rows}</table>
+{_img(charts['frames.png'], 'accuracy against frames at test time')}
+<h3>Reliability (seed {results['seeds'][0]})</h3>
+{''.join(_img(path, name) for name, path in charts.items() if name.startswith('reliability_'))}
+
+<h2>Paper 2 (KARMMA): one student for every subset of its inputs</h2>
+<table><tr><th>inputs at test time</th>{''.join(f'<th>top-1 % {a}</th>' for a in MM_ARMS)}{''.join(f'<th>ECE {a}</th>' for a in MM_ARMS)}</tr>{subset_rows}</table>
+{_img(charts['subsets.png'], 'accuracy per input subset with intervals')}
+<h3>Cost per clip (evaluate's count: extractor backbones at the rows read, plus the head)</h3>
+<table><tr><th>model</th><th>parameters</th><th>GFLOPs</th></tr>{_cost_rows(results.get('cost'))}</table>
+
+<h2>Secondary tests</h2>
+<table><tr><th>claim</th><th>what</th><th>improvement [95 % interval]</th><th>margin</th><th>verdict</th></tr>{_claim_rows(secondary)}</table>
+<ul>{secondary_sentences}</ul>
+
 <h2>Where the time goes</h2>
 <p>Data generation {t['generate']:.1f} s; extraction (once; {'reused from the cache this run' if t['extraction_reused'] else 'this run'}):
-{html.escape(', '.join(f"{m} {s:.1f} s" for m, s in t['extract_first'].items()))}; fitting teachers {t['fit_teachers']:.1f} s;
-one student run {results['student_run_seconds']:.1f} s on average. One student run / extraction = <b>{results['ratio_student_run_over_extraction']:.3f}</b>.</p>
+{html.escape(', '.join(f"{m} {x:.1f} s" for m, x in t['extract_first'].items()))}; fitting the four teachers {t['fit_teachers_mean']:.1f} s per seed;
+one student run {t['student_run_mean']:.1f} s on average ({t['student_runs']} runs); all seeds {t['seeds_wall']:.1f} s wall in {t['seed_processes']} process(es);
+statistics {t['statistics']:.1f} s. One student run / extraction = <b>{results['ratio_student_run_over_extraction']:.3f}</b>.</p>
 {_img(charts['timings.png'], 'wall time per stage')}
 <h2>Reproduce</h2>
-<ol>{commands}</ol>
+<p>Every logit behind these numbers is in <code>predictions.npz</code>; every number shown is in <code>results.json</code>.</p>
+<details><summary>{len(results['commands'])} commands</summary><ol>{commands}</ol></details>
 </body></html>
 """

@@ -1,23 +1,35 @@
-"""The demo's student half: fit teachers, train the compared students over seeds, evaluate them.
+"""The demo's student half, one seed at a time: fit the teachers, train every arm, predict every clip.
 
-Every step goes through the functions the CLI commands call (`fit_teachers`, `train`,
-`evaluate`), so the commands written into the report reproduce each row.
+A seed is one replicate of everything after extraction (docs/demo-protocol.md): `fit_teachers` with
+that seed (folds and initialisation), then every arm's `train` with that seed, learning from that
+seed's teachers. Each step goes through the functions the CLI commands call, so the commands in the
+report reproduce every run. The predictions (logits per clip) are what the statistics need.
 """
 
 from __future__ import annotations
 
 import shutil
-import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from egodistill.student.evaluate import EvalConfig, evaluate
+import numpy as np
+import torch
+
+from egodistill import cache
+from egodistill.demo.data import HEAD
+from egodistill.demo.protocol import SMALL_FRAMES, TEST_FRAMES
+from egodistill.student.cost import student_cost
+from egodistill.student.data import CacheLoader, present_inputs, teacher_logit_table
+from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets, load_student
 from egodistill.student.fit import FitConfig, fit_teachers
+from egodistill.student.losses import dataset_weights, ensemble_logits
+from egodistill.student.model import ModelConfig, Student
+from egodistill.student.sources import resolve_inputs
 from egodistill.student.train import TrainConfig, train
 
 MODALITIES = ["rgb", "flow", "audio"]
+TEACHERS = [*MODALITIES, "fusion"]
 
 
 @dataclass(frozen=True)
@@ -25,161 +37,170 @@ class StudentRecipe:
     name: str
     title: str
     inputs: list[str]
-    teachers: list[str] = field(default_factory=list)
+    teachers: list[str] = field(default_factory=list)   # teacher modalities; this seed's fitted teachers
     weighting: str = "uniform"
     mask_prob: float = 0.0
 
 
-# Fixed before any result was seen; the same budget for every student.
+# The protocol's arms (docs/demo-protocol.md), fixed before any result was seen.
 STUDENTS = [
     StudentRecipe("rgb-gt", "RGB student, ground truth only", ["rgb"]),
-    StudentRecipe("rgb-kd-uniform", "RGB student, distilled from rgb+flow+audio (uniform)", ["rgb"], MODALITIES, "uniform"),
-    StudentRecipe("rgb-kd-per-sample", "RGB student, distilled from rgb+flow+audio (per-sample)", ["rgb"], MODALITIES, "per-sample"),
-    StudentRecipe("rgb-kd-dataset", "RGB student, distilled from rgb+flow+audio (dataset)", ["rgb"], MODALITIES, "dataset"),
-    StudentRecipe("mm-unmasked", "rgb+flow+audio student from the fusion teacher, no masking", MODALITIES, ["fusion"]),
-    StudentRecipe("mm-masked", "rgb+flow+audio student from the fusion teacher, modality masking p=0.5", MODALITIES, ["fusion"], mask_prob=0.5),
+    StudentRecipe("rgb-kd-uniform", "RGB student distilled from the rgb+flow+audio teachers, uniform ensemble (primary)", ["rgb"], MODALITIES, "uniform"),
+    StudentRecipe("rgb-kd-per-sample", "RGB student distilled from the rgb+flow+audio teachers, per-sample weights", ["rgb"], MODALITIES, "per-sample"),
+    StudentRecipe("rgb-kd-dataset", "RGB student distilled from the rgb+flow+audio teachers, dataset weights", ["rgb"], MODALITIES, "dataset"),
+    StudentRecipe("mm-unmasked", "rgb+flow+audio student distilled from the fusion teacher, no masking", MODALITIES, ["fusion"]),
+    StudentRecipe("mm-masked", "rgb+flow+audio student distilled from the fusion teacher, modality masking p=0.5", MODALITIES, ["fusion"], mask_prob=0.5),
+    StudentRecipe("mm-masked-gt", "rgb+flow+audio student on ground truth only, modality masking p=0.5", MODALITIES, mask_prob=0.5),
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudentBudget:
-    """Training settings shared by every student of the demo."""
+    """Training settings shared by every arm and seed (0 = the commands' auto budgets)."""
 
-    steps: int = 0          # train-student's default budget (0 = auto)
+    steps: int = 0
     frames: int = 8
     temperature: float = 2.0
     tau: float = 1.0
-    fit_steps: int = 0      # fit-teachers' default budget (0 = auto)
+    fit_steps: int = 0
     folds: int = 5
     device: str = "cpu"
     in_memory: bool = True  # the demo's cache is a few MB: no reader threads competing with training
 
 
-def train_command(cache: str, recipe: StudentRecipe, budget: StudentBudget, seed: int, out: Path) -> str:
-    """The CLI line that trains this row, for the report."""
-    parts = [f"egodistill train-student --cache {cache} --inputs {','.join(recipe.inputs)} --out {out}",
+def demo_segments(cache_path: str) -> dict[str, np.ndarray]:
+    """The clips the statistics use: validation clips and labelled training clips, each with every input."""
+    root = cache.open_cache(cache_path, mode="r")
+    table = root.segments
+    present = present_inputs(root, resolve_inputs(root, MODALITIES)).all(axis=1)
+    labelled = table.labels[HEAD] >= 0
+    return {split: np.flatnonzero((table.split == split) & present & labelled) for split in ("train", "val")}
+
+
+def train_command(cache_path: str, recipe: StudentRecipe, teacher_keys: list[str], budget: StudentBudget, seed: int, out: Path) -> str:
+    """The CLI line that trains this run."""
+    parts = [f"egodistill train-student --cache {cache_path} --inputs {','.join(recipe.inputs)} --out {out}",
              f"--steps {budget.steps} --frames {budget.frames} --seed {seed} --device {budget.device}" + (" --in-memory" if budget.in_memory else "")]
-    if recipe.teachers:
-        parts.append(f"--teachers {','.join(recipe.teachers)} --weighting {recipe.weighting} --temperature {budget.temperature} --tau {budget.tau}")
+    if teacher_keys:
+        parts.append(f"--teachers {','.join(teacher_keys)} --weighting {recipe.weighting} --temperature {budget.temperature} --tau {budget.tau}")
     if recipe.mask_prob:
         parts.append(f"--mask-prob {recipe.mask_prob}")
     return " ".join(parts)
 
 
-def run_students(cache: str, out: Path, seeds: list[int], budget: StudentBudget, log: Callable[[str], None] = print) -> dict:
-    """Fit teachers, then train and evaluate every recipe for every seed. Returns the raw results."""
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    fit_teachers(FitConfig(cache=cache, modalities=MODALITIES, fusion=True, folds=budget.folds, seed=0, steps=budget.fit_steps,
-                           frames=budget.frames, device=budget.device), log=lambda _: None)
-    timings["fit_teachers"] = time.perf_counter() - t0
-    log(f"fit-teachers: rgb, flow, audio and fusion with {budget.folds}-fold cross-fitting ({timings['fit_teachers']:.1f} s)")
+def fit_command(cache_path: str, budget: StudentBudget, seed: int) -> str:
+    return (f"egodistill fit-teachers --cache {cache_path} --modalities {','.join(MODALITIES)} --fusion --folds {budget.folds} "
+            f"--steps {budget.fit_steps} --depths 0 --frames {budget.frames} --seed {seed} --device {budget.device}")
 
-    runs_dir = out / "runs"
-    shutil.rmtree(runs_dir, ignore_errors=True)  # students are the cheap part: always trained afresh
-    results: dict[str, dict] = {}
+
+def run_seed(job: tuple[str, str, int, dict, bool]) -> dict:
+    """One seed: fit the four teachers, train every arm, return logits per clip and the timings.
+
+    `job` = (cache, runs folder, seed, StudentBudget as a dict, whether to count costs); a tuple so that
+    a process pool can send it."""
+    cache_path, runs, seed, budget_fields, count_cost = job
+    budget = StudentBudget(**budget_fields)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny heads: one thread each (the seeds run in parallel processes)
+    try:
+        return _run_seed(cache_path, Path(runs), seed, budget, count_cost)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_seed(cache_path: str, runs: Path, seed: int, budget: StudentBudget, count_cost: bool) -> dict:
+    segments = demo_segments(cache_path)
+    started = time.perf_counter()
+    fitted = fit_teachers(FitConfig(cache=cache_path, modalities=MODALITIES, fusion=True, folds=budget.folds, seed=seed, steps=budget.fit_steps,
+                                    depths=(0,), frames=budget.frames, device=budget.device), log=lambda _: None)
+    fit_seconds = time.perf_counter() - started
+    keys = {f.modality: f.key for f in fitted}
+    out: dict = {"seed": seed, "teacher_keys": keys, "fit_seconds": fit_seconds, "train_seconds": {}, "commands": [fit_command(cache_path, budget, seed)],
+                 "oof_accuracy": {f.modality: {str(d): a for d, a in f.oof_accuracy.items()} for f in fitted}, "students": {}}
+    root = cache.open_cache(cache_path, mode="r")
     for recipe in STUDENTS:
-        per_seed = []
-        for seed in seeds:
-            run = runs_dir / recipe.name / f"seed{seed}"
-            cfg = TrainConfig(
-                cache=cache, inputs=recipe.inputs, teachers=recipe.teachers, out=str(run), weighting=recipe.weighting,
-                tau=budget.tau, temperature=budget.temperature, mask_prob=recipe.mask_prob, steps=budget.steps, frames=budget.frames,
-                seed=seed, device=budget.device, in_memory=budget.in_memory,
-            )
-            started = time.perf_counter()
-            train(cfg, log=lambda _: None)
-            seconds = time.perf_counter() - started
-            evaluation = evaluate(EvalConfig(cache=cache, run=str(run), split="val", device=budget.device, cost=seed == seeds[0]))
-            per_seed.append({"seed": seed, "seconds": seconds, "evaluation": evaluation, "command": train_command(cache, recipe, budget, seed, run)})
-            full = evaluation["subsets"][0]["metrics"]
-            log(f"{recipe.name} seed {seed}: top-1 {100 * _top1(full):.1f} %, ECE {_ece(full):.1f} ({seconds:.1f} s)")
-        results[recipe.name] = {"recipe": recipe, "runs": per_seed}
-    return {"timings": timings, "students": results}
+        teacher_keys = [keys[t] for t in recipe.teachers]
+        run = runs / recipe.name / f"seed{seed}"
+        shutil.rmtree(run, ignore_errors=True)  # students are the cheap part: always trained afresh
+        cfg = TrainConfig(cache=cache_path, inputs=recipe.inputs, teachers=teacher_keys, out=str(run), weighting=recipe.weighting,
+                          tau=budget.tau, temperature=budget.temperature, mask_prob=recipe.mask_prob, steps=budget.steps, frames=budget.frames,
+                          seed=seed, device=budget.device, in_memory=budget.in_memory)
+        started = time.perf_counter()
+        train(cfg, log=lambda _: None)
+        out["train_seconds"][recipe.name] = time.perf_counter() - started
+        out["commands"].append(train_command(cache_path, recipe, teacher_keys, budget, seed, run))
+        if len(recipe.inputs) == 1:
+            out["students"][recipe.name] = {f"frames{k}": predict(root, run, segments["val"], k)["+".join(recipe.inputs)] for k in TEST_FRAMES}
+        else:
+            out["students"][recipe.name] = predict(root, run, segments["val"], budget.frames)
+        if recipe.name == "mm-masked":  # P2.4's secondary row: the same student reading fewer frames
+            out["masked_fewer_frames"] = predict(root, run, segments["val"], SMALL_FRAMES)["+".join(recipe.inputs)]
+    out["teachers"] = teacher_predictions(root, keys, segments, budget.tau)
+    if count_cost:
+        out["cost"] = costs(cache_path, runs, seed, root)
+    return out
 
 
-def _top1(metrics: dict) -> float:
-    return metrics.get("action_top1", next(v for k, v in metrics.items() if k.endswith("_top1")))
+@torch.no_grad()
+def predict(root: cache.Cache, run: Path, segments: np.ndarray, frames: int) -> dict[str, np.ndarray]:
+    """Logits [N, C] of the trained student for every non-empty subset of its inputs (named like
+    "rgb+audio"), the others given as missing, with `frames` rows per input (centred), in `segments` order."""
+    record, model = load_student(str(run))
+    keys = record["input_keys"]
+    names = [root.teacher(k).modality for k in keys]
+    present = present_inputs(root, keys)
+    loader = CacheLoader(root, keys, segments, root.segments.labels, batch_size=512, frames=frames, train=False, present=present)
+    position = np.full(len(root.segments.split), -1, dtype=np.int64)
+    position[segments] = np.arange(len(segments))
+    subsets = input_subsets(len(keys))
+    classes = model.cfg.heads[HEAD]
+    out = {"+".join(names[i] for i in s): np.full((len(segments), classes), np.nan, dtype=np.float32) for s in subsets}
+    for batch in loader.epoch(0):
+        at = position[batch.index.numpy()]
+        for s in subsets:
+            keep = torch.zeros(len(keys), dtype=torch.bool)
+            keep[list(s)] = True
+            out["+".join(names[i] for i in s)][at] = model(batch.features, batch.present & keep)[HEAD].float().numpy()
+    return out
 
 
-def _ece(metrics: dict) -> float:
-    return statistics.fmean(v for k, v in metrics.items() if k.endswith("_ece"))
+def teacher_predictions(root: cache.Cache, keys: dict[str, str], segments: dict[str, np.ndarray], tau: float) -> dict[str, dict[str, np.ndarray]]:
+    """Per split, the logits of each teacher and of the uniform and dataset ensembles of rgb, flow and audio.
+
+    Training clips' logits are out-of-fold; the dataset weights come from them, as train-student's do."""
+    table = root.segments
+    logits = teacher_logit_table(root, [keys[t] for t in TEACHERS], [HEAD])[HEAD]        # [N_all, 4, C]
+    unimodal = torch.from_numpy(logits[:, : len(MODALITIES)])
+    train = segments["train"]
+    weights = dataset_weights(unimodal[train], torch.from_numpy(table.labels[HEAD][train].astype(np.int64)), tau)
+    out = {}
+    for split, idx in segments.items():
+        rows = {t: logits[idx, k] for k, t in enumerate(TEACHERS)}
+        rows["ensemble-uniform"] = ensemble_logits(unimodal[idx], None, "uniform", tau).numpy()
+        rows["ensemble-dataset"] = ensemble_logits(unimodal[idx], None, "dataset", tau, weights).numpy()
+        out[split] = rows
+    out["dataset_weights"] = {t: float(w) for t, w in zip(MODALITIES, weights)}
+    return out
 
 
-def summarise(raw: dict) -> dict:
-    """Mean ± std over seeds of top-1 and ECE, per student and per input subset; the teachers' figures."""
-    students = {}
-    for name, entry in raw["students"].items():
-        runs = entry["runs"]
-        subsets = {}
-        for i, subset in enumerate(runs[0]["evaluation"]["subsets"]):
-            top1 = [_top1(r["evaluation"]["subsets"][i]["metrics"]) * 100 for r in runs]
-            ece = [_ece(r["evaluation"]["subsets"][i]["metrics"]) for r in runs]
-            subsets[subset["name"]] = {"top1": _stats(top1), "ece": _stats(ece)}
-        full = next(iter(subsets.values()))
-        students[name] = {
-            "title": entry["recipe"].title, "inputs": entry["recipe"].inputs, "teachers": entry["recipe"].teachers,
-            "top1": full["top1"], "ece": full["ece"], "subsets": subsets,
-            "seconds": _stats([r["seconds"] for r in runs]), "commands": [r["command"] for r in runs],
-            "cost": runs[0]["evaluation"].get("cost"),
-        }
-    teachers = {}
-    for entry in raw["students"].values():
-        for t in entry["runs"][0]["evaluation"]["teacher_metrics"]:
-            teachers.setdefault(t["teacher"], {"top1": 100 * _top1(t["metrics"]), "ece": _ece(t["metrics"])})
-    return {"students": students, "teachers": teachers}
+def costs(cache_path: str, runs: Path, seed: int, root: cache.Cache) -> dict:
+    """Params and FLOPs per clip (evaluate's `cost`) of the primary RGB student and its three teachers, of the
+    masked student and its fusion teacher, and of the masked student reading SMALL_FRAMES frames."""
+    out = {}
+    for name in ("rgb-kd-uniform", "mm-masked"):
+        result = evaluate(EvalConfig(cache=cache_path, run=str(runs / name / f"seed{seed}"), split="val", device="cpu", cost=True))
+        out[name] = result["cost"]
+    record, model = load_student(str(runs / "mm-masked" / f"seed{seed}"))
+    fewer = Student(ModelConfig(**{**model.cfg.to_dict(), "frames": SMALL_FRAMES}))
+    fewer.load_state_dict(model.state_dict())
+    out[f"mm-masked@{SMALL_FRAMES}"] = student_cost(root, fewer, record["input_keys"])
+    return out
 
 
-def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+def budget_fields(budget: StudentBudget) -> dict:
+    return asdict(budget)
 
 
-def check_claims(summary: dict) -> dict:
-    """The two papers' claims, each with the numbers that decide it."""
-    s = summary["students"]
-    gt = s["rgb-gt"]
-    distilled = {k: v for k, v in s.items() if k.startswith("rgb-kd-")}
-    best = max(distilled, key=lambda k: distilled[k]["top1"]["mean"])
-    wins = [k for k, v in distilled.items() if v["top1"]["mean"] > gt["top1"]["mean"] and v["ece"]["mean"] < gt["ece"]["mean"]]
-    paper1 = {
-        "claim": "An RGB student distilled from the rgb+flow+audio ensemble is more accurate and better calibrated than the RGB student trained on ground truth.",
-        "ground_truth": {"top1": gt["top1"]["mean"], "ece": gt["ece"]["mean"]},
-        "distilled": {k: {"top1": v["top1"]["mean"], "ece": v["ece"]["mean"]} for k, v in distilled.items()},
-        "schemes_where_it_holds": wins,
-        "holds": bool(wins),
-        "best_scheme": best,
-    }
-    drops = {}
-    for name in ("mm-unmasked", "mm-masked"):
-        subsets = s[name]["subsets"]
-        full = next(iter(subsets.values()))["top1"]["mean"]
-        missing = [v["top1"]["mean"] for k, v in list(subsets.items())[1:]]
-        drops[name] = {"full": full, "mean_drop": full - statistics.fmean(missing), "worst_drop": full - min(missing)}
-    masked, unmasked = drops["mm-masked"], drops["mm-unmasked"]
-    paper2 = {
-        "claim": "A multimodal student trained with random modality masking loses less accuracy than one trained without it when modalities are missing.",
-        "drops": drops,
-        "holds_mean": masked["mean_drop"] < unmasked["mean_drop"],
-        "holds_worst": masked["worst_drop"] < unmasked["worst_drop"],
-    }
-    paper2["holds"] = paper2["holds_mean"] and paper2["holds_worst"]
-    return {"paper1": paper1, "paper2": paper2}
-
-
-def explain_claims(claims: dict) -> dict[str, str]:
-    """One factual sentence per claim: the size of the effect, and where it falls short, by how much."""
-    c1 = claims["paper1"]
-    gt = c1["ground_truth"]
-    best = c1["distilled"][c1["best_scheme"]]
-    text1 = (f"Best scheme {c1['best_scheme']}: {best['top1'] - gt['top1']:+.1f} top-1 points and {best['ece'] - gt['ece']:+.1f} ECE "
-             f"against the ground-truth student.")
-    if c1["holds"]:
-        text1 += f" Both better for: {', '.join(c1['schemes_where_it_holds'])}."
-    else:
-        worse = [k for k, v in c1["distilled"].items() if v["top1"] <= gt["top1"] or v["ece"] >= gt["ece"]]
-        text1 += f" Not both better for: {', '.join(worse)}."
-    c2 = claims["paper2"]
-    m, u = c2["drops"]["mm-masked"], c2["drops"]["mm-unmasked"]
-    text2 = (f"Masking changes the mean drop by {m['mean_drop'] - u['mean_drop']:+.1f} points and the worst-case drop by "
-             f"{m['worst_drop'] - u['worst_drop']:+.1f} points; with all inputs present it costs {u['full'] - m['full']:+.1f} points.")
-    return {"paper1": text1, "paper2": text2}
+def small_budget() -> StudentBudget:
+    """The CI smoke test's budget: short fits and runs, 3 folds."""
+    return replace(StudentBudget(), steps=200, fit_steps=200, folds=3)

@@ -1,4 +1,4 @@
-"""`egodistill demo --small` end to end: generated data, every stage, results.json and the HTML report."""
+"""The demo as an experiment: its statistics (paired bootstrap, verdict rule) and `egodistill demo --small` end to end."""
 
 from __future__ import annotations
 
@@ -13,58 +13,126 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from egodistill.extract.decode import open_video, read_audio_track
-from egodistill.demo.data import DemoSpec, class_names, generate_demo_data, render_clip
+from egodistill.demo import stats
+from egodistill.demo.protocol import PROTOCOL_VERSION, protocol_doc
+from egodistill.student import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_generator_makes_decodable_clips_with_sound_and_balanced_labels(tmp_path):
-    spec = DemoSpec(clips_train=12, clips_val=6, seconds=1.0)
-    manifest = generate_demo_data(tmp_path, spec, workers=2)
-    rows = [line.split(",") for line in manifest.read_text().splitlines()[1:]]
-    assert len(rows) == 18 and {r[4] for r in rows} == {"train", "val"}
-    assert {int(r[5]) for r in rows if r[4] == "train"} == set(range(len(class_names(spec))))
-    for row in rows[:3]:
-        video = open_video(tmp_path / "videos" / row[1])
-        assert video.num_frames == spec.fps * spec.seconds and video.fps == spec.fps
-        audio = read_audio_track(tmp_path / "videos" / row[1], sample_rate=spec.sample_rate)
-        assert abs(len(audio) / spec.sample_rate - spec.seconds) < 0.1 and np.abs(audio).max() > 0.01
-    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.mp4")}
-    assert generate_demo_data(tmp_path, spec) == manifest
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.mp4")} == mtimes  # reused, not rewritten
+def _logits(rng, seeds: int, clips: int, classes: int, labels: np.ndarray, skill: float) -> np.ndarray:
+    """Random logits with the label's logit raised by `skill`."""
+    x = rng.normal(size=(seeds, clips, classes))
+    x[:, np.arange(clips), labels] += skill
+    return x
 
 
-def test_generator_is_deterministic_from_its_seed():
-    frames, audio = render_clip(DemoSpec(seed=0), 3, 5)
-    again, audio_again = render_clip(DemoSpec(seed=0), 3, 5)
-    other, _ = render_clip(DemoSpec(seed=1), 3, 5)
-    np.testing.assert_array_equal(frames, again)
-    np.testing.assert_array_equal(audio, audio_again)
-    assert not np.array_equal(frames, other)
+def test_point_estimates_are_the_trainers_metrics_averaged_over_seeds():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 12, 300)
+    logits = _logits(rng, 3, 300, 12, labels, 1.5)
+    draws = stats.Draws.make(300, 3, 200, seed=1)
+    got = stats.metrics(logits, labels, draws)
+    assert got["top1"].value == pytest.approx(100 * np.mean([metrics.topk_accuracy(x, labels, 1) for x in logits]))
+    assert got["ece"].value == pytest.approx(np.mean([metrics.ece(x, labels) for x in logits]))
+    assert got["nll"].value == pytest.approx(np.mean([metrics.nll(x, labels) for x in logits]))
+    assert got["brier"].value == pytest.approx(np.mean([metrics.brier(x, labels) for x in logits]))
+    lo, hi = got["top1"].interval()
+    assert lo < got["top1"].value < hi and len(got["top1"].draws) == 200
+
+
+def test_a_draw_counts_clips_and_seeds_as_drawn():
+    labels = np.array([0, 1, 2])
+    correct = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # seed 0 gets clip 0 right; seed 1 gets all
+    draws = stats.Draws(clips=np.array([[3.0, 0, 0], [0, 3.0, 0]]), seeds=np.array([[2.0, 0], [1.0, 1.0]]))
+    e = stats.per_clip_mean(correct, draws)
+    assert e.value == pytest.approx(4 / 6)
+    np.testing.assert_allclose(e.draws, [1.0, 0.5])  # draw 1: clip 0 three times, seed 0 twice; draw 2: clip 1, both seeds
+    logits = np.eye(3)[None].repeat(2, 0) * 10
+    assert stats.accuracy(logits, labels, draws).value == pytest.approx(100)
+
+
+def test_paired_differences_cancel_what_two_arms_share():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 12, 600)
+    shared = _logits(rng, 5, 600, 12, labels, 1.0)
+    better = shared.copy()
+    better[:, :60, :] = 0
+    better[:, np.arange(60), labels[:60]] = 10  # the same model, plus 60 clips (10 points) made right
+    draws = stats.Draws.make(600, 5, 1000, seed=3)
+    a, b = stats.accuracy(better, labels, draws), stats.accuracy(shared, labels, draws)
+    diff = a - b
+    lo, hi = diff.interval()
+    assert 0 < lo <= diff.value <= hi <= 10
+    unpaired = np.percentile(a.draws - np.roll(b.draws, 1), [2.5, 97.5])
+    assert hi - lo < (unpaired[1] - unpaired[0]) / 1.5  # pairing removes the clips' shared difficulty
+    assert stats.verdict(diff, 3.0) == stats.HOLDS
+    same = b - b
+    assert same.interval() == (0.0, 0.0) and stats.verdict(same, 3.0) == stats.DOES_NOT_HOLD
+
+
+@pytest.mark.parametrize("draws, verdict", [
+    (np.linspace(0.5, 6, 101), stats.HOLDS),            # above 0: holds, however small
+    (np.linspace(-2, 2.5, 101), stats.DOES_NOT_HOLD),   # excludes the margin (3) without being above 0
+    (np.linspace(-6, -1, 101), stats.DOES_NOT_HOLD),    # the opposite
+    (np.linspace(-1, 5, 101), stats.INCONCLUSIVE),      # contains 0 and the margin
+])
+def test_verdict_rule(draws, verdict):
+    assert stats.verdict(stats.Estimate(float(np.median(draws)), draws), 3.0) == verdict
+
+
+def test_parts_combine_and_worst_case_is_taken_draw_by_draw():
+    assert stats.combine([stats.HOLDS, stats.HOLDS]) == stats.HOLDS
+    assert stats.combine([stats.HOLDS, stats.INCONCLUSIVE]) == stats.INCONCLUSIVE
+    assert stats.combine([stats.INCONCLUSIVE, stats.DOES_NOT_HOLD]) == stats.DOES_NOT_HOLD
+    a, b = stats.Estimate(1.0, np.array([1.0, 5.0])), stats.Estimate(2.0, np.array([3.0, 2.0]))
+    worst = stats.min_of([a, b])
+    assert worst.value == 1.0 and list(worst.draws) == [1.0, 2.0]
+    assert stats.mean_of([a, b]).value == 1.5
+
+
+def test_protocol_doc_is_the_versioned_file():
+    doc = protocol_doc()
+    assert doc is not None and f"**Protocol version {PROTOCOL_VERSION}**" in doc.read_text()
 
 
 def test_small_demo_end_to_end_and_the_report(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "demo-run"
-    result = subprocess.run([sys.executable, "-m", "egodistill", "demo", "--out", str(out), "--small", "--workers", "0"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "egodistill", "demo", "--out", str(out), "--small", "--workers", "0"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "paper1" in result.stdout and "paper2" in result.stdout
+    assert "NOT the protocol" in result.stdout and "P1.1 " in result.stdout and "P2.4 " in result.stdout
     results = json.loads((out / "results.json").read_text())
-    for field in ("data", "backbones", "seeds", "timings", "students", "teachers", "claims", "explanations", "commands", "ratio_student_run_over_extraction"):
-        assert field in results
-    assert len(results["seeds"]) == 3
-    assert set(results["students"]) == {"rgb-gt", "rgb-kd-uniform", "rgb-kd-per-sample", "rgb-kd-dataset", "mm-unmasked", "mm-masked"}
-    for student in results["students"].values():
-        assert len(student["top1"]["values"]) == 3 and 0 <= student["top1"]["mean"] <= 100
+    assert results["protocol"]["version"] == PROTOCOL_VERSION and not results["protocol"]["followed"]
+    assert results["data"]["generator_version"] >= 1 and results["seeds"] == [0, 1]
+    arms = {"rgb-gt", "rgb-kd-uniform", "rgb-kd-per-sample", "rgb-kd-dataset", "mm-unmasked", "mm-masked", "mm-masked-gt"}
+    assert set(results["students"]) == arms
+    for arm in arms:
+        for metric in ("top1", "ece", "nll", "brier"):
+            m = results["students"][arm]["metrics"][metric]
+            assert m["lo"] <= m["estimate"] <= m["hi"]
+    assert list(results["students"]["rgb-gt"]["frames"]) == ["8", "4", "2", "1"]
     assert len(results["students"]["mm-masked"]["subsets"]) == 7  # every non-empty subset of rgb, flow, audio
-    assert {"holds", "ground_truth", "distilled"} <= set(results["claims"]["paper1"])
-    assert {"holds_mean", "holds_worst", "drops"} <= set(results["claims"]["paper2"])
-    assert set(results["teachers"]) and all(k.split("-")[0] in {"rgb", "flow", "audio", "fusion"} for k in results["teachers"])
+    assert {"rgb", "flow", "audio", "fusion", "ensemble-uniform", "ensemble-dataset"} <= set(results["teachers"])
+    assert len(results["gate"]["tests"]) == 5 and isinstance(results["gate"]["passed"], bool)
+    primary = {c["id"]: c for c in results["claims"] if c["primary"]}
+    assert {"P1.1", "P1.2", "P1", "P1.3", "P2.1", "P2.2", "P2.3", "P2.4"} <= set(primary)
+    for claim in results["claims"]:
+        assert claim["verdict"] in (stats.HOLDS, stats.DOES_NOT_HOLD, stats.INCONCLUSIVE)
+        if "improvement" in claim:
+            assert claim["improvement"]["lo"] <= claim["improvement"]["hi"]
+    assert primary["P2.4"]["flops_ratio"] > 0
+    for stage in ("generate", "extract", "fit_teachers_mean", "student_run_mean", "seeds_wall", "statistics", "report", "total"):
+        assert stage in results["timings"]
+    with np.load(out / "predictions.npz") as saved:
+        assert saved["seed1/students/rgb-gt/frames8"].shape == (24, 12)
 
     html = (out / "report.html").read_text()
+    assert "Not the protocol" in html and (protocol_doc() is None or 'href="demo-protocol.md"' in html)
+    assert f"version {PROTOCOL_VERSION}" in html and "95 %" in html
     images = html.split('src="data:image/png;base64,')[1:]
-    assert len(images) >= 4
+    assert len(images) >= 6
     for image in images:
         assert base64.b64decode(image.split('"')[0]).startswith(b"\x89PNG")
     _shows_in_a_browser(out / "report.html", tmp_path)
