@@ -2,7 +2,8 @@
 
 Each step: mask inputs, forward, distillation loss, backward, clip, AdamW step, log. The budget
 is a number of optimiser steps (student/schedule.py); each pass over the data ends with one line in
-metrics.jsonl and last.pt. The model evaluated is the one at the last step.
+metrics.jsonl, and every tenth of the budget (and the end) with last.pt. The model evaluated is the
+one at the last step.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
     torch.manual_seed(cfg.seed)
     train_loader, held_loader = loaders(cfg, s)
     model = Student(s.model)
-    model.set_statistics(training_statistics(cfg, s))
+    if not resuming:  # a resumed model brings its statistics in its state dict
+        model.set_statistics(training_statistics(cfg, s))
     model = model.to(device)
     optimiser = make_optimiser(model, cfg.lr, cfg.weight_decay)
     masking = torch.Generator().manual_seed(cfg.seed + 1)
@@ -263,10 +265,12 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
         if held_loader is not None and (last or state["step"] // log_every > logged_before):
             line.update(held_out(model, held_loader, device, autocast, loss_args))
         rundir.append_metrics(cfg.out, line)
-        if last or state["step"] // log_every > logged_before:
+        boundary = last or state["step"] // log_every > logged_before
+        if boundary:
             log(_summary(line, total_steps))
         state.update(epoch=state["epoch"] + 1, batch=0, loss_sum=0.0, seen=0)
-        checkpoint()
+        if boundary:  # ten checkpoints a run and the last: small data makes hundreds of passes
+            checkpoint()
     return rundir.read_metrics(cfg.out)
 
 
