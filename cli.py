@@ -267,6 +267,72 @@ def cache_export_h5(
     console.print(f"exported {teacher} to {path}", markup=False, highlight=False)
 
 
+@cache_app.command("init")
+def cache_init(
+    manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
+    cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (created if absent).")],
+) -> None:
+    """Write the manifest's segments table alone (no videos needed), e.g. before `cache import`."""
+    from egodistill.extract.manifests import init_cache
+
+    m = init_cache(manifest, cache)
+    console.print(f"{cache}: segments table of {len(m.segments)} segments from {m.path} ({m.format}), heads "
+                  f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}", markup=False, highlight=False, soft_wrap=True)
+
+
+class ImportFormat(str, Enum):
+    auto = "auto"
+    h5 = "h5"
+    npy = "npy"
+    pt = "pt"
+    lmdb = "lmdb"
+
+
+@cache_app.command("import")
+def cache_import(
+    source: Annotated[str, typer.Argument(help="Features a lab already has: an HDF5 file, a folder of .npy or .pt files, or an LMDB folder.")],
+    cache: Annotated[str, typer.Option(help="Cache to add the teacher to (it must hold the segments table: `cache init`).")],
+    source_format: Annotated[ImportFormat, typer.Option("--format", help="h5 (also export-h5 files), npy (<video>.npy or <segment_id>.npy), pt (Ego4D <video>.pt), lmdb (RULSTM); auto: from the path.")] = ImportFormat.auto,
+    modality: Annotated[Optional[str], typer.Option(help="Modality of the features (rgb, flow, audio, ...); not needed for export-h5 files.")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Frame rate the rows or frame numbers count at (npy per video, pt, lmdb; h5 without times).")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="pt: frames between rows (Ego4D: 16).")] = None,
+    window: Annotated[Optional[int], typer.Option(help="pt: frames each row covers (Ego4D: 32).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Teacher key (default: the exported key, or <modality>-<backbone>-<hash>).")] = None,
+    backbone: Annotated[str, typer.Option(help="What produced the features, recorded in the provenance.")] = "imported",
+    by: Annotated[str, typer.Option(help="Names are segment ids, video ids, or auto (whichever matches more).")] = "auto",
+) -> None:
+    """Add features extracted elsewhere as a teacher, cut into the cache's segments by time (segments without rows go to the ledger)."""
+    from egodistill.cache.importers import detect_format
+
+    fmt = detect_format(source) if source_format is ImportFormat.auto else source_format.value
+    _import(source, fmt, cache, modality, name=name, backbone=backbone, by=by, fps=fps, stride=stride, window=window)
+
+
+def _import(source: str, fmt: str, cache: str, modality: str | None, **options) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from egodistill.cache.hdf5 import import_export, is_export
+    from egodistill.cache.importers import import_source
+
+    if fmt == "h5" and is_export(source):
+        key = import_export(source, cache, options["name"])
+    elif modality is None:
+        raise EgodistillError(f"{source} is not an egodistill export: say what its features are with --modality rgb|flow|audio|...")
+    else:
+        progress = Progress(TextColumn("[bold]import"), BarColumn(), MofNCompleteColumn(), TextColumn("segments"), TimeElapsedColumn(), console=console)
+        bar = progress.add_task("import", total=None)
+
+        def on_progress(done: int, total: int) -> None:  # the bar starts once the source and the cache are checked
+            progress.start()
+            progress.update(bar, completed=done, total=total)
+
+        try:
+            key = import_source(source, fmt, cache, modality, on_progress=on_progress, **options)
+        finally:
+            progress.stop()
+    console.print(f"imported {source} as teacher {key}; see `egodistill cache ls {cache}`", markup=False, highlight=False)
+
+
 @cache_app.command("import-h5")
 def cache_import_h5(
     file: Annotated[str, typer.Argument(help="An HDF5 file: an `export-h5` file, or features with one T x D dataset per segment or per video.")],
@@ -277,17 +343,11 @@ def cache_import_h5(
     by: Annotated[str, typer.Option(help="Dataset names are segment ids, video ids, or auto (whichever matches more).")] = "auto",
     fps: Annotated[Optional[float], typer.Option(help="Rows per second of per-video features without timestamps.")] = None,
 ) -> None:
-    """Add a teacher from an HDF5 file: an export comes back bit-identical; other files become a new teacher."""
-    from egodistill.cache.hdf5 import import_export, is_export
-    from egodistill.cache.h5features import import_features
+    """`cache import --format h5`: an export comes back bit-identical; other files become a new teacher."""
+    from egodistill.cache.hdf5 import open_h5
 
-    if is_export(file):
-        key = import_export(file, cache, name)
-    elif modality is None:
-        raise EgodistillError(f"{file} is not an egodistill export: say what its features are with --modality rgb|flow|audio|...")
-    else:
-        key = import_features(file, cache, modality, name=name, backbone=backbone, by=by, fps=fps)
-    console.print(f"imported {file} as teacher {key}; see `egodistill cache ls {cache}`", markup=False, highlight=False)
+    open_h5(file).close()  # a missing or non-HDF5 file is named as such
+    _import(file, "h5", cache, modality, name=name, backbone=backbone, by=by, fps=fps)
 
 
 @app.command()

@@ -122,8 +122,10 @@ def import_export(path: str | os.PathLike, location: str | os.PathLike, name: st
     return key
 
 
-def imported_note(path: str | os.PathLike, **extra) -> dict:
-    return {"from": str(path), "sha256": file_sha256(path), "by": f"{getpass.getuser()}@{socket.gethostname()}", "at": now(), **extra}
+def imported_note(path: str | os.PathLike, sha256: str | None = None, source: dict | None = None) -> dict:
+    """`imported` of a teacher's attributes: the file or folder, its sha256 (a folder's: listing-sha256), who, when, and how it was read."""
+    note = {"from": str(path), "sha256": sha256 or file_sha256(path), "by": f"{getpass.getuser()}@{socket.gethostname()}", "at": now()}
+    return {**note, "source": source} if source else note
 
 
 def _segment_columns(table: SegmentTable) -> dict[str, np.ndarray]:

@@ -98,7 +98,7 @@ def table_attrs(root: zarr.Group) -> dict:
 
 def read_table(root: zarr.Group) -> SegmentTable:
     if not has_table(root):
-        raise CacheError("the cache has no segments table: run `egodistill extract` on it first")
+        raise CacheError("the cache has no segments table: run `egodistill extract` on it, or `egodistill cache init --manifest FILE --cache CACHE`, first")
     group = root[GROUP]
     heads = {k: int(v) for k, v in group.attrs["heads"].items()}
     text = {c: decode_text(group[f"{c}_bytes"][:], group[f"{c}_offsets"][:]) for c in TEXT_COLUMNS}

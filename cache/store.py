@@ -57,7 +57,7 @@ def open_root(
     if chained and not is_url(path):
         path, chained = _store_location(path), False  # a local cache needs no local copy
     if mode in ("r", "r+") and not is_url(path) and not Path(path, "zarr.json").exists():  # r+: an existing cache only
-        raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` first")
+        raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` or `egodistill cache init --manifest FILE --cache {location}` first")
     if mode != "r" and chained:
         raise CacheError(f"{location} is a read-through URL, which is for reading: write to {path} itself")
     if mode != "r" and path.startswith(READ_ONLY_PROTOCOLS):
@@ -71,7 +71,7 @@ def open_root(
         package = NEEDS.get(path.split("://", 1)[0], "the fsspec backend for it")
         raise CacheError(f"opening {location} needs {package}: pip install {package}") from err
     except (FileNotFoundError, KeyError) as err:
-        raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` first") from err
+        raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` or `egodistill cache init --manifest FILE --cache {location}` first") from err
     except (OSError, ValueError, TypeError) as err:
         raise CacheError(f"cannot open cache {location}: {_short(err)}") from err
     if root.attrs.get(ROOT_ATTR) is None:

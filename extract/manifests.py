@@ -79,6 +79,35 @@ def resolve_videos(manifest: Manifest, videos_root: str | os.PathLike) -> dict[s
     return {video: finder.find(video) for video in dict.fromkeys(s.video for s in manifest.segments)}
 
 
+def segment_table(manifest: Manifest):
+    """The manifest as the cache's segments table (cache order = manifest order)."""
+    import numpy as np
+
+    from egodistill.cache.segments import SegmentTable
+
+    segs = manifest.segments
+    return SegmentTable(
+        ids=np.array([s.id for s in segs], dtype=object),
+        videos=np.array([s.video for s in segs], dtype=object),
+        start_sec=np.array([s.start_sec for s in segs], dtype=np.float64),
+        stop_sec=np.array([s.stop_sec for s in segs], dtype=np.float64),
+        split=np.array([s.split for s in segs], dtype=object),
+        labels={h: np.array([s.labels.get(h, -1) for s in segs], dtype=np.int32) for h in manifest.heads},
+        heads=dict(manifest.heads),
+    )
+
+
+def init_cache(manifest_path: str | os.PathLike, location: str, storage_options: dict | None = None) -> Manifest:
+    """`cache init`: write the manifest's segments table alone into the cache at `location` (created if absent;
+    an existing table must be the same segments). Features can then be imported without any video."""
+    from egodistill.cache.catalog import open_cache
+
+    manifest = read_manifest(manifest_path)
+    target = open_cache(location, mode="a", storage_options=storage_options)
+    target.write_segments(segment_table(manifest), {"format": manifest.format, "manifest": str(manifest.path)})
+    return manifest
+
+
 # --- reading -------------------------------------------------------------------------------------
 
 
