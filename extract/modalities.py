@@ -74,6 +74,7 @@ class Modality:
     settings: Callable[[dict, dict], dict]            # (options, timm data config) -> preprocessing
     make_inputs: Callable[[MediaSource, np.ndarray, dict], np.ndarray]  # -> float32 [T, C, H, W]
     options: tuple[Option, ...] = ()
+    run: Callable | None = None  # a modality without a model (layout) writes its own rows: (cfg, plan, on_progress, log) -> Summary
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Every option of this modality, the given ones checked, the others at their defaults."""
@@ -318,3 +319,23 @@ def _audio_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> n
 register_modality(Modality("audio", "resnet18", lambda o: 1, _audio_settings, _audio_inputs, options=(
     Option("audio_window", AUDIO_WINDOW_SEC, "seconds of sound centred on each frame", _positive),
 )))
+
+
+# --- layout (boxes, no model: extract/layout.py) ---------------------------------------
+
+def _layout_unused(*_args):
+    raise ExtractError("--modality layout runs no model: its rows come from --boxes")
+
+
+def _register_layout() -> None:
+    from egodistill.extract import layout
+
+    register_modality(Modality("layout", "none", lambda o: 0, _layout_unused, _layout_unused, run=layout.run_layout, options=(
+        Option("boxes", None, "box annotations: Something-Else JSON or a CSV video,time_sec|frame,x1,y1,x2,y2,category[,score]"),
+        Option("max_boxes", layout.DEFAULT_MAX_BOXES, "boxes per frame (K); fewer are padded", _at_least_one),
+        Option("box_fps", layout.SOMETHING_ELSE_FPS, "rate of the box file's 1-based frame numbers (Something-Else: 12)", _positive),
+        Option("frame_size", None, "WIDTHxHEIGHT dividing the coordinates (default: the box file's width/height, else the video's header)", layout.parse_frame_size),
+    )))
+
+
+_register_layout()

@@ -138,6 +138,8 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     started = time.perf_counter()
     plan = plan or plan_extraction(cfg)
     modality = get_modality(cfg.modality)
+    if modality.run is not None:  # a modality without a model (layout) writes its own rows
+        return modality.run(cfg, plan, on_progress, log)
     options = modality.resolve_options(cfg.options)
     spec = BackboneSpec(backbone=cfg.backbone or modality.default_backbone, in_chans=modality.in_chans(options), weights=cfg.weights, head=cfg.head, seed=cfg.seed)
     heads = plan.manifest.heads

@@ -1,0 +1,120 @@
+"""`extract --modality layout`: Something-Else box JSON and box CSVs become rows of K boxes per sampled frame,
+normalised by the frame size, padded, timestamped, with no model and no video decoded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from egodistill import cache
+from helpers import egodistill, one_line_error
+
+FIELDS = 7  # x1, y1, x2, y2, category, score, valid
+W, H = 400.0, 200.0
+
+
+def _manifest(tmp_path):
+    path = tmp_path / "segments.csv"
+    path.write_text("segment_id,video,start_sec,stop_sec,split,label:action\n"
+                    "s1,101,0,2,train,0\n"      # Something-Else video 101: 24 frames at 12 fps
+                    "s2,101,1,2,val,1\n"
+                    "s3,102,0,1,train,1\n"      # no boxes for video 102: ledger
+                    "s4,101,5,6,train,0\n")     # after the video's boxes: ledger
+    return path
+
+
+def _frame_boxes(n: int) -> list[dict]:
+    """Frame n (1-based): a hand and object 0, and in odd frames object 1 with a score."""
+    labels = [
+        {"box2d": {"x1": 4.0 * n, "y1": 10.0, "x2": 4.0 * n + 40, "y2": 100.0}, "category": "pillow", "gt_annotation": "object 0", "standard_category": "0000"},
+        {"box2d": {"x1": 200.0, "y1": 2.0 * n, "x2": 300.0, "y2": 2.0 * n + 50}, "category": "hand", "gt_annotation": "hand", "standard_category": "hand"},
+    ]
+    if n % 2:
+        labels.append({"box2d": {"x1": 0.0, "y1": 0.0, "x2": W, "y2": H}, "category": "bed", "gt_annotation": "object 1", "standard_category": "0001", "score": 0.5})
+    return labels
+
+
+def _something_else(tmp_path):
+    path = tmp_path / "bounding_box_annotations.json"
+    frames = [{"name": f"101/{n:04d}.jpg", "labels": _frame_boxes(n), "gt_placeholders": ["pillow", "bed"], "nr_instances": 3} for n in range(1, 25)]
+    path.write_text(json.dumps({"101": frames}))
+    return path
+
+
+def _extract(tmp_path, boxes, *extra, frames=4):
+    location = tmp_path / "cache.zarr"
+    (tmp_path / "videos").mkdir(exist_ok=True)
+    result = egodistill("extract", "--manifest", _manifest(tmp_path), "--videos", tmp_path / "videos", "--cache", location,
+                        "--modality", "layout", "--boxes", boxes, "--frames", frames, *extra)
+    assert result.returncode == 3, result.stdout + result.stderr  # finished, with the two ledger entries
+    [teacher] = cache.open_cache(location).teachers()
+    return teacher
+
+
+def _expected_row(n: int, k: int = 14) -> np.ndarray:
+    """Frame n's row: hand first, then object 0, then object 1; zeros after."""
+    row = np.zeros((k, FIELDS), np.float32)
+    row[0] = (200 / W, 2 * n / H, 300 / W, (2 * n + 50) / H, 1, 1, 1)
+    row[1] = (4 * n / W, 10 / H, (4 * n + 40) / W, 100 / H, 2, 1, 1)
+    if n % 2:
+        row[2] = (0, 0, 1, 1, 3, 0.5, 1)
+    return row.reshape(-1)
+
+
+def test_something_else_json_rows_normalised_padded_and_timestamped(tmp_path):
+    teacher = _extract(tmp_path, _something_else(tmp_path), "--frame-size", f"{int(W)}x{int(H)}")
+    assert teacher.modality == "layout" and teacher.feature_dim == 14 * FIELDS
+    o = teacher.offsets
+    rows, times = teacher.read_rows(o[0], o[1])  # s1: 0-2 s, 4 rows: centres 0.25, 0.75, 1.25, 1.75 s -> frames at 12 fps
+    frames = [int(np.floor(t * 12 + 0.5)) + 1 for t in (0.25, 0.75, 1.25, 1.75)]  # nearest annotated frame, 1-based
+    np.testing.assert_allclose(times, [(n - 1) / 12 for n in frames], rtol=1e-6)
+    for row, n in zip(rows, frames):
+        np.testing.assert_allclose(row.astype(np.float32), _expected_row(n), atol=2e-3)
+    valid = rows.astype(np.float32).reshape(4, 14, FIELDS)[..., 6]
+    assert valid.sum(axis=1).tolist() == [2 + n % 2 for n in frames]
+    _, times2 = teacher.read_rows(o[1], o[2])
+    assert np.all((times2 >= 1) & (times2 < 2))
+    ledger = {f.id: f.reason for f in teacher.ledger()}
+    assert set(ledger) == {"s3", "s4"} and "no boxes" in ledger["s3"] and "no annotated frame" in ledger["s4"]
+    assert teacher.provenance.weights.startswith("sha256:") and teacher.provenance.preprocessing["max_boxes"] == 14
+
+
+def test_box_csv_by_time_with_sizes_and_fewer_boxes(tmp_path):
+    path = tmp_path / "boxes.csv"
+    lines = ["video,time_sec,x1,y1,x2,y2,category,score,width,height"]
+    for n in range(1, 25):
+        t = (n - 1) / 12
+        for label in _frame_boxes(n):
+            b = label["box2d"]
+            category = "hand" if label["category"] == "hand" else label["gt_annotation"]
+            lines.append(f"101,{t!r},{b['x1']},{b['y1']},{b['x2']},{b['y2']},{category},{label.get('score', '')},{W},{H}")
+    path.write_text("\n".join(lines) + "\n")
+    teacher = _extract(tmp_path, path, "--max-boxes", "2", frames=2)
+    assert teacher.feature_dim == 2 * FIELDS
+    o = teacher.offsets
+    rows, times = teacher.read_rows(o[0], o[1])  # centres 0.5 and 1.5 s: frames 7 and 19
+    np.testing.assert_allclose(times, [0.5, 1.5], rtol=1e-6)
+    for row, n in zip(rows, (7, 19)):  # object 1 does not fit in K = 2
+        np.testing.assert_allclose(row.astype(np.float32), _expected_row(n, 14)[: 2 * FIELDS], atol=2e-3)
+
+
+def test_layout_without_a_frame_size_fails_its_segments_and_bad_box_files_are_one_line(tmp_path):
+    teacher = _extract(tmp_path, _something_else(tmp_path))  # no --frame-size, no videos, no sizes in the file
+    assert all("frame size unknown" in f.reason or "no boxes" in f.reason or "no annotated" in f.reason for f in teacher.ledger())
+    assert teacher.usable_segments().sum() == 0
+    (tmp_path / "bad.csv").write_text("video,when,x1\n1,2,3\n")
+    (tmp_path / "videos").mkdir(exist_ok=True)
+    common = ["extract", "--manifest", _manifest(tmp_path), "--videos", tmp_path / "videos", "--cache", tmp_path / "other.zarr", "--modality", "layout"]
+    assert "needs --boxes" in one_line_error(egodistill(*common))
+    assert "needs the header" in one_line_error(egodistill(*common, "--boxes", tmp_path / "bad.csv"))
+    assert "WIDTHxHEIGHT" in one_line_error(egodistill(*common, "--boxes", tmp_path / "bad.csv", "--frame-size", "big"))
+    assert "not found" in one_line_error(egodistill(*common, "--boxes", tmp_path / "nowhere.json"))
+
+
+@pytest.mark.parametrize("value,expected", [("object 3", 5), ("hand", 1), ("0002", 4)])
+def test_categories_hand_and_placeholders(value, expected):
+    from egodistill.extract.layout import _category
+
+    assert _category({"gt_annotation": value, "category": "x"}, [], {}) == expected
