@@ -53,11 +53,13 @@ def extract(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (s3://, gs://, file://).")],
     videos: Annotated[str, typer.Option(help="Folder the manifest's videos are found under.")] = ".",
     modality: Annotated[str, typer.Option(help="rgb, flow or audio.")] = "rgb",
-    backbone: Annotated[Optional[str], typer.Option(help="timm model name (default: resnet50 for rgb/flow, resnet18 for audio).")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="timm model name, or a torchvision clip model: swin3d_t/s/b, mvit_v1_b, mvit_v2_s, s3d, r2plus1d_18, r3d_18, mc3_18 (default: resnet50 for rgb/flow, resnet18 for audio).")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a state dict or .safetensors file, or 'timm' for timm's own (needs its hub). Default: random init with --seed.")] = None,
     head: Annotated[Optional[str], typer.Option(help="Linear heads file (<head>.weight/.bias per output head); with it the run writes teacher logits.")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Segment-uniform N frames per segment (default 8).")] = None,
     fps: Annotated[Optional[float], typer.Option(help="Instead of --frames: one row every 1/F seconds.")] = None,
+    clip_frames: Annotated[Optional[int], typer.Option(help="Clip backbones: sampled frames per window (default: the --frames as one clip; without --frames/--fps the clip length of the model's weights preset).")] = None,
+    clip_stride: Annotated[Optional[int], typer.Option(help="Clip backbones: sampled frames between window starts (default: --clip-frames, no overlap).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Teacher key (default: <modality>-<backbone>-<provenance hash>).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local Dask workers (default: one per GPU, else one per core; 0 = no cluster, run here).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://head:8786.")] = None,
@@ -76,7 +78,7 @@ def extract(
 
     cfg = ExtractConfig(
         manifest=manifest, videos=videos, cache=cache, modality=modality, backbone=backbone, weights=weights, head=head,
-        frames=frames, fps=fps, options=_modality_options(ctx.args), name=name, workers=workers, scheduler=scheduler,
+        frames=frames, fps=fps, clip_frames=clip_frames, clip_stride=clip_stride, options=_modality_options(ctx.args), name=name, workers=workers, scheduler=scheduler,
         device=device.value, precision=precision.value, batch_size=batch_size, seed=seed,
         segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run,
     )

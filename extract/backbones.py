@@ -1,8 +1,18 @@
-"""The models a teacher runs: a timm backbone (random, local weights or timm's own) plus optional linear heads."""
+"""The models a teacher runs: a timm image backbone or a torchvision clip backbone (random, local weights or
+timm's own), plus optional linear heads.
+
+Clip backbones (torchvision's video models) sit in `_CLIP_MODELS`: each entry names its weights enum, whose
+preset transform gives the preprocessing (resize, crop, mean/std, clip length), its first conv (adapted to 2
+flow or 1 audio channels as timm adapts image models) and how to read per-time features from it.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +41,7 @@ class Backbone:
     heads: dict[str, torch.nn.Linear]
     feature_dim: int
     data_config: dict
+    clip: bool = False   # a clip backbone: input [B, C, T, H, W], features [B, T', D] (one row per output time step)
 
 
 def weights_id(spec: BackboneSpec) -> str:
@@ -48,6 +59,8 @@ def head_id(spec: BackboneSpec) -> str | None:
 
 def create_backbone(spec: BackboneSpec, heads: dict[str, int]) -> Backbone:
     """The one door to a model: builds the backbone, loads weights and heads, checks they fit."""
+    if is_clip_backbone(spec.backbone):
+        return _create_clip_backbone(spec, heads)
     import timm  # heavy import: keep `egodistill --help` fast
 
     if not timm.is_model(spec.backbone.split(".")[0]) and not spec.backbone.startswith("hf_hub:"):
@@ -146,3 +159,220 @@ def pooled_logits(backbone: Backbone, features: np.ndarray) -> dict[str, np.ndar
     pooled = torch.from_numpy(np.asarray(features, dtype=np.float32).mean(axis=0, keepdims=True))
     with torch.no_grad():
         return {head: layer(pooled)[0].numpy() for head, layer in backbone.heads.items()}
+
+
+# --- clip backbones (torchvision video models) -------------------------------------------
+
+@dataclass(frozen=True)
+class ClipModel:
+    """A torchvision video model as a teacher."""
+
+    name: str                 # torchvision.models.video builder
+    weights: str              # its weights enum: the preset transform and clip length come from there
+    first_conv: str           # the conv that reads the input channels
+    classifier: str           # the classification layer, replaced by an identity and dropped from weight files
+    per_time: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # [B, C, T, H, W] -> [B, T', D]
+
+
+_CLIP_MODELS: dict[str, ClipModel] = {}
+
+
+def register_clip_model(model: ClipModel) -> ClipModel:
+    _CLIP_MODELS[model.name] = model
+    return model
+
+
+def is_clip_backbone(name: str | None) -> bool:
+    return name in _CLIP_MODELS
+
+
+def clip_backbone_names() -> list[str]:
+    return sorted(_CLIP_MODELS)
+
+
+def _swin_steps(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # [B, T/2, H/32, W/32, C] before the model's average pool: pool space only, time survives.
+    return net.norm(net.features(net.pos_drop(net.patch_embed(x)))).mean(dim=(2, 3))
+
+
+def _resnet_steps(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = net.layer4(net.layer3(net.layer2(net.layer1(net.stem(x)))))  # [B, 512, T', h, w]
+    return x.mean(dim=(3, 4)).transpose(1, 2)
+
+
+def _s3d_steps(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return net.features(x).mean(dim=(3, 4)).transpose(1, 2)  # [B, 1024, T/8, 7, 7] -> [B, T/8, 1024]
+
+
+def _one_step(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # The model pools time itself (MViT's class token): one row per clip.
+    return net(x).unsqueeze(1)
+
+
+for _name in ("swin3d_t", "swin3d_s", "swin3d_b"):
+    register_clip_model(ClipModel(_name, f"Swin3D_{_name[-1].upper()}_Weights", "patch_embed.proj", "head", _swin_steps))
+for _name, _weights in (("r3d_18", "R3D_18_Weights"), ("r2plus1d_18", "R2Plus1D_18_Weights"), ("mc3_18", "MC3_18_Weights")):
+    register_clip_model(ClipModel(_name, _weights, "stem.0", "fc", _resnet_steps))
+register_clip_model(ClipModel("s3d", "S3D_Weights", "features.0.0.0", "classifier", _s3d_steps))
+register_clip_model(ClipModel("mvit_v1_b", "MViT_V1_B_Weights", "conv_proj", "head", _one_step))
+register_clip_model(ClipModel("mvit_v2_s", "MViT_V2_S_Weights", "conv_proj", "head", _one_step))
+
+
+class ClipFeatures(torch.nn.Module):
+    """A video model read before its pooling over time: [B, C, T, H, W] -> [B, T', D]."""
+
+    def __init__(self, net: torch.nn.Module, per_time: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.net = net
+        self._per_time = per_time
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._per_time(self.net, x)
+
+
+def clip_preset(name: str, in_chans: int = 3) -> dict:
+    """The model's own preprocessing, read from its torchvision weights preset (a timm-style data config).
+
+    `resize_size` is [short side] or an exact [h, w]; `clip_frames` is the clip length the weights were
+    evaluated with (the `clip_len` their documentation states), `min_clip_frames` the shortest clip they take."""
+    from torchvision.models import video
+
+    entry = _CLIP_MODELS[name]
+    weights = getattr(video, entry.weights).DEFAULT
+    preset = weights.transforms()
+    crop, resize = [int(v) for v in preset.crop_size], [int(v) for v in preset.resize_size]
+    documented = re.search(r"clip_len=(\d+)", weights.meta.get("_docs", ""))
+    minimum = int(weights.meta.get("min_temporal_size", 1))
+    return {
+        "input_size": (in_chans, *crop), "resize_size": resize, "mean": [float(v) for v in preset.mean], "std": [float(v) for v in preset.std],
+        "interpolation": preset.interpolation.value, "preset": f"{entry.weights}.{weights.name}",
+        "clip_frames": int(documented[1]) if documented else max(minimum, 16), "min_clip_frames": minimum,
+    }
+
+
+@lru_cache(maxsize=64)
+def clip_output(name: str, clip_frames: int) -> tuple[int, int]:
+    """(time steps, feature width) the model gives for a clip of `clip_frames` frames, from a forward pass on
+    the meta device (shapes only, no compute, no weights); TeacherError if the model cannot take such a clip."""
+    from torchvision.models import video
+
+    entry = _CLIP_MODELS[name]
+    preset = clip_preset(name)
+    with torch.device("meta"):
+        net = getattr(video, name)(weights=None)
+        _replace(net, entry.classifier, torch.nn.Identity())
+        x = torch.empty(1, 3, clip_frames, *preset["input_size"][1:])
+        try:
+            out = entry.per_time(net, x)
+        except (RuntimeError, ValueError, AssertionError, IndexError) as err:
+            raise TeacherError(f"{name} cannot read a clip of {clip_frames} frames ({_first_line(err)}): its weights were evaluated on {preset['clip_frames']}-frame clips (at least {preset['min_clip_frames']}); set --clip-frames") from err
+    return int(out.shape[1]), int(out.shape[2])
+
+
+def _create_clip_backbone(spec: BackboneSpec, heads: dict[str, int]) -> Backbone:
+    from torchvision.models import video
+
+    entry = _CLIP_MODELS[spec.backbone]
+    if spec.weights == TIMM_PRETRAINED:
+        raise TeacherError(f"--weights timm is for timm backbones; {spec.backbone} is a torchvision video model: give a local weights file (a torchvision state dict or an original Video Swin checkpoint)")
+    torch.manual_seed(spec.seed)
+    net = getattr(video, spec.backbone)(weights=None)
+    _replace(net, entry.classifier, torch.nn.Identity())
+    _set_in_chans(net, entry.first_conv, spec.in_chans)
+    if spec.weights is not None:
+        _load_clip_weights(net, entry, Path(_existing(spec.weights, "weights")), spec)
+    model = ClipFeatures(net, entry.per_time).eval()
+    data_config = clip_preset(spec.backbone, spec.in_chans)
+    _, feature_dim = clip_output(spec.backbone, data_config["clip_frames"])
+    linear = _load_heads(spec.head, heads, feature_dim) if spec.head else {}
+    return Backbone(model=model, heads=linear, feature_dim=feature_dim, data_config=data_config, clip=True)
+
+
+def _replace(net: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
+    parent, _, attr = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, attr, module)
+
+
+def adapt_input_kernel(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+    """A pretrained first-conv kernel of any rank for `in_chans` inputs, by timm's rule (`adapt_input_conv`):
+    one channel sums the RGB kernels; other counts repeat them, scaled by 3 / in_chans."""
+    have = weight.shape[1]
+    if have == in_chans:
+        return weight
+    w = weight.float()
+    if in_chans == 1:
+        w = w.reshape(w.shape[0], have // 3, 3, *w.shape[2:]).sum(dim=2) if have > 3 and have % 3 == 0 else w.sum(dim=1, keepdim=True)
+    elif have != 3:
+        raise TeacherError(f"cannot adapt a first conv of {have} input channels to {in_chans}: give weights made for {in_chans} channels or for RGB")
+    else:
+        repeat = math.ceil(in_chans / 3)
+        w = w.repeat(1, repeat, *[1] * (w.ndim - 2))[:, :in_chans] * (3 / in_chans)
+    return w.to(weight.dtype)
+
+
+def _set_in_chans(net: torch.nn.Module, path: str, in_chans: int) -> None:
+    conv = net.get_submodule(path)
+    if conv.in_channels == in_chans:
+        return
+    adapted = torch.nn.Conv3d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.bias is not None)
+    with torch.no_grad():
+        adapted.weight.copy_(adapt_input_kernel(in_chans, conv.weight))
+        if conv.bias is not None:
+            adapted.bias.copy_(conv.bias)
+    _replace(net, path, adapted)
+
+
+# Original Video Swin (and mmaction2) names -> torchvision's swin3d names. torchvision's `features` interleaves
+# stages and patch merging: stage i's blocks are features[2i], its downsample features[2i + 1].
+_VIDEO_SWIN_RENAMES = (
+    (re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\."), lambda m: f"features.{2 * int(m[1])}.{m[2]}."),
+    (re.compile(r"^layers\.(\d+)\.downsample\."), lambda m: f"features.{2 * int(m[1]) + 1}."),
+    (re.compile(r"\.mlp\.(fc1|layers\.0\.0)\."), lambda m: ".mlp.0."),
+    (re.compile(r"\.mlp\.(fc2|layers\.1)\."), lambda m: ".mlp.3."),
+)
+
+
+def video_swin_to_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An original Video Swin checkpoint's backbone (keys `backbone.layers.0.blocks.0.mlp.fc1.weight`, ...) in
+    torchvision's swin3d names (`features.0.0.mlp.0.weight`); the classification head (`cls_head.*`) is dropped."""
+    mapped = {}
+    for key, value in state.items():
+        if key.startswith("cls_head."):
+            continue
+        name = key.removeprefix("backbone.")
+        for pattern, replace in _VIDEO_SWIN_RENAMES:
+            name = pattern.sub(replace, name)
+        mapped[name] = value
+    return mapped
+
+
+def _load_clip_weights(net: torch.nn.Module, entry: ClipModel, path: Path, spec: BackboneSpec) -> None:
+    """Strictly load a torchvision state dict (or, for swin3d, an original Video Swin checkpoint) into `net`."""
+    state = _read_state(path)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    swin = entry.name.startswith("swin3d")
+    if swin and any(k.startswith(("backbone.", "layers.")) for k in state):
+        state = video_swin_to_torchvision(state)
+    state = {k: v for k, v in state.items() if not k.startswith(f"{entry.classifier}.")}
+    expected = net.state_dict()
+    first = f"{entry.first_conv}.weight"
+    if first in state and state[first].ndim == 5 and state[first].shape[1] != spec.in_chans:
+        state[first] = adapt_input_kernel(spec.in_chans, state[first])
+    for key in expected:  # fixed index tables that some checkpoints leave out: the model's own are the same
+        if key.endswith("relative_position_index") and key not in state:
+            state[key] = expected[key]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} (needs {tuple(expected[k].shape)})" for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{what} {_few(keys)}" for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        kind = f"a torchvision {entry.name} state dict" + (" or an original Video Swin checkpoint (backbone.* keys)" if swin else "")
+        raise TeacherError(f"weights {path} do not fit backbone {entry.name}: {'; '.join(parts)}: give {kind}")
+    net.load_state_dict(state, strict=True)
+
+
+def _few(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (f" (+{len(keys) - shown} more)" if len(keys) > shown else "")

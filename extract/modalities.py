@@ -2,7 +2,7 @@
 
 Each entry names its default backbone, its own options (`--flow`, `--flow-stack`, ...: the
 command line takes them from here), its input channels and the preprocessing settings it derives
-from the options and the backbone's timm config. Those settings are both what `make_inputs` uses
+from the options and the backbone's data config (timm's, or a torchvision video preset's). Those settings are both what `make_inputs` uses
 and what the cache stores as provenance, so the two cannot drift apart. Adding a modality is one
 `register_modality` call in this file.
 """
@@ -141,6 +141,10 @@ def _positive(value: Any) -> float:
 
 def _geometry(data_cfg: dict) -> dict:
     _, h, w = data_cfg["input_size"]
+    if "resize_size" in data_cfg:  # a torchvision video preset: resize to [short side] or exactly [h, w], then crop
+        resize = [int(v) for v in data_cfg["resize_size"]]
+        size = {"resize_short": resize[0]} if len(resize) == 1 else {"resize": resize}
+        return {"input_size": [h, w], **size, "interpolation": data_cfg.get("interpolation", "bilinear"), "preset": data_cfg["preset"]}
     crop_pct = float(data_cfg.get("crop_pct", 1.0))
     return {"input_size": [h, w], "resize_short": int(round(min(h, w) / crop_pct)), "interpolation": data_cfg.get("interpolation", "bilinear")}
 
@@ -152,6 +156,14 @@ def _resize_short(image: np.ndarray, short: int, interpolation: str) -> np.ndarr
     # INTER_AREA when shrinking avoids aliasing; the backbone's own filter when enlarging.
     flag = cv2.INTER_AREA if scale < 1 else _CV2_INTERP.get(interpolation, cv2.INTER_LINEAR)
     return cv2.resize(image, size, interpolation=flag)
+
+
+def _resize(image: np.ndarray, settings: dict) -> np.ndarray:
+    if "resize" not in settings:
+        return _resize_short(image, settings["resize_short"], settings["interpolation"])
+    h, w = settings["resize"]
+    flag = cv2.INTER_AREA if h * w < image.shape[0] * image.shape[1] else _CV2_INTERP.get(settings["interpolation"], cv2.INTER_LINEAR)
+    return cv2.resize(image, (w, h), interpolation=flag)
 
 
 def _centre_crop(image: np.ndarray, size: list[int]) -> np.ndarray:
@@ -171,7 +183,7 @@ def _rgb_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np.
     frames = source.video.frames(indices)
     mean = np.asarray(settings["mean"], dtype=np.float32) * 255.0
     std = np.asarray(settings["std"], dtype=np.float32) * 255.0
-    out = [(_centre_crop(_resize_short(f, settings["resize_short"], settings["interpolation"]), settings["input_size"]).astype(np.float32) - mean) / std for f in frames]
+    out = [(_centre_crop(_resize(f, settings), settings["input_size"]).astype(np.float32) - mean) / std for f in frames]
     return np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2))
 
 
@@ -261,7 +273,7 @@ def _flow_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np
     starts = np.minimum(indices[:, None] + np.arange(stack)[None, :], last)
     pairs = [(int(i), int(min(i + 1, last))) for i in starts.ravel()]
     needed = np.unique(np.array(pairs).ravel())
-    resized = {int(i): _resize_short(f, settings["resize_short"], settings["interpolation"]) for i, f in zip(needed, video.frames(needed))}
+    resized = {int(i): _resize(f, settings) for i, f in zip(needed, video.frames(needed))}
     if settings["method"].startswith("raft"):
         flows = _raft_flows(resized, pairs, settings)
     else:

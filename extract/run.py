@@ -15,10 +15,10 @@ import numpy as np
 from egodistill import cache
 from egodistill.cache.errors import EgodistillError, ExtractError
 from egodistill.cache.options import check_number, check_plain_name
-from egodistill.extract.backbones import BackboneSpec, create_backbone, head_id, weights_id
+from egodistill.extract.backbones import BackboneSpec, clip_backbone_names, clip_output, clip_preset, create_backbone, head_id, is_clip_backbone, weights_id
 from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos
 from egodistill.extract.modalities import get_modality
-from egodistill.extract.sampling import rows_for, sampling_policy
+from egodistill.extract.sampling import clip_policy, frames_for, rows_from_frames, sampling_policy
 from egodistill.extract.worker import SegmentJob, TaskSpec, resolve_precision, run_task
 
 
@@ -35,6 +35,8 @@ class ExtractConfig:
     head: str | None = None
     frames: int | None = None
     fps: float | None = None
+    clip_frames: int | None = None  # clip backbones: frames per window (default: the --frames as one clip, or the preset's length)
+    clip_stride: int | None = None  # clip backbones: sampled frames between window starts (default: --clip-frames)
     options: dict = field(default_factory=dict)  # the modality's own options by name (extract/modalities.py)
     name: str | None = None
     workers: int | None = None
@@ -58,6 +60,7 @@ class Plan:
     rows_per_segment: np.ndarray
     offsets: np.ndarray
     layout: cache.Layout
+    frames_per_segment: np.ndarray | None = None  # sampled frames (differs from rows for clip backbones)
 
     @property
     def missing_videos(self) -> list[str]:
@@ -91,12 +94,31 @@ class Summary:
 def plan_extraction(cfg: ExtractConfig) -> Plan:
     """Read the manifest, find the videos and lay out rows; decodes nothing unless --fps needs durations."""
     check_options(cfg)
-    policy = sampling_policy(cfg.frames, cfg.fps)
+    policy = _sampling(cfg)
     manifest = read_manifest(cfg.manifest)
     video_paths = resolve_videos(manifest, cfg.videos)
-    rows = np.array([_planned_rows(policy, s, video_paths.get(s.video)) for s in manifest.segments], dtype=np.int64)
+    frames = np.array([_planned_frames(policy, s, video_paths.get(s.video)) for s in manifest.segments], dtype=np.int64)
+    rows = np.array([rows_from_frames(policy, int(n)) for n in frames], dtype=np.int64)
     offsets, layout = cache.plan_layout(rows, cfg.segments_per_task)
-    return Plan(manifest, video_paths, policy, rows, offsets, layout)
+    return Plan(manifest, video_paths, policy, rows, offsets, layout, frames)
+
+
+def _sampling(cfg: ExtractConfig) -> dict:
+    """The sampling policy; for a clip backbone with its windows: the --clip-frames/--clip-stride given, else
+    the --frames as one clip, else the clip length of the model's weights preset."""
+    backbone = cfg.backbone or get_modality(cfg.modality).default_backbone
+    if not is_clip_backbone(backbone):
+        if cfg.clip_frames is not None or cfg.clip_stride is not None:
+            raise ExtractError(f"--clip-frames/--clip-stride need a clip backbone ({', '.join(clip_backbone_names())}); {backbone} reads single frames")
+        return sampling_policy(cfg.frames, cfg.fps)
+    preset_frames = clip_preset(backbone)["clip_frames"]
+    given = cfg.frames is not None or cfg.fps is not None
+    policy = sampling_policy(cfg.frames if given else (cfg.clip_frames or preset_frames), cfg.fps)
+    clip_frames = cfg.clip_frames or policy.get("frames", preset_frames)
+    if clip_frames < 1:
+        raise ExtractError(f"--clip-frames must be at least 1, got {clip_frames}")
+    steps, _ = clip_output(backbone, clip_frames)
+    return clip_policy(policy, clip_frames, clip_frames if cfg.clip_stride is None else cfg.clip_stride, steps)
 
 
 def check_options(cfg: ExtractConfig) -> None:
@@ -111,9 +133,9 @@ def check_options(cfg: ExtractConfig) -> None:
         raise ExtractError(f"videos folder {cfg.videos} {'is not a folder' if Path(cfg.videos).exists() else 'not found'}: check the --videos path")
 
 
-def _planned_rows(policy: dict, segment, path: Path | None) -> int:
+def _planned_frames(policy: dict, segment, path: Path | None) -> int:
     if "frames" in policy or math.isfinite(segment.stop_sec):
-        return rows_for(policy, segment.start_sec, segment.stop_sec)
+        return frames_for(policy, segment.start_sec, segment.stop_sec)
     # A whole-video segment at a fixed rate: its length is the video's.
     from egodistill.extract.decode import open_video
 
@@ -121,7 +143,7 @@ def _planned_rows(policy: dict, segment, path: Path | None) -> int:
         return 1
     try:
         with open_video(path) as video:
-            return rows_for(policy, segment.start_sec, video.num_frames / video.fps)
+            return frames_for(policy, segment.start_sec, video.num_frames / video.fps)
     except EgodistillError:
         return 1  # the worker will fail it again and write the reason to the ledger
 
@@ -201,7 +223,8 @@ def _jobs(plan: Plan, layout: cache.Layout, task: int) -> list[SegmentJob]:
     for i in layout.task_segments(task):
         s = plan.manifest.segments[i]
         path = plan.video_paths.get(s.video)
-        jobs.append(SegmentJob(i, s.id, str(path) if path else None, s.start_sec, s.stop_sec, int(plan.rows_per_segment[i])))
+        frames = int(plan.frames_per_segment[i]) if plan.frames_per_segment is not None else None
+        jobs.append(SegmentJob(i, s.id, str(path) if path else None, s.start_sec, s.stop_sec, int(plan.rows_per_segment[i]), frames))
     return jobs
 
 

@@ -1,4 +1,5 @@
-"""Which frames of a segment become feature rows: segment-uniform N frames or a fixed rate."""
+"""Which frames of a segment become feature rows: segment-uniform N frames or a fixed rate, read one frame
+per row (image backbones) or in clip windows (clip backbones: one row per output time step of each window)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,48 @@ def sampling_policy(frames: int | None, fps: float | None) -> dict:
     return {"frames": int(frames)}
 
 
-def rows_for(policy: dict, start: float, stop: float) -> int:
-    """Rows a segment gets under the policy; stop must be known (not NaN) for a rate policy."""
+def clip_policy(policy: dict, clip_frames: int, clip_stride: int, steps: int) -> dict:
+    """The policy of a clip backbone: windows of `clip_frames` sampled frames, `clip_stride` apart, each
+    giving `steps` rows (the model's output time steps for such a window)."""
+    for flag, value in (("--clip-frames", clip_frames), ("--clip-stride", clip_stride)):
+        if value < 1:
+            raise ExtractError(f"{flag} must be at least 1, got {value}")
+    return {**policy, "clip": {"frames": int(clip_frames), "stride": int(clip_stride), "steps": int(steps)}}
+
+
+def frames_for(policy: dict, start: float, stop: float) -> int:
+    """Frames sampled from a segment under the policy; stop must be known (not NaN) for a rate policy."""
     if "frames" in policy:
         return policy["frames"]
     return max(1, math.floor((stop - start) * policy["fps"]))
+
+
+def rows_for(policy: dict, start: float, stop: float) -> int:
+    """Rows a segment gets under the policy; stop must be known (not NaN) for a rate policy."""
+    return rows_from_frames(policy, frames_for(policy, start, stop))
+
+
+def rows_from_frames(policy: dict, frames: int) -> int:
+    clip = policy.get("clip")
+    return frames if clip is None else len(clip_windows(frames, clip)) * clip["steps"]
+
+
+def clip_windows(frames: int, clip: dict) -> np.ndarray:
+    """[windows, clip frames] positions into a segment's `frames` sampled frames: windows of clip["frames"]
+    consecutive samples, clip["stride"] apart (frames after the last whole window are not read); a segment
+    shorter than one window gives one window with its last frame repeated."""
+    size, stride = clip["frames"], clip["stride"]
+    starts = np.arange(0, max(frames - size, 0) + 1, stride)
+    return np.minimum(starts[:, None] + np.arange(size)[None, :], frames - 1)
+
+
+def step_times(frame_times: np.ndarray, steps: int) -> np.ndarray:
+    """Timestamps of a clip model's rows: [windows, clip frames] frame times -> [windows * steps], each output
+    step stamped with the centre time of the frames it covers (step s of T' covers frames s*K/T' to (s+1)*K/T')."""
+    size = frame_times.shape[1]
+    edges = np.floor(np.arange(steps + 1) * size / steps).astype(np.int64)
+    first, last = edges[:-1], np.maximum(edges[1:], edges[:-1] + 1) - 1
+    return ((frame_times[:, first] + frame_times[:, last]) / 2).reshape(-1)
 
 
 def sample_indices(policy: dict, rows: int, start: float, stop: float, video_fps: float, num_frames: int) -> np.ndarray:

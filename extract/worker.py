@@ -23,7 +23,7 @@ from egodistill import cache
 from egodistill.cache.errors import EgodistillError
 from egodistill.extract.backbones import Backbone, BackboneSpec, create_backbone, pooled_logits
 from egodistill.extract.modalities import MediaSource, get_modality
-from egodistill.extract.sampling import sample_indices
+from egodistill.extract.sampling import clip_windows, sample_indices, step_times
 
 PREFETCH_SEGMENTS = 4
 _BACKBONES: dict[tuple, Backbone] = {}
@@ -55,6 +55,7 @@ class SegmentJob:
     start: float
     stop: float
     rows: int
+    frames: int | None = None   # frames sampled from the segment (clip backbones read them in windows); None = rows
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -92,16 +93,16 @@ def get_backbone(spec: TaskSpec, device: str) -> Backbone:
     if key not in _BACKBONES:
         backbone = create_backbone(spec.backbone, spec.heads)
         backbone.model.to(device)
-        if spec.precision == "bf16" or device.startswith("cuda"):
+        if not backbone.clip and (spec.precision == "bf16" or device.startswith("cuda")):
             backbone.model.to(memory_format=torch.channels_last)
         _BACKBONES[key] = backbone
     return _BACKBONES[key]
 
 
 def embed(backbone: Backbone, batch: np.ndarray, device: str, precision: str) -> np.ndarray:
-    """Pooled backbone features [B, D] as float32; halves the batch on out-of-memory."""
+    """Features as float32: [B, D] for images, [B, T', D] for clips [B, C, T, H, W]; halves the batch on out-of-memory."""
     x = torch.from_numpy(batch).to(device, non_blocking=True)
-    if precision == "bf16" or device.startswith("cuda"):
+    if x.ndim == 4 and (precision == "bf16" or device.startswith("cuda")):
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     try:
@@ -116,7 +117,8 @@ def embed(backbone: Backbone, batch: np.ndarray, device: str, precision: str) ->
 
 
 def _prepare(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """Model input [T, C, H, W], timestamps [T] and why PyAV stood in for decord (if it did)."""
+    """Model input ([T, C, H, W] frames, or [windows, C, K, H, W] clips), row timestamps and why PyAV stood in
+    for decord (if it did)."""
     if job.video is None:
         raise EgodistillError("video not found: check --videos and the manifest's video column")
     source = sources.get(job.video)
@@ -126,10 +128,18 @@ def _prepare(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) -
         sources.clear()
         source = sources[job.video] = MediaSource(Path(job.video))
     video = source.video
-    indices = sample_indices(spec.policy, job.rows, job.start, job.stop, video.fps, video.num_frames)
-    inputs = get_modality(spec.modality).make_inputs(source, indices, spec.settings)
+    indices = sample_indices(spec.policy, job.rows if job.frames is None else job.frames, job.start, job.stop, video.fps, video.num_frames)
+    make_inputs = get_modality(spec.modality).make_inputs
     fallback = f"{job.video}: {video.fallback_reason}" if video.fallback_reason else None
-    return inputs, video.frame_times(indices).astype(np.float32), fallback
+    clip = spec.policy.get("clip")
+    if clip is None:
+        return make_inputs(source, indices, spec.settings), video.frame_times(indices).astype(np.float32), fallback
+    windows = clip_windows(len(indices), clip)  # [W, K] positions into the sampled frames
+    used, where = np.unique(windows, return_inverse=True)  # overlapping windows decode each frame once
+    frames = make_inputs(source, indices[used], spec.settings)  # [U, C, H, W]
+    inputs = np.ascontiguousarray(frames[where.reshape(windows.shape)].transpose(0, 2, 1, 3, 4))  # [W, C, K, H, W]
+    times = step_times(video.frame_times(indices)[windows], clip["steps"])
+    return inputs, times.astype(np.float32), fallback
 
 
 def _prefetched(jobs: list[SegmentJob], spec: TaskSpec) -> Iterator[tuple[SegmentJob, Future]]:
@@ -174,13 +184,18 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
         t0 = time.perf_counter()
         out = embed(backbone, np.concatenate([inputs for _, inputs in batch]), device, spec.precision)
         forward_seconds += time.perf_counter() - t0
+        steps = out.shape[1] if out.ndim == 3 else 1  # a clip's output time steps, one row each
+        out = out.reshape(-1, out.shape[-1])
         cursor = 0
         for pos, inputs in batch:
-            features[starts[pos]: starts[pos + 1]] = out[cursor: cursor + len(inputs)]
+            rows = len(inputs) * steps
+            if rows != starts[pos + 1] - starts[pos]:
+                raise RuntimeError(f"segment {jobs[pos].segment_id}: the model gave {rows} rows, the plan has {starts[pos + 1] - starts[pos]}")
+            features[starts[pos]: starts[pos + 1]] = out[cursor: cursor + rows]
             if backbone.heads:
-                for head, values in pooled_logits(backbone, out[cursor: cursor + len(inputs)]).items():
+                for head, values in pooled_logits(backbone, out[cursor: cursor + rows]).items():
                     logits[head][pos] = values
-            cursor += len(inputs)
+            cursor += rows
         batch.clear()
 
     positions = {job.index: pos for pos, job in enumerate(jobs)}
@@ -196,7 +211,7 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
             fallbacks.add(fallback)
         timestamps[starts[pos]: starts[pos + 1]] = times
         batch.append((pos, inputs))
-        if sum(len(i) for _, i in batch) >= spec.batch_size:
+        if sum(len(i) * (i.shape[2] if i.ndim == 5 else 1) for _, i in batch) >= spec.batch_size:  # frames per forward
             flush()
     flush()
     teacher.write_task(
