@@ -1,6 +1,9 @@
-"""Extraction benchmarks (issue 2): overlap, against the common per-video loop, scaling, footprint.
+"""Extraction benchmarks (issue 2): overlap, against the common per-video loop, scaling, footprint;
+(issue 11, --breakeven) the whole command against a sequential per-segment loop, 2 workers against 1,
+and the segment counts where each starts to win.
 
     python bench/bench_extract.py [--videos 6] [--seconds 12] [--backbone resnet18]
+    python bench/bench_extract.py --breakeven [--precision auto|fp32|bf16]
 
 Same videos, same model, same cores in one run; prints figures and ratios. The videos look like
 EPIC-KITCHENS' common release (456x256, 50 fps, H.264) with 2 s segments every 3 s.
@@ -45,9 +48,9 @@ def segments_of(manifest: Path) -> list[tuple[str, str, float, float]]:
     return [(p[0], p[1], float(p[2]), float(p[3])) for p in (line.split(",") for line in lines)]
 
 
-def extract(manifest: Path, videos: Path, out: Path, backbone: str, frames: int, workers: int, threads: int | None = None) -> tuple[float, object]:
+def extract(manifest: Path, videos: Path, out: Path, backbone: str, frames: int, workers: int, threads: int | None = None, precision: str = "fp32") -> tuple[float, object]:
     cfg = ExtractConfig(manifest=str(manifest), videos=str(videos), cache=str(out), modality="rgb", backbone=backbone,
-                        frames=frames, workers=workers, threads=threads, device="cpu", precision="fp32", batch_size=64)
+                        frames=frames, workers=workers, threads=threads, device="cpu", precision=precision, batch_size=64)
     t0 = time.perf_counter()
     summary = run_extraction(cfg, log=lambda _: None)
     return time.perf_counter() - t0, summary
@@ -109,6 +112,64 @@ def common_practice(manifest: Path, videos: Path, backbone: str, frames: int, ou
     return time.perf_counter() - t0
 
 
+def per_segment_loop(manifest: Path, videos: Path, backbone: str, frames: int, precision: str, out: Path) -> tuple[float, float]:
+    """A sequential loop over the same segments in one process, all cores: per segment open its video, sample
+    and preprocess exactly as extract does (clip windows too), run the model on that segment alone (same
+    precision) and np.save the features. Returns (model build seconds, loop seconds)."""
+    from egodistill.extract.run import plan_extraction
+    from egodistill.extract.worker import SegmentJob, TaskSpec, _prepare
+
+    plan = plan_extraction(ExtractConfig(manifest=str(manifest), videos=str(videos), cache=str(out / "unused.zarr"), modality="rgb",
+                                         backbone=backbone, frames=frames, device="cpu", precision=precision))
+    torch.set_num_threads(os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    spec = BackboneSpec(backbone, in_chans=3)
+    teacher = create_backbone(spec, {})
+    if precision == "bf16" and not teacher.clip:
+        teacher.model.to(memory_format=torch.channels_last)
+    build = time.perf_counter() - t0
+    rgb = get_modality("rgb")
+    task = TaskSpec(cache="", teacher_key="", backbone=spec, modality="rgb", settings=rgb.settings(rgb.resolve_options({}), teacher.data_config),
+                    policy=plan.policy, heads={}, precision=precision)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i, seg in enumerate(plan.manifest.segments):
+        job = SegmentJob(i, seg.id, str(plan.video_paths[seg.video]), seg.start_sec, seg.stop_sec, int(plan.rows_per_segment[i]), int(plan.frames_per_segment[i]))
+        sources: dict = {}
+        inputs, _, _ = _prepare(job, task, sources)
+        np.save(out / f"{seg.id}.npy", embed(teacher, inputs, "cpu", precision))
+        for source in sources.values():
+            source.close()
+    return build, time.perf_counter() - t0
+
+
+def breakeven(fixed_a: float, per_a: float, fixed_b: float, per_b: float) -> str:
+    """Segments from which b (more start-up, less per segment) beats a: (F_b - F_a) / (c_a - c_b)."""
+    if per_b >= per_a:
+        return "never (no per-segment gain)"
+    return f"{max(0.0, (fixed_b - fixed_a) / (per_a - per_b)):.0f} segments"
+
+
+def breakeven_figures(args, work: Path, manifest: Path, videos: Path) -> None:
+    from egodistill.extract.worker import resolve_precision
+
+    precision = resolve_precision(args.precision, "cpu")
+    n = len(segments_of(manifest))
+    build, loop = per_segment_loop(manifest, videos, args.backbone, args.frames, precision, work / "loop-npy")
+    runs = {}
+    for workers in (2, 1):  # default threads: cores / workers, so both use every core
+        wall, summary = extract(manifest, videos, work / f"w{workers}.zarr", args.backbone, args.frames, workers=workers, precision=precision)
+        runs[workers] = (wall - summary.working_seconds, summary.working_seconds / n, wall)
+    print(f"{n} segments, {precision}; sequential per-segment loop: model build {build:.2f} s + {loop:.2f} s "
+          f"({loop / n * 1000:.0f} ms/segment)")
+    for workers, (fixed, per, wall) in runs.items():
+        print(f"extract --workers {workers}: whole command {wall:.2f} s = start-up {fixed:.2f} s + {per * 1000:.0f} ms/segment; "
+              f"loop (incl. build) / command = {(build + loop) / wall:.2f}x; break-even vs loop {breakeven(build, loop / n, fixed, per)}")
+    (f1, c1, w1), (f2, c2, w2) = runs[1], runs[2]
+    print(f"2 workers vs 1: whole commands {w1:.2f} s / {w2:.2f} s = {w1 / w2:.2f}x; once models are loaded {c1 / c2:.2f}x; "
+          f"break-even {breakeven(f1, c1, f2, c2)}")
+
+
 def tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -121,6 +182,8 @@ def main() -> None:
     parser.add_argument("--every-sec", type=float, default=3.0)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--breakeven", action="store_true", help="only the issue 11 figures: command vs per-segment loop, 2 workers vs 1, break-even")
+    parser.add_argument("--precision", default="auto", help="for --breakeven: auto (bf16 where the CPU has it), fp32 or bf16")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
@@ -130,7 +193,10 @@ def main() -> None:
         n_segments = len(segments_of(manifest))
         images = n_segments * args.frames
         print(f"{n_segments} segments x {args.frames} frames = {images} images, {args.videos} H.264 456x256 50 fps videos of {args.seconds:g} s, "
-              f"backbone {args.backbone} fp32, {os.cpu_count()} cores")
+              f"backbone {args.backbone}, {os.cpu_count()} cores")
+        if args.breakeven:
+            breakeven_figures(args, work, manifest, videos)
+            return
 
         fwd = forward_only(manifest, videos, args.backbone, args.frames, 64)
         wall_inproc, s0 = extract(manifest, videos, work / "inproc.zarr", args.backbone, args.frames, workers=0)
