@@ -322,13 +322,15 @@ def _set_in_chans(net: torch.nn.Module, path: str, in_chans: int) -> None:
     _replace(net, path, adapted)
 
 
-# Original Video Swin (and mmaction2) names -> torchvision's swin3d names. torchvision's `features` interleaves
-# stages and patch merging: stage i's blocks are features[2i], its downsample features[2i + 1].
+# Original Video Swin names (mlp.fc1/fc2; mmaction2 1.x: mlp.layers.0.0/layers.1, norm3) -> torchvision's swin3d
+# names. torchvision's `features` interleaves stages and patch merging: stage i's blocks are features[2i], its
+# downsample features[2i + 1].
 _VIDEO_SWIN_RENAMES = (
     (re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\."), lambda m: f"features.{2 * int(m[1])}.{m[2]}."),
     (re.compile(r"^layers\.(\d+)\.downsample\."), lambda m: f"features.{2 * int(m[1]) + 1}."),
     (re.compile(r"\.mlp\.(fc1|layers\.0\.0)\."), lambda m: ".mlp.0."),
     (re.compile(r"\.mlp\.(fc2|layers\.1)\."), lambda m: ".mlp.3."),
+    (re.compile(r"^norm3\."), lambda m: "norm."),  # mmaction2 1.x names the last stage's norm norm3
 )
 
 

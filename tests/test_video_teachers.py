@@ -134,12 +134,15 @@ def test_torchvision_and_video_swin_weight_files_load(tmp_path):
                 "backbone.layers.3.blocks.1.attn.relative_position_bias_table", "backbone.norm.weight", "cls_head.fc_cls.weight"):
         assert key in original  # names as in swin_tiny_patch244_window877_kinetics400_1k.pth
     torch.save({"meta": {"epoch": 30}, "state_dict": original}, tmp_path / "video_swin.pth")
+    mmaction2 = {k.replace(".mlp.fc1.", ".mlp.layers.0.0.").replace(".mlp.fc2.", ".mlp.layers.1.").replace("backbone.norm.", "backbone.norm3."): v
+                 for k, v in original.items() if "relative_position_index" not in k}  # mmaction2 1.x names; index tables left out
+    torch.save({"state_dict": mmaction2}, tmp_path / "mmaction2_swin.pth")
 
     net.head = torch.nn.Identity()
     x = torch.randn(1, 3, 8, 32, 32)
     with torch.inference_mode():
         expected = net(x)
-    for weights in ("swin3d_t.pth", "video_swin.pth"):
+    for weights in ("swin3d_t.pth", "video_swin.pth", "mmaction2_swin.pth"):
         backbone = create_backbone(BackboneSpec("swin3d_t", in_chans=3, weights=str(tmp_path / weights), seed=99), {})
         with torch.inference_mode():
             got = backbone.model(x)
