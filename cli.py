@@ -65,7 +65,7 @@ def extract(
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://head:8786.")] = None,
     device: Annotated[Device, typer.Option(help="Where teachers run.")] = Device.auto,
     precision: Annotated[Precision, typer.Option(help="bf16 autocast (+channels_last) or fp32; auto = bf16 where the hardware has it.")] = Precision.auto,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass (clip backbones: frames, in whole windows).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of a randomly initialised backbone.")] = 0,
     segments_per_task: Annotated[Optional[int], typer.Option(help="Segments per Dask task (= logits chunk); fixed when the teacher is created.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Rerun tasks whose ledger has failed segments.")] = False,

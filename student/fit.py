@@ -11,7 +11,8 @@ Model selection: each teacher is cross-fitted at every depth in `depths` (0 = po
 1 = plus a temporal transformer), and the depth whose out-of-fold accuracy on the training
 segments is highest is kept (ties: the smaller). This uses training data only, never validation.
 The default is the pooled head alone: it matched or beat the transformer on every teacher of the
-measured datasets but the demo's fusion, at a tenth of the time (docs/training.md).
+measured datasets but the demo's fusion, at a tenth of the time (docs/training.md). A `layout`
+teacher (boxes per frame) at depth >= 1 is the spatio-temporal layout transformer of student/layout.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from egodistill.cache.errors import EgodistillError
 from egodistill.cache.options import check_number
 from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics
 from egodistill.student.folds import grouped_folds, segment_groups
+from egodistill.student.layout import LAYOUT_MAX_LR, LayoutTransformer, is_layout_width
 from egodistill.student.model import ModelConfig, Student
 from egodistill.student.schedule import auto_steps, head_threads, lr_at, make_optimiser
 from egodistill.student.sources import resolve_inputs
@@ -105,11 +107,12 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[Fit
     for modality, members in jobs:
         log(f"fitting {modality} teacher on {', '.join(keys[m] for m in members)} ({cfg.folds} grouped folds x depths {list(cfg.depths)}, then the all-train model)")
         with head_threads(cfg.device):
-            fitted = cross_fit([features[m] for m in members], present[:, members], labels, train, fold, cfg, table.heads)
+            layout = modality == "layout" and len(members) == 1 and is_layout_width(features[members[0]].shape[2])
+            fitted = cross_fit([features[m] for m in members], present[:, members], labels, train, fold, cfg, table.heads, layout=layout)
         log(f"  out-of-fold top-1 by depth: {', '.join(f'{d}: {a:.3f}' for d, a in fitted.oof_accuracy.items())}; kept depth {fitted.depth}")
         provenance = cache.Provenance(
             modality=modality,
-            backbone="fusion_head" if len(members) > 1 or modality == "fusion" else "student_head",
+            backbone="fusion_head" if len(members) > 1 or modality == "fusion" else "layout_transformer" if layout and fitted.depth > 0 else "student_head",
             weights=f"fitted:seed{cfg.seed}",
             source_teachers=tuple(keys[m] for m in members),
             fit={"folds": cfg.folds, "grouped_by": "participant/video", "seed": cfg.seed, "train_split": cfg.train_split,
@@ -151,7 +154,7 @@ def load_features(root: cache.Cache, keys: list[str], cfg: FitConfig, window: fl
     return features, present
 
 
-def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads) -> FittedTeacher:
+def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads, layout: bool = False) -> FittedTeacher:
     """Out-of-fold logits at every candidate depth, the depth with the best OOF accuracy, then the all-train model.
 
     Inputs hold cfg.views stacked windows per segment (row v * N + i); a model trains on every view of
@@ -174,7 +177,7 @@ def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads) -> 
         for f in range(cfg.folds):
             fit_on, predict = train[fold != f], train[fold == f]
             predict = predict[present[predict].any(axis=1)]  # nothing to predict from: stays NaN, ledger
-            model = fit_head(features, present, labels, every_view(fit_on), cfg, heads, depth, seed=cfg.seed * 1000 + f + 1)
+            model = fit_head(features, present, labels, every_view(fit_on), cfg, heads, depth, seed=cfg.seed * 1000 + f + 1, layout=layout)
             predict_views(model, predict, logits)
             trained_on[f] = fit_on
         runs[depth] = (logits, trained_on, _top1({h: v.mean(axis=1) for h, v in logits.items()}, labels, usable_train))
@@ -186,7 +189,7 @@ def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads) -> 
         source[predict[present[predict].any(axis=1)]] = f
     rest = np.setdiff1d(np.arange(n), train)
     rest = rest[present[rest].any(axis=1)]
-    model = fit_head(features, present, labels, every_view(train), cfg, heads, depth, seed=cfg.seed * 1000)
+    model = fit_head(features, present, labels, every_view(train), cfg, heads, depth, seed=cfg.seed * 1000, layout=layout)
     predict_views(model, rest, logits)
     source[rest] = -1
     trained_on[-1] = train
@@ -212,15 +215,18 @@ def _tensors(features, present, labels, idx, device):
     return xs, torch.from_numpy(present[idx]).to(device), {h: torch.from_numpy(y[idx].astype(np.int64)).to(device) for h, y in labels.items()}
 
 
-def fit_head(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, heads, depth: int, seed: int) -> Student:
+def fit_head(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, heads, depth: int, seed: int, layout: bool = False) -> Student:
     """One head trained for the step budget on `fit_on` (standardised with their statistics), as train-student does."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     fit_on = fit_on[present[fit_on].any(axis=1)]
-    model = Student(ModelConfig([x.shape[2] for x in features], dict(heads), frames=cfg.frames, dim=cfg.dim, depth=depth, num_heads=4))
+    model_cfg = ModelConfig([x.shape[2] for x in features], dict(heads), frames=cfg.frames, dim=cfg.dim, depth=depth, num_heads=4)
+    # Layout rows (boxes per frame) at depth >= 1: the spatio-temporal layout transformer; depth 0: the pooled head on the flat rows.
+    model = LayoutTransformer(model_cfg) if layout and depth > 0 else Student(model_cfg)
     model.set_statistics(row_statistics([x[fit_on] for x in features], present[fit_on]))
     model = model.to(cfg.device)
-    optimiser = make_optimiser(model, cfg.lr, cfg.weight_decay)
+    lr = min(cfg.lr, LAYOUT_MAX_LR) if isinstance(model, LayoutTransformer) else cfg.lr
+    optimiser = make_optimiser(model, lr, cfg.weight_decay)
     batch = min(cfg.batch_size, len(fit_on))
     total = cfg.steps or auto_steps(len(fit_on), batch)
     model.train()
@@ -231,7 +237,7 @@ def fit_head(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, head
         xs, mask, ys = _tensors(features, present, labels, order[at:at + batch], cfg.device)
         at += batch
         for group in optimiser.param_groups:
-            group["lr"] = lr_at(step, total, cfg.lr, cfg.warmup, "cosine")
+            group["lr"] = lr_at(step, total, lr, cfg.warmup, "cosine")
         out = model(xs, mask)
         loss = sum(F.cross_entropy(out[h].float(), ys[h], ignore_index=-1) for h in heads if bool((ys[h] >= 0).any()))
         optimiser.zero_grad(set_to_none=True)

@@ -118,3 +118,32 @@ def test_categories_hand_and_placeholders(value, expected):
     from egodistill.extract.layout import _category
 
     assert _category({"gt_annotation": value, "category": "x"}, [], {}) == expected
+
+
+def test_fit_teachers_cross_fits_the_layout_transformer_on_layout_rows(tmp_path):
+    """A hand moving right (class 0) or left (class 1): the layout teacher learns it from boxes alone."""
+    rng = np.random.default_rng(0)
+    manifest = ["segment_id,video,start_sec,stop_sec,split,label:action"]
+    boxes = ["video,time_sec,x1,y1,x2,y2,category,width,height"]
+    for v in range(20):
+        for s in range(4):
+            y = int(rng.integers(0, 2))
+            manifest.append(f"v{v}_{s},v{v},{2 * s},{2 * s + 1},{'val' if v >= 16 else 'train'},{y}")
+            for k in range(12):
+                t = 2 * s + k / 12
+                x = 20 + 25 * k if y == 0 else 320 - 25 * k
+                boxes.append(f"v{v},{t!r},{x},{100},{x + 50},{150},hand,{W},{H}")
+                boxes.append(f"v{v},{t!r},{150 + rng.normal(0, 5):.1f},{40},{250},{120},object 0,{W},{H}")
+    (tmp_path / "m.csv").write_text("\n".join(manifest) + "\n")
+    (tmp_path / "b.csv").write_text("\n".join(boxes) + "\n")
+    (tmp_path / "videos").mkdir()
+    location = tmp_path / "cache.zarr"
+    egodistill("extract", "--manifest", tmp_path / "m.csv", "--videos", tmp_path / "videos", "--cache", location, "--modality", "layout",
+               "--boxes", tmp_path / "b.csv", "--max-boxes", "4", check=0)
+    out = egodistill("fit-teachers", "--cache", location, "--modalities", "layout", "--depths", "1", "--folds", "2", "--steps", "200", "--device", "cpu", check=0).stdout
+    assert "layout" in out
+    [fitted] = [t for t in cache.open_cache(location).teachers() if not t.has_features]
+    assert fitted.provenance.backbone == "layout_transformer" and fitted.modality == "layout"
+    logits = fitted.read_logits("action")
+    assert np.isfinite(logits).all()
+    assert fitted.provenance.fit["oof_top1"]["1"] > 0.75  # chance: 0.5
