@@ -34,7 +34,9 @@ import numpy as np
 
 from egodistill.cache.jsonio import write_json
 
-GENERATOR_VERSION = 1  # bump when the rendering changes: a stored dataset of another version is regenerated
+GENERATOR_VERSION = 2  # bump when the rendering changes: a stored dataset of another version is regenerated
+# Version 2: x264 without macroblock-tree rate control (mbtree=0). With it, one clip encoded in two processes
+# gave different pictures about one time in three (up to 34 grey levels apart), so two demos saw different data.
 MOTIONS = ("push", "pull", "slide-left", "slide-right")
 OBJECTS = ("cup", "box", "bottle")
 MANIFEST_NAME = "segments.csv"
@@ -199,8 +201,8 @@ def encode_clip(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray, 
         video = container.add_stream("libx264", rate=fps)
         video.width, video.height = frames.shape[2], frames.shape[1]
         video.pix_fmt = "yuv420p"
-        video.codec_context.thread_count = 1  # one thread: the same bytes on every run
-        video.options = {"preset": "veryfast", "crf": "23", "g": str(fps), "threads": "1"}
+        video.codec_context.thread_count = 1  # one thread and no mbtree: the same bytes on every run
+        video.options = {"preset": "veryfast", "crf": "23", "g": str(fps), "threads": "1", "x264-params": "mbtree=0"}
         sound = container.add_stream("aac", rate=sample_rate, layout="mono")
         sound.bit_rate = 64000
         sound.options = {"aac_coder": "fast"}

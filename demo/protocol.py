@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: generator version 2 (deterministic encoding); docs/demo-protocol.md, Changes
 PROTOCOL_DOC = "docs/demo-protocol.md"
 SEEDS = (0, 1, 2, 3, 4)           # each seed fits the teachers and trains every student
 BOOTSTRAP_DRAWS = 2000
