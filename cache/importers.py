@@ -202,7 +202,10 @@ class _LmdbRows:
         out = np.empty((len(keys), self.shape[1]), np.float32)
         with self._env.begin() as txn:
             for k, key in enumerate(keys):
-                out[k] = np.frombuffer(txn.get(key), dtype=np.float32)
+                value = txn.get(key)
+                if len(value) != out.shape[1] * 4:
+                    raise CacheError(f"LMDB key {key.decode()} holds {len(value)} bytes, not {out.shape[1]} float32 values like the first key")
+                out[k] = np.frombuffer(value, dtype=np.float32)
         return out
 
 
@@ -220,15 +223,14 @@ def _read_lmdb(path: str, fps, stride, window) -> Source:
     frames: dict[str, list[tuple[int, bytes]]] = {}
     dim = None
     with env.begin() as txn:
-        for key, value in txn.cursor():
+        cursor = txn.cursor()
+        if cursor.first():
+            dim = len(cursor.value()) // 4
+        for key in cursor.iternext(keys=True, values=False):  # keys only: the values are read when rows are cut
             match = _LMDB_KEY.fullmatch(key.decode(errors="replace"))
             if match is None:
                 env.close()
                 raise CacheError(f"{path}: key {key[:60]!r} is not <video>_frame_<number>.jpg (RULSTM's keys)")
-            dim = dim or len(value) // 4
-            if len(value) != 4 * dim:
-                env.close()
-                raise CacheError(f"{path}: key {key.decode()} holds {len(value)} bytes, not {dim} float32 values like the others")
             frames.setdefault(match[1], []).append((int(match[2]), bytes(key)))
     if not frames:
         env.close()
@@ -308,15 +310,6 @@ def _match_by(entries: dict[str, Entry], table, by: str, path) -> str:
     return by
 
 
-def _lookup(entries: dict[str, Entry], wanted: str) -> Entry | None:
-    if wanted in entries:
-        return entries[wanted]
-    for name, entry in entries.items():  # e.g. "P01/P01_11" for video P01_11
-        if name.rsplit("/", 1)[-1] == wanted:
-            return entry
-    return None
-
-
 def cut_by_time(times: np.ndarray, start: float, stop: float) -> tuple[int, int]:
     """Rows [a, b) of sorted `times` with start <= t < stop (NaN stop: to the end)."""
     a = int(np.searchsorted(times, start, side="left"))
@@ -327,24 +320,34 @@ def cut_by_time(times: np.ndarray, start: float, stop: float) -> tuple[int, int]
 def _plan(entries: dict[str, Entry], table, by: str, path) -> tuple[list[tuple[range, tuple]], list[Failure]]:
     """Per segment: its rows of the entry and their times; ledger entries for segments with none."""
     plan, failed = [], []
+    video_times: dict[str, np.ndarray] = {}
+    by_base = {}  # e.g. "P01/P01_11" for video P01_11
+    for name, entry in entries.items():
+        by_base.setdefault(name.rsplit("/", 1)[-1], entry)
     source = os.path.basename(str(path).rstrip("/"))
     for i in range(len(table)):
         sid, video = str(table.ids[i]), str(table.videos[i])
         start, stop = float(table.start_sec[i]), float(table.stop_sec[i])
-        entry = _lookup(entries, sid if by == "segment" else video)
+        wanted = sid if by == "segment" else video
+        entry = entries.get(wanted) or by_base.get(wanted)
         if entry is None:
             plan.append((range(0), (None, None)))
             failed.append(Failure(i, sid, video, f"not in {source}"))
             continue
-        times = entry.times(start if by == "segment" else 0.0)
         if by == "segment":
+            times = entry.times(start)
             if times is None:  # spread evenly over the segment
                 n = entry.rows
                 times = start + (np.arange(n) + 0.5) * (stop - start) / n if math.isfinite(stop) else np.full(n, np.nan)
             plan.append((range(entry.rows), (entry, times)))
             continue
-        if times is None:
-            raise CacheError(f"{path} has per-video features without times: pass --fps (or add `timestamps`/an `fps` attribute in HDF5)")
+        times = video_times.get(entry.name)
+        if times is None:  # once per video: a video has many segments
+            times = video_times[entry.name] = entry.times(0.0)
+            if times is None:
+                raise CacheError(f"{path} has per-video features without times: pass --fps (or add `timestamps`/an `fps` attribute in HDF5)")
+            if len(times) > 1 and not np.all(np.diff(times) >= 0):
+                raise CacheError(f"{path}: the times of {entry.name} go backwards: its rows must be in time order to be cut into segments")
         a, b = cut_by_time(times, start, stop)
         if b == a:
             failed.append(Failure(i, sid, video, f"no rows of {entry.name} within [{start}, {stop}) s (its rows span {times[0]:.2f}-{times[-1]:.2f} s)"))
