@@ -74,6 +74,7 @@ def extract(
     """Run one teacher over a dataset's segments into the cache (resumable: rerun to finish).
 
     Each modality takes options of its own (e.g. --flow tvl1 --flow-stack 5); they are listed below."""
+    from egodistill.extract.modalities import get_modality
     from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 
     cfg = ExtractConfig(
@@ -83,7 +84,7 @@ def extract(
         segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run,
     )
     plan = plan_extraction(cfg)
-    _print_plan(plan)
+    _print_plan(plan, needs_videos=get_modality(modality).run is None)
     if dry_run:
         return
     summary = _run_with_progress(run_extraction, cfg, plan)
@@ -116,14 +117,14 @@ def _run_with_progress(run, cfg, plan):
         return run(cfg, plan, on_progress=lambda done, total: progress.update(bar, completed=done), log=progress.console.print)
 
 
-def _print_plan(plan) -> None:
+def _print_plan(plan, needs_videos: bool = True) -> None:
     m, layout = plan.manifest, plan.layout
     found = len(plan.video_paths) - len(plan.missing_videos)
     console.print(
         f"manifest {m.path} ({m.format}): {len(m.segments)} segments, heads "
         f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}; videos found {found} of {len(plan.video_paths)}"
     )
-    if plan.missing_videos:
+    if plan.missing_videos and needs_videos:  # a modality without a model (layout) reads no video
         shown = ", ".join(plan.missing_videos[:5]) + (f" ... (+{len(plan.missing_videos) - 5})" if len(plan.missing_videos) > 5 else "")
         console.print(f"[yellow]missing videos ({len(plan.missing_videos)}): {shown}[/] — their segments go to the ledger as failed")
     shards = -(-layout.rows // layout.rows_per_shard) if layout.rows else 0
