@@ -147,3 +147,18 @@ def test_fit_teachers_cross_fits_the_layout_transformer_on_layout_rows(tmp_path)
     logits = fitted.read_logits("action")
     assert np.isfinite(logits).all()
     assert fitted.provenance.fit["oof_top1"]["1"] > 0.75  # chance: 0.5
+
+
+def test_frame_size_from_the_video_header_without_decoding(tmp_path, media_dir):
+    """No --frame-size and no sizes in the box file: the video's header gives them (96 x 64 test videos)."""
+    from egodistill.extract.layout import video_size
+
+    assert video_size(media_dir / "vp9_opus.webm") == (96.0, 64.0) and video_size(None) is None
+    (tmp_path / "m.csv").write_text("segment_id,video,start_sec,stop_sec,split,label:a\ns1,h264_aac.mp4,0,1.5,train,0\n")
+    (tmp_path / "b.csv").write_text("video,frame,x1,y1,x2,y2,category\nh264_aac.mp4,1,48,32,96,64,hand\nh264_aac.mp4,13,0,0,48,32,hand\n")
+    egodistill("extract", "--manifest", tmp_path / "m.csv", "--videos", media_dir, "--cache", tmp_path / "c.zarr", "--modality", "layout",
+               "--boxes", tmp_path / "b.csv", "--frames", "2", "--max-boxes", "1", check=0)
+    [teacher] = cache.open_cache(tmp_path / "c.zarr").teachers()
+    rows, times = teacher.read_rows(0, 2)
+    np.testing.assert_allclose(times, [0.0, 1.0])  # frames 1 and 13 at 12 per second
+    np.testing.assert_allclose(rows.astype(np.float32), [[0.5, 0.5, 1, 1, 1, 1, 1], [0, 0, 0.5, 0.5, 1, 1, 1]])
