@@ -16,7 +16,7 @@ from egodistill import cache
 from egodistill.cache.errors import EgodistillError, ExtractError
 from egodistill.cache.options import check_number, check_plain_name
 from egodistill.extract.backbones import BackboneSpec, clip_backbone_names, clip_output, clip_preset, create_backbone, head_id, is_clip_backbone, weights_id
-from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos
+from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos, segment_table
 from egodistill.extract.modalities import get_modality
 from egodistill.extract.sampling import clip_policy, frames_for, rows_from_frames, sampling_policy
 from egodistill.extract.worker import SegmentJob, TaskSpec, resolve_precision, run_task
@@ -172,7 +172,7 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     provenance = teacher_provenance(cfg, spec, settings, plan.policy, precision)
 
     target = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
-    target.write_segments(_segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
+    target.write_segments(segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
     key = target.key_for(provenance, cfg.name)  # a teacher extracted before, by any egodistill version, resumes
     with target.lease(key) as renew:
         teacher, resumed = target.create_teacher(key, provenance, backbone.feature_dim, plan.offsets, plan.layout, heads if spec.head else {})
@@ -284,16 +284,3 @@ def _run_on_dask(cfg: ExtractConfig, workers: int, spec: TaskSpec, tasks: list[t
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-def _segment_table(manifest: Manifest) -> cache.SegmentTable:
-    segs = manifest.segments
-    return cache.SegmentTable(
-        ids=np.array([s.id for s in segs], dtype=object),
-        videos=np.array([s.video for s in segs], dtype=object),
-        start_sec=np.array([s.start_sec for s in segs], dtype=np.float64),
-        stop_sec=np.array([s.stop_sec for s in segs], dtype=np.float64),
-        split=np.array([s.split for s in segs], dtype=object),
-        labels={h: np.array([s.labels.get(h, -1) for s in segs], dtype=np.int32) for h in manifest.heads},
-        heads=dict(manifest.heads),
-    )
