@@ -43,7 +43,7 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     started = time.perf_counter()
     folder = Path(out)
     seeds = SMALL_SEEDS if small and seeds is None else len(SEEDS) if seeds is None else seeds
-    check_number(EgodistillError, "--seeds", seeds, at_least=2)
+    check_number(EgodistillError, "--seeds", seeds, at_least=1)
     check_number(EgodistillError, "--workers", workers, at_least=0)
     if folder.exists() and not folder.is_dir():
         raise EgodistillError(f"--out {folder} is a file: give a folder for the demo's data, cache, runs and report")

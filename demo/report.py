@@ -26,6 +26,9 @@ MM_ARMS = ["mm-unmasked", "mm-masked", "mm-masked-gt"]
 def write_report(out: Path, results: dict, per_seed: list[dict], labels: dict[str, np.ndarray]) -> Path:
     """Write results.json, the charts and report.html into `out`; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
+    seed0 = per_seed[0]
+    curves = {name: {"action": reliability(seed0["students"][name]["frames8"], labels["val"])} for name in ("rgb-gt", "rgb-kd-uniform")}
+    results["reliability"] = {"seed": seed0["seed"], "bins": curves}  # the diagrams' bars, so results.json holds every number shown
     write_json(out / "results.json", results)
     doc = protocol_doc()
     if doc is not None:
@@ -37,10 +40,8 @@ def write_report(out: Path, results: dict, per_seed: list[dict], labels: dict[st
         "subsets.png": _subsets_chart(results, out / "subsets.png"),
         "timings.png": _timings_chart(results, out / "timings.png"),
     }
-    seed0 = per_seed[0]
-    for name in ("rgb-gt", "rgb-kd-uniform"):
+    for name, curve in curves.items():
         path = out / f"reliability_{name}.png"
-        curve = {"action": reliability(seed0["students"][name]["frames8"], labels["val"])}
         charts[path.name] = reliability_diagram(curve, path, f"{name}, seed {seed0['seed']}, validation")
     report = out / "report.html"
     report.write_text(_html(results, charts, doc is not None))
