@@ -174,9 +174,17 @@ def _claim_rows(claims: list[dict]) -> str:
         interval = _ci(c["improvement"], digits) if "improvement" in c else "parts: " + html.escape(", ".join(c["parts"]))
         extra = f"<br><small>FLOPs ratio {c['flops_ratio']:.2f}</small>" if c.get("flops_ratio") is not None else ""
         rows.append(f"<tr><td>{html.escape(c['id'])}</td><td>{html.escape(c['claim'])}<br><small>{html.escape(c['statistic'])}</small></td>"
-                    f"<td>{interval}{extra}</td><td>{c.get('margin', '') if 'improvement' in c else ''} {html.escape(c.get('unit', '') if 'improvement' in c else '')}</td>"
+                    f"<td>{interval}{extra}</td><td>{_margin(c)}</td>"
                     f"<td>{_verdict(c['verdict'])}</td></tr>")
     return "".join(rows)
+
+
+def _margin(c: dict) -> str:
+    """The margin as the rule uses it: +margin for an improvement, -margin for P2.4's accuracy kept."""
+    if "improvement" not in c:
+        return ""
+    sign = "-" if c["id"].startswith("P2.4") else ""
+    return f"{sign}{c['margin']:g} {html.escape(c['unit'])}"
 
 
 def _cost_rows(cost: dict | None) -> str:
