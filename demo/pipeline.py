@@ -18,6 +18,7 @@ from egodistill.cache.errors import EgodistillError
 from egodistill.cache.jsonio import write_json
 from egodistill.cache.options import check_number
 from egodistill.demo import claims as claims_api
+from egodistill.demo.boxes import write_demo_boxes
 from egodistill.demo.data import HEAD, SPEC_NAME, DemoSpec, class_names, describe_demo, generate_demo_data
 from egodistill.demo.protocol import BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, SEEDS, describe_protocol
 from egodistill.demo.report import write_report
@@ -55,6 +56,7 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
 
     t0 = time.perf_counter()
     manifest = generate_demo_data(folder / "data", spec, workers=max(1, workers))
+    write_demo_boxes(folder / "data", spec)  # for `extract --modality layout` (not part of the protocol's arms)
     generate_seconds = time.perf_counter() - t0
     log(f"demo data: {manifest} ({generate_seconds:.1f} s)")
 

@@ -116,8 +116,9 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print) -> list[Fit
             weights=f"fitted:seed{cfg.seed}",
             source_teachers=tuple(keys[m] for m in members),
             fit={"folds": cfg.folds, "grouped_by": "participant/video", "seed": cfg.seed, "train_split": cfg.train_split,
-                 "steps": cfg.steps or "auto", "depths": list(cfg.depths), "depth": fitted.depth,
-                 "oof_top1": {str(d): a for d, a in fitted.oof_accuracy.items()}, "frames": cfg.frames, "dim": cfg.dim,
+                 # Settings only: the depth chosen and the out-of-fold accuracies are results (in the log and
+                 # FittedTeacher), and a key must not change when a result does.
+                 "steps": cfg.steps or "auto", "depths": list(cfg.depths), "frames": cfg.frames, "dim": cfg.dim,
                  "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
                  **({"views": {"frames": cfg.frames, "placements": list(placements)}} if cfg.views > 1 else {})},
         )
