@@ -89,10 +89,6 @@ def _load_weights(model: torch.nn.Module, path: Path, spec: BackboneSpec) -> Non
     from timm.models import adapt_input_conv
 
     state = _read_state(path)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
     classifier = model.pretrained_cfg.get("classifier")
     classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier] if classifier else []
     state = {k: v for k, v in state.items() if not any(k.startswith(f"{c}.") for c in classifiers)}
@@ -144,7 +140,11 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         raise TeacherError(f"cannot read {path}: {_first_line(err)}: give a torch state dict or .safetensors file") from err
     if not isinstance(state, dict):
         raise TeacherError(f"{path} is not a state dict: save it with torch.save(module.state_dict(), path)")
-    return state
+    # Training checkpoints wrap the weights ({"state_dict": ...} or {"model": ...}); DataParallel prefixes "module.".
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def _existing(path: str, what: str) -> Path:
@@ -351,10 +351,6 @@ def video_swin_to_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch
 def _load_clip_weights(net: torch.nn.Module, entry: ClipModel, path: Path, spec: BackboneSpec) -> None:
     """Strictly load a torchvision state dict (or, for swin3d, an original Video Swin checkpoint) into `net`."""
     state = _read_state(path)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
     swin = entry.name.startswith("swin3d")
     if swin and any(k.startswith(("backbone.", "layers.")) for k in state):
         state = video_swin_to_torchvision(state)
