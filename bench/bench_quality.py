@@ -26,7 +26,6 @@ Datasets:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -39,6 +38,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from egodistill import cache  # noqa: E402
+from egodistill.cache.jsonio import write_json  # noqa: E402
 from egodistill.student.data import CacheLoader, load_windows, present_inputs  # noqa: E402
 import torch  # noqa: E402
 
@@ -230,7 +230,7 @@ def main() -> None:
                 print("planted: Bayes-optimal val accuracy " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in bayes.items()))
                 results["bayes_planted"] = bayes
         results["rows"] += measure(name, location, args.out, rng)
-    (args.out / "quality.json").write_text(json.dumps(results, indent=1, default=float, allow_nan=False))
+    write_json(args.out / "quality.json", results, default=float)
 
 
 if __name__ == "__main__":

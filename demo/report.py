@@ -74,10 +74,7 @@ def _claims_chart(results: dict, path: Path) -> Path:
         ax.set_ylim(len(group) - 0.5, -0.5)
         ax.set_xlabel(f"improvement in the claim's favour, {unit}")
     axes[0, 0].set_title("Primary claims, 95 % intervals over clips and seeds (| = margin; green holds, red does not hold, grey inconclusive)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _paper1_chart(results: dict, path: Path) -> Path:
@@ -90,10 +87,7 @@ def _paper1_chart(results: dict, path: Path) -> Path:
         ax.set_xticks(range(len(arms)), [a if a != "rgb" else "rgb teacher" for a in arms], rotation=30, ha="right")
         ax.set_ylabel(label)
     fig.suptitle("Paper 1: RGB students and their teachers on validation (bars: mean over seeds; error bars: 95 % intervals)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _frames_chart(results: dict, path: Path) -> Path:
@@ -107,10 +101,7 @@ def _frames_chart(results: dict, path: Path) -> Path:
     ax.set_xticks(range(len(ks)), ks)
     ax.set(xlabel="frames at test time (every student trained with 8)", ylabel="top-1 %", title="Paper 1: fewer frames at test time (95 % intervals)")
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _subsets_chart(results: dict, path: Path) -> Path:
@@ -125,10 +116,7 @@ def _subsets_chart(results: dict, path: Path) -> Path:
     ax.set_xticks(x, subsets, rotation=30, ha="right")
     ax.set(ylabel="top-1 %", title="Paper 2: every subset of the inputs at test time (95 % intervals)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _timings_chart(results: dict, path: Path) -> Path:
@@ -139,6 +127,10 @@ def _timings_chart(results: dict, path: Path) -> Path:
     ax.barh(labels[::-1], values[::-1], color="#47a")
     ax.set_xlabel("seconds")
     ax.set_title("Wall time per stage: teachers run once, students many times")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -148,7 +148,8 @@ def probe_baselines(root: cache.Cache, table: cache.SegmentTable, input_keys: li
     train = np.flatnonzero((table.split == train_split) & present.any(axis=1))
     windows = {}
     for name, segs in (("train", train), ("eval", order)):
-        loader = CacheLoader(root, input_keys, segs, {}, batch_size=512, frames=frames, train=False, present=present)
+        # Streamed: each loader reads its own segments' blocks, not the whole arrays again.
+        loader = CacheLoader(root, input_keys, segs, {}, batch_size=512, frames=frames, train=False, present=present, in_memory=False)
         windows[name] = load_windows(loader, len(input_keys))
     labels = {h: y[order] for h, y in table.labels.items()}
     out = []

@@ -168,7 +168,9 @@ def training_statistics(cfg: TrainConfig, s: Setup) -> list[tuple[torch.Tensor, 
     segments = s.train_segments
     if len(segments) > STATISTICS_SEGMENTS:
         segments = np.sort(np.random.default_rng(cfg.seed).choice(segments, STATISTICS_SEGMENTS, replace=False))
-    loader = CacheLoader(s.root, s.input_keys, segments, {}, batch_size=256, frames=cfg.frames, train=False, present=s.present)
+    # Streamed: only the sampled segments' blocks are read; holding whole arrays here would read them a
+    # second time before the training loader does.
+    loader = CacheLoader(s.root, s.input_keys, segments, {}, batch_size=256, frames=cfg.frames, train=False, present=s.present, in_memory=False)
     features, present = load_windows(loader, len(s.input_keys))
     return row_statistics(features, present)
 
