@@ -11,8 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand
 
-from egodistill.cache.errors import EgodistillError, ExtractError
-from egodistill.cache.jsonio import dumps
+from egodistill.common import EgodistillError, ExtractError, dumps
 
 app = typer.Typer(help="Run heavy multimodal teachers once into a shared Zarr cache; distil cheap students from it.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 cache_app = typer.Typer(help="Inspect, check, convert and share a cache.", no_args_is_help=True)
@@ -305,7 +304,7 @@ def cache_import(
     by: Annotated[str, typer.Option(help="Names are segment ids, video ids, or auto (whichever matches more).")] = "auto",
 ) -> None:
     """Add features extracted elsewhere as a teacher, cut into the cache's segments by time (segments without rows go to the ledger)."""
-    from egodistill.cache.importers import detect_format
+    from egodistill.extract.importers import detect_format
 
     fmt = detect_format(source) if source_format is ImportFormat.auto else source_format.value
     _import(source, fmt, cache, modality, name=name, backbone=backbone, by=by, fps=fps, stride=stride, window=window)
@@ -315,7 +314,7 @@ def _import(source: str, fmt: str, cache: str, modality: str | None, **options) 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from egodistill.cache.hdf5 import import_export, is_export
-    from egodistill.cache.importers import import_source
+    from egodistill.extract.importers import import_source
 
     if fmt == "h5" and is_export(source):
         key = import_export(source, cache, options["name"])
@@ -392,7 +391,7 @@ def fit_teachers_command(
     device: Annotated[Device, typer.Option(help="Where the heads are fitted.")] = Device.auto,
 ) -> None:
     """Fit light teachers on cached features (per modality, optional fusion) and write their logits into the cache."""
-    from egodistill.cache import pick_device
+    from egodistill.common import pick_device
     from egodistill.student.fit import FitConfig, fit_teachers
     from egodistill.student.sources import split_names, split_numbers
 

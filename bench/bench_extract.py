@@ -29,7 +29,7 @@ from egodistill.extract.run import ExtractConfig, run_extraction  # noqa: E402
 from egodistill.extract.sampling import sample_indices  # noqa: E402
 from egodistill.extract.backbones import BackboneSpec, create_backbone  # noqa: E402
 from egodistill.extract.worker import embed  # noqa: E402
-from egodistill.extract import testing as media  # noqa: E402
+from egodistill import testing as media  # noqa: E402
 
 
 def make_dataset(root: Path, videos: int, seconds: float, segment_sec: float, every_sec: float) -> Path:

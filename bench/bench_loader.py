@@ -3,7 +3,7 @@ memory first (`in_memory=True`), and a plain in-memory tensor iteration of the s
 
     python bench/bench_loader.py [--segments 2048] [--dim 512] [--epochs 3] [--rounds 3] [--workdir /tmp/egodistill-bench]
 
-The cache is synthetic (egodistill.cache.testing): rgb, flow and audio teachers of D float16 features,
+The cache is synthetic (egodistill.testing): rgb, flow and audio teachers of D float16 features,
 8 rows per segment, 64 segments per shard, on local disk (warm in the page cache after the first
 epoch, as every later training epoch finds it). The tensor baseline holds every input's rows as one
 torch tensor and, per batch, gathers the same segments' same frame rows and labels the loader gives.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from egodistill import cache
-from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache
+from egodistill.testing import SyntheticSpec, build_synthetic_cache
 from egodistill.student.data import CacheLoader, frame_indices
 
 MODALITIES = {"rgb": ("resnet18", 3, 224, 1.0), "flow": ("resnet18", 2, 224, 0.7), "audio": ("resnet18", 1, 224, 0.4)}

@@ -38,7 +38,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from egodistill import cache  # noqa: E402
-from egodistill.cache.jsonio import write_json  # noqa: E402
+from egodistill.common import write_json  # noqa: E402
 from egodistill.student.data import CacheLoader, load_windows, present_inputs  # noqa: E402
 import torch  # noqa: E402
 

@@ -28,7 +28,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 from egodistill import cache  # noqa: E402
-from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache  # noqa: E402
+from egodistill.testing import SyntheticSpec, build_synthetic_cache  # noqa: E402
 
 
 def read_all(location: str, key: str, read_cache: str | None) -> tuple[float, int, int]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from egodistill import cache  # noqa: E402
 from egodistill.student.data import CacheLoader  # noqa: E402
 from egodistill.student.losses import student_loss  # noqa: E402
 from egodistill.student.model import ModelConfig, Student, mask_modalities  # noqa: E402
-from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache  # noqa: E402
+from egodistill.testing import SyntheticSpec, build_synthetic_cache  # noqa: E402
 from egodistill.student.train import TrainConfig, setup, train  # noqa: E402
 
 HEADS = {"verb": 97, "noun": 300}

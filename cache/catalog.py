@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from egodistill.cache.errors import CacheError
+from egodistill.common import CacheError, check_plain_name
 from egodistill.cache.layout import Layout
 from egodistill.cache.lease import current_holder, describe_holder, teacher_lease
-from egodistill.cache.options import check_plain_name
 from egodistill.cache.records import Failure, Provenance, Views
 from egodistill.cache.segments import SegmentTable, read_table, table_attrs, write_table
 from egodistill.cache.store import ROOT_ATTR, check_schema, open_root

@@ -11,7 +11,6 @@ record keeps `row_checksums`, a sha256 of the row values as written.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import zarr
@@ -25,15 +24,6 @@ ABSENT = "absent"
 
 def digest(data: bytes | None) -> str:
     return ABSENT if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """"sha256:<hex>" of a file's bytes (weights, heads, imported files), read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def rows_digest(values: np.ndarray) -> str:

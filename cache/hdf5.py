@@ -23,11 +23,8 @@ import h5py
 import numpy as np
 
 from egodistill.cache.catalog import open_cache
-from egodistill.cache.checksums import file_sha256
-from egodistill.cache.errors import CacheError
-from egodistill.cache.jsonio import dumps
+from egodistill.common import CacheError, atomic_write, check_plain_name, dumps, file_sha256, first_line
 from egodistill.cache.layout import Layout
-from egodistill.cache.options import check_plain_name
 from egodistill.cache.records import Provenance, TaskRecord, egodistill_version, now
 from egodistill.cache.segments import SegmentTable
 from egodistill.cache.teachers import ATTR
@@ -45,26 +42,27 @@ def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike
     out = Path(out)
     if not out.parent.is_dir():
         raise CacheError(f"cannot write {out}: folder {out.parent} not found: create it or choose another output path")
-    tmp = out.with_name(out.name + ".part")  # a killed export never leaves a file that looks whole
-    with h5py.File(tmp, "w") as f:
-        segments = f.create_group("segments")
-        for name, values in _segment_columns(table).items():
-            segments.create_dataset(name, data=values, dtype=h5py.string_dtype() if values.dtype == object else values.dtype)
-        group = f.create_group("teacher")
-        names = [n for n in ("features", "timestamps", "offsets") if n in arrays]
-        names += [f"logits/{h}" for h in teacher.heads]
-        for name in names:
-            array = arrays[name]
-            data = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=_h5_chunks(array.shape))
-            step = max(1, (64 << 20) // max(1, array.dtype.itemsize * int(np.prod(array.shape[1:]))))  # ~64 MB at a time
-            for a in range(0, array.shape[0], step):
-                data[a:a + step] = array[a:a + step]
-        f.attrs[EXPORT_ATTR] = dumps({
-            "format": EXPORT_FORMAT, "teacher": arrays.attrs[ATTR], "segments": cache.segments_info,
-            "records": {str(t): r.to_json() for t, r in sorted(teacher.records().items())},
-            "exported_from": str(location), "exported_at": now(), "egodistill": egodistill_version(),
-        })
-    os.replace(tmp, out)
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            segments = f.create_group("segments")
+            for name, values in _segment_columns(table).items():
+                segments.create_dataset(name, data=values, dtype=h5py.string_dtype() if values.dtype == object else values.dtype)
+            group = f.create_group("teacher")
+            names = [n for n in ("features", "timestamps", "offsets") if n in arrays]
+            names += [f"logits/{h}" for h in teacher.heads]
+            for name in names:
+                array = arrays[name]
+                data = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=_h5_chunks(array.shape))
+                step = max(1, (64 << 20) // max(1, array.dtype.itemsize * int(np.prod(array.shape[1:]))))  # ~64 MB at a time
+                for a in range(0, array.shape[0], step):
+                    data[a:a + step] = array[a:a + step]
+            f.attrs[EXPORT_ATTR] = dumps({
+                "format": EXPORT_FORMAT, "teacher": arrays.attrs[ATTR], "segments": cache.segments_info,
+                "records": {str(t): r.to_json() for t, r in sorted(teacher.records().items())},
+                "exported_from": str(location), "exported_at": now(), "egodistill": egodistill_version(),
+            })
+    atomic_write(out, write)  # a killed export never leaves a file that looks whole
     return out
 
 
@@ -80,7 +78,7 @@ def open_h5(path: str | os.PathLike) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as err:
-        raise CacheError(f"{path} is not an HDF5 file ({str(err).splitlines()[0][:120]}): give an `egodistill cache export-h5` file or HDF5 features") from err
+        raise CacheError(f"{path} is not an HDF5 file ({first_line(err, 120)}): give an `egodistill cache export-h5` file or HDF5 features") from err
 
 
 def import_export(path: str | os.PathLike, location: str | os.PathLike, name: str | None = None, storage_options: dict | None = None) -> str:

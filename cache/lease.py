@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from egodistill.cache.errors import CacheError
-from egodistill.cache.jsonio import dumps
+from egodistill.common import CacheError, dumps
 
 LEASE_FILE = "egodistill-lease.json"
 STALE_AFTER_SEC = 600.0

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import WrapperStore
+
+from egodistill.common import atomic_write
 
 
 class ReadThroughStore(WrapperStore[Store]):
@@ -43,13 +44,13 @@ class ReadThroughStore(WrapperStore[Store]):
             # attributes (task records) that do change, so it is always read from the remote.
             value = await self._store.get(key, prototype, byte_range)
             if value is not None and byte_range is None and b'"node_type": "array"' in value.to_bytes().replace(b'"node_type":"array"', b'"node_type": "array"'):
-                await asyncio.to_thread(_write_atomically, path, value.to_bytes())
+                await asyncio.to_thread(atomic_write, path, value.to_bytes())
             return value
         if not path.exists():
             whole = await self._store.get(key, prototype)
             if whole is None:
                 return None  # absent (fill value only): nothing to keep, ask again next time
-            await asyncio.to_thread(_write_atomically, path, whole.to_bytes())
+            await asyncio.to_thread(atomic_write, path, whole.to_bytes())
         data = await asyncio.to_thread(_read_range, path, byte_range)
         return prototype.buffer.from_bytes(data)
 
@@ -59,14 +60,6 @@ class ReadThroughStore(WrapperStore[Store]):
     def __str__(self) -> str:
         return f"read-through({self.url} -> {self.folder})"
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary name and rename, so a reader in another process never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _read_range(path: Path, byte_range: ByteRequest | None) -> bytes:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from egodistill.cache.errors import CacheError
+from egodistill.common import CacheError
 
 GROUP = "segments"
 TEXT_COLUMNS = ("id", "video", "split")

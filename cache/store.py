@@ -8,7 +8,7 @@ from typing import Any
 
 import zarr
 
-from egodistill.cache.errors import CacheError
+from egodistill.common import CacheError, first_line
 from egodistill.cache.records import egodistill_version
 
 # 2: text columns of the segments table as UTF-8 bytes + offsets (1 used zarr-python's string type).
@@ -73,7 +73,7 @@ def open_root(
     except (FileNotFoundError, KeyError) as err:
         raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` or `egodistill cache init --manifest FILE --cache {location}` first") from err
     except (OSError, ValueError, TypeError) as err:
-        raise CacheError(f"cannot open cache {location}: {_short(err)}") from err
+        raise CacheError(f"cannot open cache {location}: {first_line(err)}") from err
     if root.attrs.get(ROOT_ATTR) is None:
         if mode == "r" or len(list(root.keys())) > 0:
             raise CacheError(f"{location} is a Zarr group but not an egodistill cache: choose another --cache path")
@@ -124,6 +124,3 @@ def _check_writable(path: Path) -> None:
     except OSError as err:
         raise CacheError(f"cache path {path} is not writable ({err.strerror or type(err).__name__}): choose a --cache under a folder you can write to") from err
 
-
-def _short(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

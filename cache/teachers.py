@@ -22,7 +22,7 @@ from zarr.codecs import BloscCodec
 
 from egodistill.cache.blocks import FeatureReader
 from egodistill.cache.checksums import task_checksums
-from egodistill.cache.errors import CacheError
+from egodistill.common import CacheError
 from egodistill.cache.layout import Layout
 from egodistill.cache.records import Failure, Provenance, TaskRecord, now
 
@@ -148,6 +148,13 @@ class Teacher:
         tasks = self._group["tasks"]
         group = tasks[task_name(task)] if task_name(task) in tasks else tasks.create_group(task_name(task))
         group.attrs["record"] = record.to_json()
+
+    def mark_imported(self, path: str | Path, sha256: str | None = None, source: dict | None = None) -> None:
+        """Record where an imported teacher's rows came from (`imported` of its attributes)."""
+        from egodistill.cache.hdf5 import imported_note
+
+        self._group.attrs[ATTR] = {**self._group.attrs[ATTR], "imported": imported_note(path, sha256, source)}
+        self.imported = self._group.attrs[ATTR]["imported"]
 
     def drop_records(self, tasks: Sequence[int]) -> None:
         """Forget these tasks' records (to run them again): until rewritten, their segments are not data."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egodistill.cache.jsonio import write_json
+from egodistill.common import write_json
 from egodistill.demo.data import DemoSpec, _draw_scene, clip_id, clip_labels, split_label
 
 BOXES_NAME = "bounding_box_annotations.json"

@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from egodistill.cache.jsonio import write_json
+from egodistill.common import write_json
 
 GENERATOR_VERSION = 2  # bump when the rendering changes: a stored dataset of another version is regenerated
 # Version 2: x264 without macroblock-tree rate control (mbtree=0). With it, one clip encoded in two processes

@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from egodistill import cache as cache_api
-from egodistill.cache.errors import EgodistillError
-from egodistill.cache.jsonio import write_json
-from egodistill.cache.options import check_number
+from egodistill.common import EgodistillError, check_number, write_json
 from egodistill.demo import claims as claims_api
 from egodistill.demo.boxes import write_demo_boxes
 from egodistill.demo.data import HEAD, SPEC_NAME, DemoSpec, class_names, describe_demo, generate_demo_data

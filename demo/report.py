@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from egodistill.cache.jsonio import write_json  # noqa: E402
+from egodistill.common import write_json  # noqa: E402
 from egodistill.demo.protocol import protocol_doc  # noqa: E402
 from egodistill.student.metrics import reliability  # noqa: E402
 from egodistill.student.plots import reliability_diagram  # noqa: E402

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egodistill.cache.checksums import file_sha256
-from egodistill.cache.errors import TeacherError
+from egodistill.common import TeacherError, file_sha256, first_line
 
 TIMM_PRETRAINED = "timm"  # --weights timm: timm's own pretrained weights, from its hub
 
@@ -70,7 +69,7 @@ def create_backbone(spec: BackboneSpec, heads: dict[str, int]) -> Backbone:
     try:
         model = timm.create_model(spec.backbone, pretrained=spec.weights == TIMM_PRETRAINED, **kwargs)
     except (RuntimeError, OSError, ValueError) as err:
-        raise TeacherError(f"cannot build backbone {spec.backbone} with weights {spec.weights}: {_first_line(err)}") from err
+        raise TeacherError(f"cannot build backbone {spec.backbone} with weights {spec.weights}: {first_line(err)}") from err
     if spec.weights not in (None, TIMM_PRETRAINED):
         _load_weights(model, Path(_existing(spec.weights, "weights")), spec)
     model.eval()
@@ -103,11 +102,6 @@ def _load_weights(model: torch.nn.Module, path: Path, spec: BackboneSpec) -> Non
         raise TeacherError(f"weights {path} do not fit backbone {spec.backbone}: {detail[:200]}") from err
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
-
-
 def _load_heads(path: str, heads: dict[str, int], feature_dim: int) -> dict[str, torch.nn.Linear]:
     """A head file holds `<head>.weight` [C, D] and `<head>.bias` [C] for every manifest head."""
     state = _read_state(Path(_existing(path, "head")))
@@ -137,7 +131,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file is the same user error
-        raise TeacherError(f"cannot read {path}: {_first_line(err)}: give a torch state dict or .safetensors file") from err
+        raise TeacherError(f"cannot read {path}: {first_line(err)}: give a torch state dict or .safetensors file") from err
     if not isinstance(state, dict):
         raise TeacherError(f"{path} is not a state dict: save it with torch.save(module.state_dict(), path)")
     # Training checkpoints wrap the weights ({"state_dict": ...} or {"model": ...}); DataParallel prefixes "module.".
@@ -265,7 +259,7 @@ def clip_output(name: str, clip_frames: int) -> tuple[int, int]:
         try:
             out = entry.per_time(net, x)
         except (RuntimeError, ValueError, AssertionError, IndexError) as err:
-            raise TeacherError(f"{name} cannot read a clip of {clip_frames} frames ({_first_line(err)}): its weights were evaluated on {preset['clip_frames']}-frame clips (at least {preset['min_clip_frames']}); set --clip-frames") from err
+            raise TeacherError(f"{name} cannot read a clip of {clip_frames} frames ({first_line(err)}): its weights were evaluated on {preset['clip_frames']}-frame clips (at least {preset['min_clip_frames']}); set --clip-frames") from err
     return int(out.shape[1]), int(out.shape[2])
 
 

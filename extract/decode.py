@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from egodistill.cache.errors import MediaError
+from egodistill.common import MediaError
 
 try:  # decord has no wheels for some platforms: PyAV then does all the work
     import decord

@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from egodistill import cache
-from egodistill.cache.checksums import file_sha256
-from egodistill.cache.errors import ExtractError, MediaError
+from egodistill.common import ExtractError, MediaError, file_sha256
 
 BOX_FIELDS = ("x1", "y1", "x2", "y2", "category", "score", "valid")
 HAND = 1

@@ -18,8 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from egodistill.cache.checksums import file_sha256
-from egodistill.cache.errors import ExtractError, MediaError
+from egodistill.common import ExtractError, MediaError, file_sha256
 from egodistill.extract.decode import Video, open_video, read_audio_track
 
 FLOW_BOUND_PX = 20.0  # EPIC's released flow: clipped to +-20 px and scaled to [-1, 1]

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from egodistill import cache
-from egodistill.cache.errors import EgodistillError, ExtractError
-from egodistill.cache.options import check_number, check_plain_name
+from egodistill.common import EgodistillError, ExtractError, check_number, check_plain_name, first_line, pick_device
 from egodistill.extract.backbones import BackboneSpec, clip_backbone_names, clip_output, clip_preset, create_backbone, head_id, is_clip_backbone, weights_id
 from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos, segment_table
 from egodistill.extract.modalities import get_modality
@@ -167,7 +166,7 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     heads = plan.manifest.heads
     backbone = create_backbone(spec, heads)  # here, once, so a bad backbone/weights/head fails before any work
     settings = modality.settings(options, backbone.data_config)
-    device = str(cache.pick_device(cfg.device))
+    device = str(pick_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
     provenance = teacher_provenance(cfg, spec, settings, plan.policy, precision)
 
@@ -274,7 +273,7 @@ def _run_on_dask(cfg: ExtractConfig, workers: int, spec: TaskSpec, tasks: list[t
             try:
                 result = future.result()
             except Exception as err:  # noqa: BLE001 - a crashed task is reported and rerun next time
-                summary.crashed_tasks.append(f"{future.key}: {type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}")
+                summary.crashed_tasks.append(f"{future.key}: {type(err).__name__}: {first_line(err)}")
             else:
                 _account(summary, result)
             done += size[future.key]

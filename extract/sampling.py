@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from egodistill.cache.errors import ExtractError, MediaError
+from egodistill.common import ExtractError, MediaError
 
 
 def sampling_policy(frames: int | None, fps: float | None) -> dict:

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from egodistill import cache
-from egodistill.cache.errors import EgodistillError
-from egodistill.cache.jsonio import write_json
+from egodistill.common import EgodistillError, first_line, pick_device, write_json
 from egodistill.student import rundir
 from egodistill.student.cost import student_cost, teacher_cost
 from egodistill.student.data import CacheLoader, load_windows, present_inputs, teacher_logit_table
@@ -54,8 +53,7 @@ def load_student(run: str) -> tuple[dict, Student]:
         model = Student(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError) as err:  # a checkpoint of another student model version
-        detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise EvaluateError(f"{Path(run) / rundir.LAST} does not fit this egodistill's student model ({detail}): train the run again with train-student") from err
+        raise EvaluateError(f"{Path(run) / rundir.LAST} does not fit this egodistill's student model ({first_line(err, 160)}): train the run again with train-student") from err
     return record, model.eval()
 
 
@@ -72,7 +70,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len(segments) == 0:
         splits = ", ".join(sorted(set(table.split.tolist())))
         raise EvaluateError(f"no {cfg.split!r} segments with the student's inputs in the cache (splits: {splits}): pass another --split")
-    device = cache.pick_device(cfg.device)
+    device = pick_device(cfg.device)
     model = model.to(device)
     loader = CacheLoader(root, input_keys, segments, table.labels, batch_size=cfg.batch_size, frames=model.cfg.frames, train=False, present=present)
     subsets = input_subsets(len(input_keys))

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from egodistill import cache
-from egodistill.cache.errors import EgodistillError
-from egodistill.cache.options import check_number
+from egodistill.common import EgodistillError, check_number
 from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics
 from egodistill.student.folds import grouped_folds, segment_groups
 from egodistill.student.layout import LAYOUT_MAX_LR, LayoutTransformer, is_layout_width

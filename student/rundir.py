@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from egodistill.cache.errors import EgodistillError
-from egodistill.cache.jsonio import dumps
+from egodistill.common import EgodistillError, atomic_write, dumps
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -55,7 +54,7 @@ def claim_run_dir(out: str | os.PathLike, record: dict, resume: bool) -> bool:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunDirError(f"cannot create run dir {folder} ({err.strerror or type(err).__name__}): choose an --out under a folder you can write to") from err
-    _atomic_write(path, dumps(record, indent=2) + "\n")
+    atomic_write(path, dumps(record, indent=2) + "\n")
     return False
 
 
@@ -68,9 +67,7 @@ def read_run_config(run: str | os.PathLike) -> dict:
 
 def save_checkpoint(out: str | os.PathLike, name: str, state: dict) -> None:
     path = Path(out) / name
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-save never leaves a broken checkpoint behind
+    atomic_write(path, lambda tmp: torch.save(state, tmp))  # a kill mid-save never leaves a broken checkpoint behind
 
 
 def load_checkpoint(run: str | os.PathLike, name: str) -> dict:
@@ -94,10 +91,5 @@ def truncate_metrics(out: str | os.PathLike, epochs: int) -> None:
     """Keep the lines of the first `epochs` epochs: a run killed after writing a line but before
     saving last.pt would otherwise log that epoch twice when resumed."""
     lines = [m for m in read_metrics(out) if m["epoch"] < epochs]
-    _atomic_write(Path(out) / METRICS, "".join(dumps(m) + "\n" for m in lines))
+    atomic_write(Path(out) / METRICS, "".join(dumps(m) + "\n" for m in lines))
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

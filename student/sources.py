@@ -7,7 +7,7 @@ one teacher of that modality that has what is asked for (features for inputs, lo
 from __future__ import annotations
 
 from egodistill import cache
-from egodistill.cache.errors import CacheError
+from egodistill.common import CacheError
 
 
 class SourceError(CacheError):

@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 from egodistill import cache
-from egodistill.cache.errors import EgodistillError
-from egodistill.cache.device import pick_device
-from egodistill.cache.options import check_choice, check_number
+from egodistill.common import EgodistillError, check_choice, check_number, pick_device
 from egodistill.student import rundir
 from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table, teacher_views
 from egodistill.student.folds import grouped_holdout, segment_groups

@@ -6,7 +6,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from egodistill.extract import testing as media  # noqa: E402
+from egodistill import testing as media  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from egodistill.cache.jsonio import dumps, write_json
-from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache
+from egodistill.common import dumps, write_json
+from egodistill.testing import SyntheticSpec, build_synthetic_cache
 from egodistill.cli import main
-from egodistill.extract import testing as media
+from egodistill import testing as media
 
 from helpers import egodistill, one_line_error
 

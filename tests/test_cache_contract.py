@@ -12,11 +12,11 @@ import pytest
 import zarr
 
 from egodistill import cache
-from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache
+from egodistill.testing import SyntheticSpec, build_synthetic_cache
 from egodistill.cache.verify import verify_cache
 from helpers import ROOT, egodistill, one_line_error, snapshot
 
-SCHEMA1 = ROOT / "tests" / "data" / "schema1-cache"  # written by egodistill 0.1.0 (cache/testing.py, 12 segments, one rgb teacher)
+SCHEMA1 = ROOT / "tests" / "data" / "schema1-cache"  # written by egodistill 0.1.0 (then cache/testing.py, now egodistill.testing; 12 segments, one rgb teacher)
 SCHEMA1_KEY = "rgb-resnet18-b8f9e1e702"
 
 

@@ -6,10 +6,10 @@ import av
 import numpy as np
 import pytest
 
-from egodistill.cache.errors import MediaError
+from egodistill.common import MediaError
 from egodistill.extract import decode
 from egodistill.extract.decode import open_video, read_audio, read_audio_track
-from egodistill.extract import testing as media
+from egodistill import testing as media
 
 REAL_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "videos"
 

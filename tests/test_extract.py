@@ -10,7 +10,7 @@ import torch
 import zarr
 
 from egodistill import cache
-from egodistill.cache.errors import ExtractError
+from egodistill.common import ExtractError
 from egodistill.extract.backbones import BackboneSpec, create_backbone
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction

@@ -8,7 +8,7 @@ import torch
 
 from egodistill import cache
 from egodistill.student.sources import SourceError, resolve_teachers
-from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache
+from egodistill.testing import SyntheticSpec, build_synthetic_cache
 from egodistill.student.fit import FitConfig, FitError, fit_head, fit_teachers, load_features, predict_head
 from egodistill.student.folds import grouped_folds, segment_groups
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from egodistill.cache.errors import ManifestError
+from egodistill.common import ManifestError
 from egodistill.extract.manifests import Manifest, Segment, read_manifest, resolve_video, resolve_videos
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real"

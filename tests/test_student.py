@@ -14,7 +14,7 @@ from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets, loa
 from egodistill.student.model import ModelConfig, Student, mask_modalities
 from egodistill.student.rundir import RunDirError
 from egodistill.student.sources import SourceError
-from egodistill.cache.testing import SyntheticSpec, build_synthetic_cache
+from egodistill.testing import SyntheticSpec, build_synthetic_cache
 from egodistill.student.train import TrainConfig, TrainError, setup, train, training_statistics
 
 HEADS = {"verb": 4, "noun": 6}

@@ -11,12 +11,12 @@ import torch
 from torchvision.models import video
 
 from egodistill import cache
-from egodistill.cache.errors import EgodistillError, TeacherError
+from egodistill.common import EgodistillError, TeacherError
 from egodistill.extract.backbones import BackboneSpec, create_backbone
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 from egodistill.extract.sampling import sample_indices
-from egodistill.extract.testing import make_video
+from egodistill.testing import make_video
 from helpers import egodistill, one_line_error
 
 # Stated tolerance: stored float16 features against a float32 model call on the same frames.

@@ -34,12 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from egodistill.cache.catalog import open_cache
-from egodistill.cache.checksums import file_sha256
-from egodistill.cache.errors import CacheError
+from egodistill.common import CacheError, check_choice, check_number, check_plain_name, file_sha256, first_line
 from egodistill.cache.layout import plan_layout
-from egodistill.cache.options import check_choice, check_number, check_plain_name
 from egodistill.cache.records import Failure, Provenance
-from egodistill.cache.teachers import ATTR
 
 FORMATS = ("h5", "npy", "pt", "lmdb")
 Progress = Callable[[int, int], None]
@@ -159,7 +156,7 @@ def _read_npy(path: str, fps, stride, window) -> Source:
         try:
             values = np.load(file, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as err:
-            raise CacheError(f"{file} is not a .npy array ({str(err).splitlines()[0][:100]}): give arrays saved with numpy.save") from None
+            raise CacheError(f"{file} is not a .npy array ({first_line(err, 100)}): give arrays saved with numpy.save") from None
         entries[file.stem] = Entry(file.stem, _matrix(file, values), None, fps, None)
     timing = {"timestamps": f"row k at k/fps, fps={fps} (per segment: from its start)" if fps else "uniform-in-segment"}
     return Source(path, "npy", entries, listing_sha256(files, path), timing)
@@ -219,7 +216,7 @@ def _read_lmdb(path: str, fps, stride, window) -> Source:
     try:
         env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=Path(path).is_dir())
     except lmdb.Error as err:
-        raise CacheError(f"{path} is not an LMDB database ({str(err).splitlines()[0][:100]}): give RULSTM's feature folder (data.mdb)") from None
+        raise CacheError(f"{path} is not an LMDB database ({first_line(err, 100)}): give RULSTM's feature folder (data.mdb)") from None
     frames: dict[str, list[tuple[int, bytes]]] = {}
     dim = None
     with env.begin() as txn:
@@ -264,7 +261,6 @@ def import_source(path: str | os.PathLike, fmt: str, location: str | os.PathLike
 
 
 def _write_teacher(source: Source, location, modality: str, name, backbone: str, by: str, storage_options, on_progress) -> str:
-    from egodistill.cache.hdf5 import imported_note
 
     cache = open_cache(location, mode="r+", storage_options=storage_options)
     table = cache.segments
@@ -293,7 +289,7 @@ def _write_teacher(source: Source, location, modality: str, name, backbone: str,
         teacher.write_task(task, features, times, {}, failed=[x for x in failed if x.segment in segs], worker=f"import-{source.format}")
         if on_progress:
             on_progress(segs.stop, layout.segments)
-    teacher._group.attrs[ATTR] = {**teacher._group.attrs[ATTR], "imported": imported_note(source.path, source.sha256, described)}
+    teacher.mark_imported(source.path, source.sha256, described)
     return key
 
 
