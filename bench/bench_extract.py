@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from egodistill.extract.modalities import MediaSource, get_modality  # noqa: E402
 from egodistill.extract.run import ExtractConfig, run_extraction  # noqa: E402
 from egodistill.extract.sampling import sample_indices  # noqa: E402
-from egodistill.extract.backbones import BackboneSpec, create_backbone  # noqa: E402
+from egodistill.backbones import BackboneSpec, create_backbone  # noqa: E402
 from egodistill.extract.worker import embed  # noqa: E402
 from egodistill import testing as media  # noqa: E402
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from egodistill import cache
 from egodistill.common import EgodistillError, ExtractError, check_number, check_plain_name, first_line, pick_device
-from egodistill.extract.backbones import BackboneSpec, clip_backbone_names, clip_output, clip_preset, create_backbone, head_id, is_clip_backbone, weights_id
+from egodistill.backbones import BackboneSpec, clip_backbone_names, clip_output, clip_preset, create_backbone, head_id, is_clip_backbone, weights_id
 from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos, segment_table
 from egodistill.extract.modalities import get_modality
 from egodistill.extract.sampling import clip_policy, frames_for, rows_from_frames, sampling_policy

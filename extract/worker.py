@@ -21,7 +21,7 @@ import torch
 
 from egodistill import cache
 from egodistill.common import EgodistillError
-from egodistill.extract.backbones import Backbone, BackboneSpec, create_backbone, pooled_logits
+from egodistill.backbones import Backbone, BackboneSpec, create_backbone, pooled_logits
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.sampling import clip_windows, sample_indices, step_times
 

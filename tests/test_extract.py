@@ -11,7 +11,7 @@ import zarr
 
 from egodistill import cache
 from egodistill.common import ExtractError
-from egodistill.extract.backbones import BackboneSpec, create_backbone
+from egodistill.backbones import BackboneSpec, create_backbone
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 from egodistill.extract.sampling import sample_indices

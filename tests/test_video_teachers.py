@@ -12,7 +12,7 @@ from torchvision.models import video
 
 from egodistill import cache
 from egodistill.common import EgodistillError, TeacherError
-from egodistill.extract.backbones import BackboneSpec, create_backbone
+from egodistill.backbones import BackboneSpec, create_backbone
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 from egodistill.extract.sampling import sample_indices

@@ -1,5 +1,6 @@
-"""The models a teacher runs: a timm image backbone or a torchvision clip backbone (random, local weights or
-timm's own), plus optional linear heads.
+"""The one backbone registry and its one door, `create_backbone`: the models a teacher runs and a student
+trains, a timm image backbone or a torchvision clip backbone (random, local weights or timm's own), plus
+optional linear heads. It sits below extract/ and student/ alike (both import it; it imports neither).
 
 Clip backbones (torchvision's video models) sit in `_CLIP_MODELS`: each entry names its weights enum, whose
 preset transform gives the preprocessing (resize, crop, mean/std, clip length), its first conv (adapted to 2
