@@ -87,8 +87,8 @@ class Teacher:
         return self._group["offsets"][:]
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Features [rows, D] float16 and timestamps [rows] float32 of rows start:stop."""
-        return self._group["features"][start:stop], self._group["timestamps"][start:stop]
+        """Rows start:stop (features [rows, D] float16, or frames [rows, H, W, 3] uint8) and their timestamps [rows] float32."""
+        return self._group["frames" if self.has_frames else "features"][start:stop], self._group["timestamps"][start:stop]
 
     def read_features(self, spans: Sequence[tuple[int, int]]) -> np.ndarray:
         """Feature rows of every (start, stop) span, concatenated: the loader's whole-block read."""
