@@ -32,7 +32,7 @@ ATTR = "teacher"
 FEATURE_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 # Frames (bench/RESULTS.md "Frames in the cache"): lossless codecs barely shrink decoded natural video
 # (zstd-3: 1.26x on real clips), so the pick is read speed at that ratio. Bit-shuffle saves 11% more
-# bytes but decodes 3-4x slower; lz4 decodes faster and saves only 8%. Byte shuffle does nothing on uint8.
+# bytes but decodes 1.7-4x slower; lz4 decodes 2-5x faster and saves only 8%. Byte shuffle does nothing on uint8.
 FRAME_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")
 FRAME_CHUNK_BYTES = 1 << 20  # a frames chunk holds whole segments up to ~1 MiB raw: one random segment = one chunk read
 
