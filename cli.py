@@ -48,7 +48,7 @@ class _ExtractCommand(TyperCommand):
 @app.command(cls=_ExtractCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def extract(
     ctx: typer.Context,
-    manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
+    manifest: Annotated[list[str], typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>[:<classes>]...). Repeat it for each file of a dataset (train, validation, test: each keeps its split); files the cache does not hold yet are appended to it.")],
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (s3://, gs://, file://).")],
     videos: Annotated[str, typer.Option(help="Folder the manifest's videos are found under.")] = ".",
     modality: Annotated[str, typer.Option(help="rgb, flow, audio, or layout (boxes from --boxes FILE, no model).")] = "rgb",
@@ -69,6 +69,7 @@ def extract(
     segments_per_task: Annotated[Optional[int], typer.Option(help="Segments per Dask task (= logits chunk); fixed when the teacher is created.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Rerun tasks whose ledger has failed segments.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Read the manifest, find videos, show the planned rows and shards; run no model.")] = False,
+    classes: Annotated[Optional[list[str]], typer.Option(help="HEAD=FILE: the head's classes (one name a line, EPIC's classes CSV or SSv2's labels JSON) sizing a generic CSV's head; repeatable.")] = None,
 ) -> None:
     """Run one teacher over a dataset's segments into the cache (resumable: rerun to finish).
 
@@ -80,7 +81,7 @@ def extract(
         manifest=manifest, videos=videos, cache=cache, modality=modality, backbone=backbone, weights=weights, head=head,
         frames=frames, fps=fps, clip_frames=clip_frames, clip_stride=clip_stride, options=_modality_options(ctx.args), name=name, workers=workers, scheduler=scheduler,
         device=device.value, precision=precision.value, batch_size=batch_size, seed=seed,
-        segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run,
+        segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run, classes=_classes(classes),
     )
     plan = plan_extraction(cfg)
     _print_plan(plan, needs_videos=get_modality(modality).run is None)
@@ -90,6 +91,13 @@ def extract(
     _print_summary(summary)
     if not summary.ok:
         raise typer.Exit(EXIT_FAILED_SEGMENTS)
+
+
+def _classes(specs: list[str] | None) -> dict[str, int]:
+    """`--classes verb=FILE --classes noun=FILE` -> {"verb": 97, "noun": 300}."""
+    from egodistill.extract.manifests import read_classes
+
+    return dict(read_classes(spec) for spec in specs or [])
 
 
 def _modality_options(args: list[str]) -> dict[str, str]:
@@ -122,6 +130,8 @@ def _print_plan(plan, needs_videos: bool = True) -> None:
     console.print(
         f"manifest {m.path} ({m.format}): {len(m.segments)} segments, heads "
         f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}; videos found {found} of {len(plan.video_paths)}"
+        + (f"; new to the cache: {', '.join(f'{a.path} ({len(a.segments)})' for a in plan.added)}" if plan.added and len(plan.added) < len(m.path.split(", ")) else ""),
+        markup=False, highlight=False, soft_wrap=True,
     )
     if plan.missing_videos and needs_videos:  # a modality without a model (layout) reads no video
         shown = ", ".join(plan.missing_videos[:5]) + (f" ... (+{len(plan.missing_videos) - 5})" if len(plan.missing_videos) > 5 else "")
@@ -271,15 +281,18 @@ def cache_export_h5(
 
 @cache_app.command("init")
 def cache_init(
-    manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
+    manifest: Annotated[list[str], typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>[:<classes>]...). Repeat it for each file; files the cache does not hold yet are appended.")],
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (created if absent).")],
+    classes: Annotated[Optional[list[str]], typer.Option(help="HEAD=FILE: the head's classes (one name a line, EPIC's classes CSV or SSv2's labels JSON) sizing a generic CSV's head; repeatable.")] = None,
 ) -> None:
-    """Write the manifest's segments table alone (no videos needed), e.g. before `cache import`."""
+    """Write the manifests' segments table alone (no videos needed), e.g. before `cache import`; add a dataset's other files to a cache."""
     from egodistill.extract.manifests import init_cache
 
-    m = init_cache(manifest, cache)
-    console.print(f"{cache}: segments table of {len(m.segments)} segments from {m.path} ({m.format}), heads "
-                  f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}", markup=False, highlight=False, soft_wrap=True)
+    added, count = init_cache(manifest, cache, _classes(classes))
+    for m in added:
+        console.print(f"{cache}: added {len(m.segments)} segments from {m.path} ({m.format}, split {', '.join(sorted({s.split for s in m.segments}))}), heads "
+                      f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{cache}: {count} segments" + ("" if added else " (it already held every file given)"), markup=False, highlight=False, soft_wrap=True)
 
 
 class ImportFormat(str, Enum):
