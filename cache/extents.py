@@ -14,6 +14,7 @@ its extents, and shows segments no extent covers yet as not extracted: NaN logit
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -267,7 +268,10 @@ def extend_teacher(group: zarr.Group, teacher: Teacher | ExtendedTeacher, offset
 
 def _arrays(group: zarr.Group, prefix: str = ""):
     """(path, array) of the teacher's own arrays: not its tasks, not other extents."""
-    for name, member in sorted(group.members()):
+    with warnings.catch_warnings():  # the teacher's folder also holds its lease file, which zarr names in a warning
+        warnings.simplefilter("ignore")
+        members = sorted(group.members())
+    for name, member in members:
         if name in ("tasks", PARTS):
             continue
         if isinstance(member, zarr.Array):

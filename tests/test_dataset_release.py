@@ -1,0 +1,294 @@
+"""A cache holds a dataset as released (issue 16 §0): one cache for its train, validation and test files,
+each keeping its split; a file added later appends segments and nothing stored is rewritten. Also declared
+class counts of generic CSVs (issue 18 §4)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from egodistill import cache
+from egodistill.cache.verify import verify_cache
+from egodistill.common import ManifestError
+from egodistill.extract.manifests import init_cache, read_classes, read_manifest, read_manifests
+from egodistill.extract.run import ExtractConfig, run_extraction
+from tests.helpers import egodistill, one_line_error
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
+if not REAL.is_dir():
+    REAL = Path("/work/shared/real")
+EPIC = REAL / "epic100" / "EPIC_100_validation.csv"
+SSV2 = REAL / "ssv2" / "something-something-v2-validation.json"
+BACKBONE = "test_resnet"
+
+
+def _epic_files(folder: Path) -> list[Path]:
+    """The real validation file cut into a train, a validation and a test file (the test file without class columns)."""
+    if not EPIC.is_file():
+        pytest.skip(f"{EPIC} not here: the real EPIC-KITCHENS-100 annotations are for development only")
+    with EPIC.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:13]
+    out = []
+    for name, part, keep in (("EPIC_100_train.csv", body[:5], header), ("EPIC_100_validation.csv", body[5:9], header),
+                             ("EPIC_100_test_timestamps.csv", body[9:12], header[:8])):
+        path = folder / name
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerows([keep, *[r[: len(keep)] for r in part]])
+        out.append(path)
+    return out
+
+
+def test_real_epic_train_validation_and_test_files_share_one_cache(tmp_path):
+    train, val, test = _epic_files(tmp_path)
+    location = str(tmp_path / "epic.zarr")
+    egodistill("cache", "init", "--manifest", train, "--manifest", val, "--manifest", test, "--cache", location, check=0)
+    table = cache.open_cache(location).segments
+    assert len(table) == 12  # not only the last --manifest
+    assert list(table.split) == ["train"] * 5 + ["val"] * 4 + ["test"] * 3
+    assert table.heads == {"verb": 97, "noun": 300}
+    assert (table.labels["verb"][9:] == -1).all() and (table.labels["verb"][:9] >= 0).all()
+    files = cache.open_cache(location).segments_info["files"]
+    assert [(Path(f["manifest"]).name, f["split"], f["segments"]) for f in files] == [
+        ("EPIC_100_train.csv", "train", [0, 5]), ("EPIC_100_validation.csv", "val", [5, 9]), ("EPIC_100_test_timestamps.csv", "test", [9, 12])]
+
+
+def test_real_epic_validation_added_to_a_train_cache_appends_and_rewrites_nothing(tmp_path):
+    train, val, test = _epic_files(tmp_path)
+    location = tmp_path / "epic.zarr"
+    egodistill("cache", "init", "--manifest", train, "--cache", location, check=0)
+    before = _chunk_files(location)
+    result = egodistill("cache", "init", "--manifest", train, "--manifest", val, "--cache", location, check=0)
+    assert "added 4 segments" in result.stdout and "12" not in result.stdout
+    after = _chunk_files(location)
+    assert {k: after[k] for k in before} == before  # the first file's columns stay byte for byte
+    table = cache.open_cache(location).segments
+    assert len(table) == 9 and list(table.split[5:]) == ["val"] * 4
+    assert list(table.ids) == [r.id for r in read_manifest(train).segments + read_manifest(val).segments]
+    egodistill("cache", "init", "--manifest", test, "--cache", location, check=0)
+    assert len(cache.open_cache(location).segments) == 12
+    # A file the cache holds is checked and skipped, not appended twice.
+    again = egodistill("cache", "init", "--manifest", val, "--cache", location, check=0)
+    assert "already held every file" in again.stdout and len(cache.open_cache(location).segments) == 12
+
+
+def test_a_segment_id_in_two_files_is_one_line_naming_both(tmp_path):
+    train, val, _ = _epic_files(tmp_path)
+    with val.open("a", newline="") as f:  # the validation file repeats a training narration
+        csv.writer(f).writerow(next(r for i, r in enumerate(csv.reader(train.open(newline=""))) if i == 2))
+    line = one_line_error(egodistill("cache", "init", "--manifest", train, "--manifest", val, "--cache", tmp_path / "c.zarr"))
+    assert "EPIC_100_train.csv" in line and "EPIC_100_validation.csv" in line and "P01_11_1" in line
+    # The same id added to a cache that already holds the other file: one line too, naming both, nothing written.
+    location = tmp_path / "held.zarr"
+    egodistill("cache", "init", "--manifest", train, "--cache", location, check=0)
+    before = _chunk_files(location)
+    line = one_line_error(egodistill("cache", "init", "--manifest", val, "--cache", location))
+    assert "EPIC_100_train.csv" in line and "EPIC_100_validation.csv" in line
+    assert _chunk_files(location) == before and len(cache.open_cache(location).segments) == 5
+
+
+def test_real_ssv2_train_validation_and_test_files_share_one_cache(tmp_path):
+    if not SSV2.is_file():
+        pytest.skip(f"{SSV2} not here")
+    entries = json.loads(SSV2.read_text())
+    shutil.copy(REAL / "ssv2" / "something-something-v2-labels.json", tmp_path / "something-something-v2-labels.json")
+    files = []
+    for name, part in (("something-something-v2-train.json", entries[:4]), ("something-something-v2-validation.json", entries[4:7]),
+                       ("something-something-v2-test.json", [{"id": e["id"]} for e in entries[7:10]])):
+        (tmp_path / name).write_text(json.dumps(part))
+        files.append(tmp_path / name)
+    location = tmp_path / "ssv2.zarr"
+    init_cache([str(files[0])], str(location))
+    added, count = init_cache([str(f) for f in files], str(location))
+    assert [Path(m.path).name for m in added] == ["something-something-v2-validation.json", "something-something-v2-test.json"] and count == 10
+    table = cache.open_cache(location).segments
+    assert list(table.split) == ["train"] * 4 + ["val"] * 3 + ["test"] * 3
+    assert table.heads == {"action": 174} and (table.labels["action"][7:] == -1).all() and (table.labels["action"][:7] >= 0).all()
+    assert list(table.ids) == [e["id"] for e in entries[:10]]
+
+
+# --- extract, add a file, extract again: only the new segments, nothing stored rewritten -------------------
+
+
+def _write_csv(path: Path, rows, header="segment_id,video,start_sec,stop_sec,split,label:action:3") -> Path:
+    path.write_text("\n".join([header, *(",".join(map(str, r)) for r in rows)]) + "\n")
+    return path
+
+
+@pytest.fixture
+def release(tmp_path, media_dir):
+    videos = tmp_path / "videos"
+    shutil.copytree(media_dir, videos)
+    train = _write_csv(tmp_path / "clips_train.csv", [("t0", "h264_aac.mp4", 0.0, 1.0, "train", 0), ("t1", "h264_aac.mp4", 1.0, 2.0, "train", 1),
+                                                       ("t2", "vp9_opus.webm", 0.2, 1.8, "train", 2), ("t3", "no_audio.mp4", 0.0, 1.0, "train", 0)])
+    val = _write_csv(tmp_path / "clips_val.csv", [("v0", "vp9_opus.webm", 0.0, 1.0, "val", 1), ("v1", "h264_aac.mp4", 0.5, 1.5, "val", 2),
+                                                  ("v2", "missing.mp4", 0.0, 1.0, "val", 0)])
+    torch.manual_seed(0)
+    head = tmp_path / "head.pt"
+    torch.save({"action.weight": torch.randn(3, 96), "action.bias": torch.randn(3)}, head)
+    return tmp_path, videos, train, val, head
+
+
+def _config(tmp_path, videos, manifests, location, head) -> ExtractConfig:
+    # 3 segments a task: the first file's last task and shard are partial, the case where appending in place would rewrite them.
+    return ExtractConfig(manifest=[str(m) for m in manifests], videos=str(videos), cache=str(location), modality="rgb", backbone=BACKBONE,
+                         head=str(head), frames=4, workers=0, device="cpu", precision="fp32", batch_size=8, segments_per_task=3)
+
+
+def _chunk_files(location: Path) -> dict[str, bytes]:
+    """Every stored object but the metadata documents (zarr.json, where attributes may be updated)."""
+    return {str(p.relative_to(location)): p.read_bytes() for p in sorted(Path(location).rglob("*")) if p.is_file() and p.name != "zarr.json"}
+
+
+def _task_records(location: Path, key: str) -> dict[str, bytes]:
+    tasks = Path(location) / "teachers" / key / "tasks"
+    return {str(p.relative_to(tasks)): p.read_bytes() for p in sorted(tasks.rglob("zarr.json"))}
+
+
+def test_extract_then_add_a_file_then_extract_again_fills_only_the_new_segments(release):
+    tmp_path, videos, train, val, head = release
+    location = tmp_path / "grown.zarr"
+    first = run_extraction(_config(tmp_path, videos, [train], location, head), log=lambda _: None)
+    assert first.ok and first.extracted == 4
+    key = first.teacher_key
+    stored, records = _chunk_files(location), _task_records(location, key)
+
+    init_cache([str(val)], str(location))
+    grown = cache.open_cache(location)
+    teacher = grown.teacher(key)
+    assert teacher.key == key and len(grown.segments) == 7
+    assert list(teacher.segment_status()) == [1, 1, 1, 1, 0, 0, 0]  # the new segments: not extracted yet
+    assert np.isnan(teacher.read_logits("action")[4:]).all() and not np.isnan(teacher.read_logits("action")[:4]).any()
+    assert (np.diff(teacher.offsets)[4:] == 0).all()
+    assert verify_cache(grown)["ok"]
+    assert _chunk_files(location).keys() >= stored.keys() and all(_chunk_files(location)[k] == v for k, v in stored.items())
+
+    # The same command as before fills them in: only the new segments run, into an extent of their own.
+    second = run_extraction(_config(tmp_path, videos, [train], location, head), log=lambda _: None)
+    assert second.teacher_key == key and second.done_before == 4 and second.extracted == 2 and second.failed == 1
+    assert [f.id for f in second.ledger] == ["v2"] and second.ledger[0].segment == 6
+    after = _chunk_files(location)
+    assert {k: after[k] for k in stored} == stored  # old shards, chunks and table columns: byte for byte
+    assert {k: v for k, v in _task_records(location, key).items() if k in records} == records
+    assert any(k.startswith(f"teachers/{key}/parts/1/features/") for k in after)
+
+    # What a reader sees equals one extraction of both files at once.
+    whole = tmp_path / "whole.zarr"
+    run_extraction(_config(tmp_path, videos, [train, val], whole, head), log=lambda _: None)
+    a, b = cache.open_cache(location).teacher(key), cache.open_cache(whole).teacher(key)
+    assert list(a.segment_status()) == list(b.segment_status()) == [1, 1, 1, 1, 1, 1, -1]
+    assert np.array_equal(a.offsets, b.offsets)
+    assert np.array_equal(a.read_features([(0, int(a.offsets[-1]))]), b.read_features([(0, int(b.offsets[-1]))]), equal_nan=True)
+    assert np.array_equal(a.read_rows(10, 22)[1], b.read_rows(10, 22)[1], equal_nan=True)
+    assert np.allclose(a.read_logits("action"), b.read_logits("action"), equal_nan=True)
+    assert [list(r) for r in a.blocks()] == [[0, 1, 2], [3], [4, 5, 6]]
+    assert sorted(a.records()) == [0, 1, 2] and a.records()[2].segments == (4, 7)
+    report = verify_cache(cache.open_cache(location))
+    assert report["ok"] and report["teachers"][0]["tasks_done"] == 3 and report["teachers"][0]["tasks_pending"] == 0
+    # A third run has nothing left to do.
+    third = run_extraction(_config(tmp_path, videos, [train, val], location, head), log=lambda _: None)
+    assert third.extracted == 0 and third.done_before == 7
+
+
+def test_a_changed_recorded_object_in_an_extent_is_found_by_verify(release):
+    tmp_path, videos, train, val, head = release
+    location = tmp_path / "grown.zarr"
+    key = run_extraction(_config(tmp_path, videos, [train], location, head), log=lambda _: None).teacher_key
+    run_extraction(_config(tmp_path, videos, [train, val], location, head), log=lambda _: None)
+    [shard] = sorted((location / "teachers" / key / "parts" / "1" / "features" / "c").rglob("*"))[-1:]
+    shard.write_bytes(shard.read_bytes()[:-8] + b"\0" * 8)
+    report = verify_cache(cache.open_cache(location))
+    assert not report["ok"]
+    [damage] = report["teachers"][0]["damaged"]
+    assert damage["task"] == 2 and "parts/1/features" in damage["object"]
+
+
+def test_student_loader_reads_across_extents(release):
+    tmp_path, videos, train, val, head = release
+    location = tmp_path / "grown.zarr"
+    run_extraction(_config(tmp_path, videos, [train], location, head), log=lambda _: None)
+    run_extraction(_config(tmp_path, videos, [train, val], location, head), log=lambda _: None)
+    whole = tmp_path / "whole.zarr"
+    run_extraction(_config(tmp_path, videos, [train, val], whole, head), log=lambda _: None)
+    (fa, pa), (fb, pb) = _windows(location), _windows(whole)
+    assert pa.tolist() == pb.tolist() == [[True]] * 6 + [[False]]
+    assert np.array_equal(fa, fb) and not np.isnan(fa[:6].astype(np.float32)).any()
+
+
+def _windows(location) -> tuple[np.ndarray, np.ndarray]:
+    """Every segment's window as train-student's loader streams it (evaluation order)."""
+    from egodistill.student.data import CacheLoader, load_windows
+
+    opened = cache.open_cache(location)
+    [key] = opened.teacher_keys()
+    table = opened.segments
+    loader = CacheLoader(opened, [key], np.arange(len(table)), {"action": table.labels["action"]}, train=False, frames=4, batch_size=2, in_memory=False)
+    features, present = load_windows(loader, 1)
+    return features[0], present
+
+
+# --- declared class counts (issue 18 §4) ---------------------------------------------------------------
+
+
+def test_two_subsets_that_declare_their_heads_get_heads_of_the_same_size(tmp_path):
+    a = _write_csv(tmp_path / "a_train.csv", [("a", "x.mp4", 0, 1, "train", 0)], "segment_id,video,start_sec,stop_sec,split,label:verb:97")
+    b = _write_csv(tmp_path / "b_val.csv", [("b", "x.mp4", 0, 1, "val", 41)], "segment_id,video,start_sec,stop_sec,split,label:verb:97")
+    assert read_manifest(a).heads == read_manifest(b).heads == {"verb": 97}
+    undeclared = _write_csv(tmp_path / "c.csv", [("c", "x.mp4", 0, 1, "val", 41)], "segment_id,video,start_sec,stop_sec,split,label:verb")
+    assert read_manifest(undeclared).heads == {"verb": 42}
+    # --classes sizes an undeclared head from a file of class names (here EPIC's own classes CSV when present).
+    names = tmp_path / "verbs.txt"
+    names.write_text("\n".join(f"verb{i}" for i in range(97)) + "\n")
+    assert read_classes(f"verb={names}") == ("verb", 97)
+    if (REAL / "epic100" / "EPIC_100_verb_classes.csv").is_file():
+        assert read_classes(f"verb={REAL / 'epic100' / 'EPIC_100_verb_classes.csv'}") == ("verb", 97)
+        assert read_classes(f"noun={REAL / 'epic100' / 'EPIC_100_noun_classes.csv'}") == ("noun", 300)
+    [m] = read_manifests([undeclared], {"verb": 97})
+    assert m.heads == {"verb": 97}
+    location = tmp_path / "sized.zarr"
+    egodistill("cache", "init", "--manifest", a, "--cache", location, check=0)
+    egodistill("cache", "init", "--manifest", undeclared, "--cache", location, check=0)  # 42 <= 97: it fits
+    assert cache.open_cache(location).segments_info["heads"] == {"verb": 97}
+
+
+@pytest.mark.parametrize("header, row, classes, expected", [
+    ("label:verb:10", 10, None, "label:verb 10 is out of range (the head has 10 classes)"),
+    ("label:verb:x", 0, None, "declares 'x' classes"),
+    ("label:verb:5", 0, "7", "declares 5 classes for head verb, --classes 7"),
+    ("label:verb", 9, "7", "label:verb 8 is out of range (--classes gives 7 classes)"),
+])
+def test_bad_declared_counts_are_one_line(tmp_path, header, row, classes, expected):
+    path = _write_csv(tmp_path / "m.csv", [("a", "x.mp4", 0, 1, "train", row - 1 if "--classes gives" in expected else row)],
+                      f"segment_id,video,start_sec,stop_sec,split,{header}")
+    args = ["cache", "init", "--manifest", path, "--cache", tmp_path / "c.zarr"]
+    if classes:
+        (tmp_path / "names.txt").write_text("\n".join(f"c{i}" for i in range(int(classes))))
+        args += ["--classes", f"verb={tmp_path / 'names.txt'}"]
+    assert expected in one_line_error(egodistill(*args))
+    assert not (tmp_path / "c.zarr").exists() or not cache.open_cache(tmp_path / "c.zarr").has_segments
+
+
+def test_a_file_added_later_cannot_grow_a_head_or_bring_a_new_one(tmp_path):
+    first = _write_csv(tmp_path / "a_train.csv", [("a", "x.mp4", 0, 1, "train", 2)], "segment_id,video,start_sec,stop_sec,split,label:verb")
+    bigger = _write_csv(tmp_path / "b_val.csv", [("b", "x.mp4", 0, 1, "val", 5)], "segment_id,video,start_sec,stop_sec,split,label:verb")
+    other = _write_csv(tmp_path / "c_val.csv", [("c", "x.mp4", 0, 1, "val", 0)], "segment_id,video,start_sec,stop_sec,split,label:noun:4")
+    location = tmp_path / "c.zarr"
+    egodistill("cache", "init", "--manifest", first, "--cache", location, check=0)
+    assert "head verb has 6 classes, the cache 3" in one_line_error(egodistill("cache", "init", "--manifest", bigger, "--cache", location))
+    assert "head noun, which the cache's segments table lacks" in one_line_error(egodistill("cache", "init", "--manifest", other, "--cache", location))
+    with pytest.raises(ManifestError, match="--classes names head"):
+        read_manifests([first], {"noun": 4})
+
+
+def test_head_file_must_match_the_declared_count(release):
+    tmp_path, videos, train, val, head = release
+    torch.save({"action.weight": torch.randn(5, 96), "action.bias": torch.randn(5)}, tmp_path / "five.pt")
+    line = one_line_error(egodistill("extract", "--manifest", train, "--videos", videos, "--cache", tmp_path / "c.zarr", "--backbone", BACKBONE,
+                                     "--head", tmp_path / "five.pt", "--workers", "0", "--device", "cpu"))
+    assert "3 classes" in line and "five.pt" in line
