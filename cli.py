@@ -484,6 +484,39 @@ def evaluate_command(
     console.print(f"written: {run}/eval-{split}/ (metrics.json, table.txt, reliability.png, subsets.png)")
 
 
+class PredictFormat(str, Enum):
+    scores = "scores"
+    epic_100 = "epic-100"
+    epic_100_eval = "epic-100-eval"
+
+
+@app.command("predict")
+def predict_command(
+    run: Annotated[str, typer.Option(help="Run directory written by train-student.")],
+    out: Annotated[str, typer.Option(help="File to write: .npz (scores, with a .json beside it), .json or .zip (epic-100), .pkl (epic-100-eval).")],
+    cache: Annotated[Optional[str], typer.Option(help="A cache holding the student's input teachers: predict its --split.")] = None,
+    split: Annotated[str, typer.Option(help="Split of --cache to predict.")] = "test",
+    manifest: Annotated[Optional[list[str]], typer.Option(help="New videos instead of --cache: their manifest (repeatable); the student's inputs are extracted first.")] = None,
+    videos: Annotated[Optional[str], typer.Option(help="Folder the --manifest's videos are under.")] = None,
+    weights: Annotated[Optional[list[str]], typer.Option(help="Weights file of an input teacher extracted from a file (its sha256 must match the provenance); repeatable.")] = None,
+    work_cache: Annotated[Optional[str], typer.Option(help="Where new videos' inputs are extracted (default: <out>.cache.zarr; rerun resumes).")] = None,
+    output_format: Annotated[PredictFormat, typer.Option("--format", help="scores: .npz + strict JSON; epic-100: the challenge submission JSON; epic-100-eval: the results file of EPIC-KITCHENS-100's evaluate.py.")] = PredictFormat.scores,
+    sls_pt: Annotated[int, typer.Option(help="epic-100: supervision level of pretraining (0-5, https://github.com/epic-kitchens/sls).")] = 2,
+    sls_tl: Annotated[int, typer.Option(help="epic-100: supervision level of training labels (0-5).")] = 3,
+    sls_td: Annotated[int, typer.Option(help="epic-100: supervision level of training data (0-5; 3: the training split).")] = 3,
+    device: Annotated[Device, typer.Option(help="cpu, cuda or auto.")] = Device.auto,
+    workers: Annotated[int, typer.Option(help="Extraction workers for new videos (0: in this process).")] = 0,
+) -> None:
+    """Scores of a trained student for every head and segment of a split or of new videos, as files (submission formats too)."""
+    from egodistill.student.predict import PredictConfig, predict
+
+    cfg = PredictConfig(run=run, out=out, cache=cache, split=split, manifest=list(manifest or []), videos=videos, weights=list(weights or []),
+                        work_cache=work_cache, format=output_format.value, sls=(sls_pt, sls_tl, sls_td), device=device.value, workers=workers)
+    result = predict(cfg, log=console.print)
+    console.print(f"{len(result.ids)} segments scored ({', '.join(f'{h} {v.shape[1]}' for h, v in result.scores.items())}): "
+                  + ", ".join(str(f) for f in result.files), markup=False, highlight=False, soft_wrap=True)
+
+
 # --- end of student commands --------------------------------------------------------------
 
 
