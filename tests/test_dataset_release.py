@@ -18,7 +18,7 @@ from egodistill.cache.verify import verify_cache
 from egodistill.common import ManifestError
 from egodistill.extract.manifests import init_cache, read_classes, read_manifest, read_manifests
 from egodistill.extract.run import ExtractConfig, run_extraction
-from tests.helpers import egodistill, one_line_error
+from tests.helpers import egodistill, in_process_cli
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
 if not REAL.is_dir():
@@ -26,6 +26,11 @@ if not REAL.is_dir():
 EPIC = REAL / "epic100" / "EPIC_100_validation.csv"
 SSV2 = REAL / "ssv2" / "something-something-v2-validation.json"
 BACKBONE = "test_resnet"
+
+
+@pytest.fixture
+def cli(capsys):
+    return in_process_cli(capsys)
 
 
 def _epic_files(folder: Path) -> list[Path]:
@@ -59,36 +64,36 @@ def test_real_epic_train_validation_and_test_files_share_one_cache(tmp_path):
         ("EPIC_100_train.csv", "train", [0, 5]), ("EPIC_100_validation.csv", "val", [5, 9]), ("EPIC_100_test_timestamps.csv", "test", [9, 12])]
 
 
-def test_real_epic_validation_added_to_a_train_cache_appends_and_rewrites_nothing(tmp_path):
+def test_real_epic_validation_added_to_a_train_cache_appends_and_rewrites_nothing(tmp_path, cli):
     train, val, test = _epic_files(tmp_path)
     location = tmp_path / "epic.zarr"
-    egodistill("cache", "init", "--manifest", train, "--cache", location, check=0)
+    cli("cache", "init", "--manifest", train, "--cache", location)
     before = _chunk_files(location)
-    result = egodistill("cache", "init", "--manifest", train, "--manifest", val, "--cache", location, check=0)
-    assert "added 4 segments" in result.stdout and "12" not in result.stdout
+    result = cli("cache", "init", "--manifest", train, "--manifest", val, "--cache", location)
+    assert "added 4 segments" in result and "12" not in result
     after = _chunk_files(location)
     assert {k: after[k] for k in before} == before  # the first file's columns stay byte for byte
     table = cache.open_cache(location).segments
     assert len(table) == 9 and list(table.split[5:]) == ["val"] * 4
     assert list(table.ids) == [r.id for r in read_manifest(train).segments + read_manifest(val).segments]
-    egodistill("cache", "init", "--manifest", test, "--cache", location, check=0)
+    cli("cache", "init", "--manifest", test, "--cache", location)
     assert len(cache.open_cache(location).segments) == 12
     # A file the cache holds is checked and skipped, not appended twice.
-    again = egodistill("cache", "init", "--manifest", val, "--cache", location, check=0)
-    assert "already held every file" in again.stdout and len(cache.open_cache(location).segments) == 12
+    again = cli("cache", "init", "--manifest", val, "--cache", location)
+    assert "already held every file" in again and len(cache.open_cache(location).segments) == 12
 
 
-def test_a_segment_id_in_two_files_is_one_line_naming_both(tmp_path):
+def test_a_segment_id_in_two_files_is_one_line_naming_both(tmp_path, cli):
     train, val, _ = _epic_files(tmp_path)
     with val.open("a", newline="") as f:  # the validation file repeats a training narration
         csv.writer(f).writerow(next(r for i, r in enumerate(csv.reader(train.open(newline=""))) if i == 2))
-    line = one_line_error(egodistill("cache", "init", "--manifest", train, "--manifest", val, "--cache", tmp_path / "c.zarr"))
+    line = cli("cache", "init", "--manifest", train, "--manifest", val, "--cache", tmp_path / "c.zarr", fails=True)
     assert "EPIC_100_train.csv" in line and "EPIC_100_validation.csv" in line and "P01_11_1" in line
     # The same id added to a cache that already holds the other file: one line too, naming both, nothing written.
     location = tmp_path / "held.zarr"
-    egodistill("cache", "init", "--manifest", train, "--cache", location, check=0)
+    cli("cache", "init", "--manifest", train, "--cache", location)
     before = _chunk_files(location)
-    line = one_line_error(egodistill("cache", "init", "--manifest", val, "--cache", location))
+    line = cli("cache", "init", "--manifest", val, "--cache", location, fails=True)
     assert "EPIC_100_train.csv" in line and "EPIC_100_validation.csv" in line
     assert _chunk_files(location) == before and len(cache.open_cache(location).segments) == 5
 
@@ -236,7 +241,7 @@ def _windows(location) -> tuple[np.ndarray, np.ndarray]:
 # --- declared class counts (issue 18 §4) ---------------------------------------------------------------
 
 
-def test_two_subsets_that_declare_their_heads_get_heads_of_the_same_size(tmp_path):
+def test_two_subsets_that_declare_their_heads_get_heads_of_the_same_size(tmp_path, cli):
     a = _write_csv(tmp_path / "a_train.csv", [("a", "x.mp4", 0, 1, "train", 0)], "segment_id,video,start_sec,stop_sec,split,label:verb:97")
     b = _write_csv(tmp_path / "b_val.csv", [("b", "x.mp4", 0, 1, "val", 41)], "segment_id,video,start_sec,stop_sec,split,label:verb:97")
     assert read_manifest(a).heads == read_manifest(b).heads == {"verb": 97}
@@ -252,8 +257,8 @@ def test_two_subsets_that_declare_their_heads_get_heads_of_the_same_size(tmp_pat
     [m] = read_manifests([undeclared], {"verb": 97})
     assert m.heads == {"verb": 97}
     location = tmp_path / "sized.zarr"
-    egodistill("cache", "init", "--manifest", a, "--cache", location, check=0)
-    egodistill("cache", "init", "--manifest", undeclared, "--cache", location, check=0)  # 42 <= 97: it fits
+    cli("cache", "init", "--manifest", a, "--cache", location)
+    cli("cache", "init", "--manifest", undeclared, "--cache", location)  # 42 <= 97: it fits
     assert cache.open_cache(location).segments_info["heads"] == {"verb": 97}
 
 
@@ -263,32 +268,32 @@ def test_two_subsets_that_declare_their_heads_get_heads_of_the_same_size(tmp_pat
     ("label:verb:5", 0, "7", "declares 5 classes for head verb, --classes 7"),
     ("label:verb", 9, "7", "label:verb 8 is out of range (--classes gives 7 classes)"),
 ])
-def test_bad_declared_counts_are_one_line(tmp_path, header, row, classes, expected):
+def test_bad_declared_counts_are_one_line(tmp_path, header, row, classes, expected, cli):
     path = _write_csv(tmp_path / "m.csv", [("a", "x.mp4", 0, 1, "train", row - 1 if "--classes gives" in expected else row)],
                       f"segment_id,video,start_sec,stop_sec,split,{header}")
     args = ["cache", "init", "--manifest", path, "--cache", tmp_path / "c.zarr"]
     if classes:
         (tmp_path / "names.txt").write_text("\n".join(f"c{i}" for i in range(int(classes))))
         args += ["--classes", f"verb={tmp_path / 'names.txt'}"]
-    assert expected in one_line_error(egodistill(*args))
+    assert expected in cli(*args, fails=True)
     assert not (tmp_path / "c.zarr").exists() or not cache.open_cache(tmp_path / "c.zarr").has_segments
 
 
-def test_a_file_added_later_cannot_grow_a_head_or_bring_a_new_one(tmp_path):
+def test_a_file_added_later_cannot_grow_a_head_or_bring_a_new_one(tmp_path, cli):
     first = _write_csv(tmp_path / "a_train.csv", [("a", "x.mp4", 0, 1, "train", 2)], "segment_id,video,start_sec,stop_sec,split,label:verb")
     bigger = _write_csv(tmp_path / "b_val.csv", [("b", "x.mp4", 0, 1, "val", 5)], "segment_id,video,start_sec,stop_sec,split,label:verb")
     other = _write_csv(tmp_path / "c_val.csv", [("c", "x.mp4", 0, 1, "val", 0)], "segment_id,video,start_sec,stop_sec,split,label:noun:4")
     location = tmp_path / "c.zarr"
-    egodistill("cache", "init", "--manifest", first, "--cache", location, check=0)
-    assert "head verb has 6 classes, the cache 3" in one_line_error(egodistill("cache", "init", "--manifest", bigger, "--cache", location))
-    assert "head noun, which the cache's segments table lacks" in one_line_error(egodistill("cache", "init", "--manifest", other, "--cache", location))
+    cli("cache", "init", "--manifest", first, "--cache", location)
+    assert "head verb has 6 classes, the cache 3" in cli("cache", "init", "--manifest", bigger, "--cache", location, fails=True)
+    assert "head noun, which the cache's segments table lacks" in cli("cache", "init", "--manifest", other, "--cache", location, fails=True)
     with pytest.raises(ManifestError, match="--classes names head"):
         read_manifests([first], {"noun": 4})
 
 
-def test_head_file_must_match_the_declared_count(release):
+def test_head_file_must_match_the_declared_count(release, cli):
     tmp_path, videos, train, val, head = release
     torch.save({"action.weight": torch.randn(5, 96), "action.bias": torch.randn(5)}, tmp_path / "five.pt")
-    line = one_line_error(egodistill("extract", "--manifest", train, "--videos", videos, "--cache", tmp_path / "c.zarr", "--backbone", BACKBONE,
-                                     "--head", tmp_path / "five.pt", "--workers", "0", "--device", "cpu"))
+    line = cli("extract", "--manifest", train, "--videos", videos, "--cache", tmp_path / "c.zarr", "--backbone", BACKBONE,
+               "--head", tmp_path / "five.pt", "--workers", "0", "--device", "cpu", fails=True)
     assert "3 classes" in line and "five.pt" in line

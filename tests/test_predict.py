@@ -17,7 +17,12 @@ from egodistill import cache
 from egodistill.student.evaluate import EvalConfig, evaluate
 from egodistill.student.train import TrainConfig, train
 from egodistill.testing import SyntheticSpec, build_synthetic_cache
-from tests.helpers import egodistill, one_line_error
+from tests.helpers import egodistill, in_process_cli
+
+
+@pytest.fixture
+def cli(capsys):
+    return in_process_cli(capsys)
 
 
 def strict_json(text: str):
@@ -71,9 +76,9 @@ def test_scores_for_an_unlabelled_test_split(epic_run, tmp_path):
     assert np.allclose([s["scores"]["noun"] for s in doc["segments"]], data["scores_noun"])
 
 
-def test_scores_on_validation_agree_with_evaluate(epic_run, tmp_path):
+def test_scores_on_validation_agree_with_evaluate(epic_run, tmp_path, cli):
     location, run = epic_run
-    egodistill("predict", "--run", run, "--cache", location, "--split", "val", "--out", tmp_path / "val.npz", "--device", "cpu", check=0)
+    cli("predict", "--run", run, "--cache", location, "--split", "val", "--out", tmp_path / "val.npz", "--device", "cpu")
     data = np.load(tmp_path / "val.npz")
     table = cache.open_cache(location).segments
     index = {s: i for i, s in enumerate(table.ids)}
@@ -83,26 +88,26 @@ def test_scores_on_validation_agree_with_evaluate(epic_run, tmp_path):
     assert top1 == pytest.approx(result["subsets"][0]["metrics"]["verb_top1"])
 
 
-def test_epic_100_submission_json_and_zip(epic_run, tmp_path):
+def test_epic_100_submission_json_and_zip(epic_run, tmp_path, cli):
     location, run = epic_run
-    egodistill("predict", "--run", run, "--cache", location, "--out", tmp_path / "scores.npz", "--device", "cpu", check=0)
+    cli("predict", "--run", run, "--cache", location, "--out", tmp_path / "scores.npz", "--device", "cpu")
     scores = np.load(tmp_path / "scores.npz")
     ids = list(scores["segment_id"])
-    egodistill("predict", "--run", run, "--cache", location, "--format", "epic-100", "--sls-pt", "1", "--out", tmp_path / "test.json",
-               "--device", "cpu", check=0)
+    cli("predict", "--run", run, "--cache", location, "--format", "epic-100", "--sls-pt", "1", "--out", tmp_path / "test.json",
+               "--device", "cpu")
     verbs, nouns = read_epic_submission((tmp_path / "test.json").read_text(), ids)
     assert np.allclose(verbs, scores["scores_verb"]) and np.allclose(nouns, scores["scores_noun"])
     assert strict_json((tmp_path / "test.json").read_text())["sls_pt"] == 1
-    egodistill("predict", "--run", run, "--cache", location, "--format", "epic-100", "--out", tmp_path / "submission.zip", "--device", "cpu", check=0)
+    cli("predict", "--run", run, "--cache", location, "--format", "epic-100", "--out", tmp_path / "submission.zip", "--device", "cpu")
     with zipfile.ZipFile(tmp_path / "submission.zip") as z:
         assert z.namelist() == ["test.json"]
         read_epic_submission(z.read("test.json").decode(), ids)
 
 
-def test_epic_100_eval_results_file(epic_run, tmp_path):
+def test_epic_100_eval_results_file(epic_run, tmp_path, cli):
     location, run = epic_run
-    egodistill("predict", "--run", run, "--cache", location, "--split", "val", "--format", "epic-100-eval", "--out", tmp_path / "val.pkl",
-               "--device", "cpu", check=0)
+    cli("predict", "--run", run, "--cache", location, "--split", "val", "--format", "epic-100-eval", "--out", tmp_path / "val.pkl",
+               "--device", "cpu")
     with open(tmp_path / "val.pkl", "rb") as f:  # the dict layout evaluate.py's load_results takes from a .pkl
         results = pickle.load(f)
     table = cache.open_cache(location).segments
@@ -113,7 +118,7 @@ def test_epic_100_eval_results_file(epic_run, tmp_path):
     assert list(results["narration_id"]) == list(table.ids[table.split == "val"])
 
 
-def test_bad_predict_inputs_are_one_line_and_write_nothing(epic_run, tmp_path):
+def test_bad_predict_inputs_are_one_line_and_write_nothing(epic_run, tmp_path, cli):
     location, run = epic_run
     cases = [
         (["--cache", location, "--out", tmp_path / "missing" / "x.npz"], "does not exist"),
@@ -125,24 +130,24 @@ def test_bad_predict_inputs_are_one_line_and_write_nothing(epic_run, tmp_path):
     build_synthetic_cache(other, SyntheticSpec(segments=16, heads={"verb": 97, "noun": 300}, modalities={"flow": ("resnet18", 2, 224, 1.0)}, feature_dim=16))
     cases.append((["--cache", other, "--out", tmp_path / "x.npz"], "lacks the student's input teacher"))
     for args, expected in cases:
-        assert expected in one_line_error(egodistill("predict", "--run", run, *args, "--device", "cpu")), args
+        assert expected in cli("predict", "--run", run, *args, "--device", "cpu", fails=True), args
     assert not list(tmp_path.glob("x.*"))
 
 
-def test_a_format_whose_heads_do_not_match_the_run_is_one_line(tmp_path):
+def test_a_format_whose_heads_do_not_match_the_run_is_one_line(tmp_path, cli):
     location = str(tmp_path / "small.zarr")
     build_synthetic_cache(location, SyntheticSpec(segments=32, modalities={"rgb": ("resnet18", 3, 224, 1.0)}, feature_dim=8))
     run = str(tmp_path / "run")
     train(TrainConfig(cache=location, inputs=["rgb"], out=run, steps=5, batch_size=8, device="cpu"), log=lambda _: None)
-    line = one_line_error(egodistill("predict", "--run", run, "--cache", location, "--split", "val", "--format", "epic-100",
-                                     "--out", tmp_path / "s.json", "--device", "cpu"))
+    line = cli("predict", "--run", run, "--cache", location, "--split", "val", "--format", "epic-100",
+                                     "--out", tmp_path / "s.json", "--device", "cpu", fails=True)
     assert "needs heads verb (97 classes) and noun (300)" in line and "verb (4)" in line
 
 
 # --- new videos: extracted as the student's input teacher was --------------------------------------------
 
 
-def test_new_videos_are_extracted_with_the_recorded_weights_and_scored(tmp_path, media_dir):
+def test_new_videos_are_extracted_with_the_recorded_weights_and_scored(tmp_path, media_dir, cli):
     from egodistill.extract.run import ExtractConfig, run_extraction
 
     videos = tmp_path / "videos"
@@ -165,14 +170,14 @@ def test_new_videos_are_extracted_with_the_recorded_weights_and_scored(tmp_path,
     other = tmp_path / "other.pt"
     torch.save({k: v + 1 for k, v in torch.load(weights).items()}, other)
     new = ["--manifest", tmp_path / "new_clips.csv", "--videos", videos, "--device", "cpu"]
-    line = one_line_error(egodistill("predict", "--run", run, *new, "--weights", other, "--out", tmp_path / "new.npz"))
+    line = cli("predict", "--run", run, *new, "--weights", other, "--out", tmp_path / "new.npz", fails=True)
     from egodistill.common import file_sha256
 
     assert file_sha256(weights) in line and file_sha256(other) in line
-    assert "give that file again with --weights" in one_line_error(egodistill("predict", "--run", run, *new, "--out", tmp_path / "new.npz"))
+    assert "give that file again with --weights" in cli("predict", "--run", run, *new, "--out", tmp_path / "new.npz", fails=True)
     assert not (tmp_path / "new.npz").exists()
 
-    egodistill("predict", "--run", run, *new, "--weights", weights, "--out", tmp_path / "new.npz", check=0)
+    cli("predict", "--run", run, *new, "--weights", weights, "--out", tmp_path / "new.npz")
     data = np.load(tmp_path / "new.npz")
     assert list(data["segment_id"]) == ["n0", "n1"] and data["scores_action"].shape == (2, 3)
     # The new cache's teacher is the training teacher: same key, same identity.
@@ -180,6 +185,6 @@ def test_new_videos_are_extracted_with_the_recorded_weights_and_scored(tmp_path,
     assert cache.open_cache(tmp_path / "new.cache.zarr").teacher_keys() == [key]
 
     (tmp_path / "gone.csv").write_text("segment_id,video,start_sec,stop_sec,split\ng0,nowhere.mp4,0,1,test\n")
-    line = one_line_error(egodistill("predict", "--run", run, "--manifest", tmp_path / "gone.csv", "--videos", videos, "--weights", weights,
-                                     "--out", tmp_path / "gone.npz", "--device", "cpu"))
+    line = cli("predict", "--run", run, "--manifest", tmp_path / "gone.csv", "--videos", videos, "--weights", weights,
+                                     "--out", tmp_path / "gone.npz", "--device", "cpu", fails=True)
     assert "nowhere.mp4" in line and not (tmp_path / "gone.cache.zarr").exists()
