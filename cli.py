@@ -93,8 +93,8 @@ def extract(
         raise typer.Exit(EXIT_FAILED_SEGMENTS)
 
 
-def _classes(specs: list[str] | None) -> dict[str, int]:
-    """`--classes verb=FILE --classes noun=FILE` -> {"verb": 97, "noun": 300}."""
+def _classes(specs: list[str] | None) -> dict[str, list[str]]:
+    """`--classes verb=FILE --classes noun=FILE` -> {"verb": [97 names], "noun": [300 names]}."""
     from egodistill.extract.manifests import read_classes
 
     return dict(read_classes(spec) for spec in specs or [])
@@ -488,19 +488,20 @@ class PredictFormat(str, Enum):
     scores = "scores"
     epic_100 = "epic-100"
     epic_100_eval = "epic-100-eval"
+    ssv2 = "ssv2"
 
 
 @app.command("predict")
 def predict_command(
     run: Annotated[str, typer.Option(help="Run directory written by train-student.")],
-    out: Annotated[str, typer.Option(help="File to write: .npz (scores, with a .json beside it), .json or .zip (epic-100), .pkl (epic-100-eval).")],
+    out: Annotated[str, typer.Option(help="File to write: .npz (scores, with a .json beside it), .json or .zip (epic-100), .pkl (epic-100-eval), .csv (ssv2).")],
     cache: Annotated[Optional[str], typer.Option(help="A cache holding the student's input teachers: predict its --split.")] = None,
     split: Annotated[str, typer.Option(help="Split of --cache to predict.")] = "test",
     manifest: Annotated[Optional[list[str]], typer.Option(help="New videos instead of --cache: their manifest (repeatable); the student's inputs are extracted first.")] = None,
     videos: Annotated[Optional[str], typer.Option(help="Folder the --manifest's videos are under.")] = None,
     weights: Annotated[Optional[list[str]], typer.Option(help="Weights file of an input teacher extracted from a file (its sha256 must match the provenance); repeatable.")] = None,
     work_cache: Annotated[Optional[str], typer.Option(help="Where new videos' inputs are extracted (default: <out>.cache.zarr; rerun resumes).")] = None,
-    output_format: Annotated[PredictFormat, typer.Option("--format", help="scores: .npz + strict JSON; epic-100: the challenge submission JSON; epic-100-eval: the results file of EPIC-KITCHENS-100's evaluate.py.")] = PredictFormat.scores,
+    output_format: Annotated[PredictFormat, typer.Option("--format", help="scores: .npz + strict JSON; epic-100: the challenge submission JSON; epic-100-eval: the results file of EPIC-KITCHENS-100's evaluate.py; ssv2: Something-Something v2's id;label lines.")] = PredictFormat.scores,
     sls_pt: Annotated[int, typer.Option(help="epic-100: supervision level of pretraining (0-5, https://github.com/epic-kitchens/sls).")] = 2,
     sls_tl: Annotated[int, typer.Option(help="epic-100: supervision level of training labels (0-5).")] = 3,
     sls_td: Annotated[int, typer.Option(help="epic-100: supervision level of training data (0-5; 3: the training split).")] = 3,

@@ -69,15 +69,17 @@ class Cache:
         attrs = table_attrs(self._root)
         count = attrs.get("count", 0)
         files = attrs.get("files", [{**attrs["source"], "segments": [0, count]}] if "source" in attrs else [])
-        return {"count": count, "heads": attrs.get("heads", {}), "source": attrs.get("source", {}), "files": files}
+        return {"count": count, "heads": attrs.get("heads", {}), "source": attrs.get("source", {}), "files": files,
+                "class_names": attrs.get("class_names", {})}
 
     @property
     def has_segments(self) -> bool:
         return has_table(self._root)
 
-    def write_segments(self, table: SegmentTable, source: dict, files: list[dict] | None = None) -> None:
-        """Write the table if the cache has none; otherwise insist it is the same segments."""
-        write_table(self._root, table, source, files)
+    def write_segments(self, table: SegmentTable, source: dict, files: list[dict] | None = None, class_names: dict[str, list[str]] | None = None) -> None:
+        """Write the table if the cache has none; otherwise insist it is the same segments. `class_names`: head -> the
+        name of each class, where the manifests give them (SSv2's labels file, `--classes`)."""
+        write_table(self._root, table, source, files, class_names)
         self.__dict__.pop("segments", None)
 
     def append_segments(self, table: SegmentTable, files: list[dict]) -> None:

@@ -76,7 +76,8 @@ def write_text_columns(group: zarr.Group, columns: dict[str, np.ndarray]) -> Non
         _create(group, f"{column}_offsets", offsets, 0)
 
 
-def write_table(root: zarr.Group, table: SegmentTable, source: dict, files: list[dict] | None = None) -> None:
+def write_table(root: zarr.Group, table: SegmentTable, source: dict, files: list[dict] | None = None,
+                class_names: dict[str, list[str]] | None = None) -> None:
     """Write the table if the cache has none; otherwise insist it is the same segments. `files`: the manifests
     it came from ({"format", "manifest", "split", "segments": [first, end]}); default: `source` for all of it."""
     if GROUP in root and "count" in root[GROUP].attrs:
@@ -88,7 +89,8 @@ def write_table(root: zarr.Group, table: SegmentTable, source: dict, files: list
     _write_columns(group, table)
     # Attributes last: a table without them is a half-written one and is rewritten.
     group.attrs.update({"count": len(table), "heads": dict(table.heads), "source": source, "parts": [len(table)],
-                        "files": list(files) if files is not None else [{**source, "segments": [0, len(table)]}]})
+                        "files": list(files) if files is not None else [{**source, "segments": [0, len(table)]}],
+                        **({"class_names": {h: list(n) for h, n in class_names.items()}} if class_names else {})})
 
 
 def append_table(root: zarr.Group, table: SegmentTable, files: list[dict]) -> None:

@@ -19,10 +19,10 @@ import math
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from egodistill.common import ManifestError
+from egodistill.common import CacheError, ManifestError
 
 EPIC_HEADS = {"verb": 97, "noun": 300}
 SSV2_HEAD = "action"
@@ -55,12 +55,13 @@ class Manifest:
     segments: list[Segment]
     heads: dict[str, int]  # head name -> number of classes, in a stable order
     inferred: frozenset[str] = frozenset()  # heads whose count is only the largest label + 1 (a generic CSV that declares none)
+    class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # head -> name of each class, where the file or --classes gives them
 
 
-def read_manifest(path: str | os.PathLike, classes: dict[str, int] | None = None) -> Manifest:
+def read_manifest(path: str | os.PathLike, classes: dict[str, Sequence[str]] | None = None) -> Manifest:
     """Read an EPIC-KITCHENS-100 CSV, an SSv2 JSON list or a generic CSV, whichever the file holds.
 
-    `classes` (head -> number of classes, e.g. from `read_classes`) sizes the file's heads of those names."""
+    `classes` (head -> class names, e.g. from `read_classes`) names and sizes the file's heads of those names."""
     manifest = _read_any(Path(path))
     return _with_classes(manifest, classes) if classes else manifest
 
@@ -111,7 +112,7 @@ def segment_table(manifest: Manifest, heads: dict[str, int] | None = None):
     )
 
 
-def read_manifests(paths: Sequence[str | os.PathLike], classes: dict[str, int] | None = None) -> list[Manifest]:
+def read_manifests(paths: Sequence[str | os.PathLike], classes: dict[str, Sequence[str]] | None = None) -> list[Manifest]:
     """Every file, each with its own split; a segment id in two files is one line naming both."""
     if not paths:
         raise ManifestError("no manifest given: pass --manifest FILE (repeat it for each file of a dataset)")
@@ -132,9 +133,9 @@ def read_manifests(paths: Sequence[str | os.PathLike], classes: dict[str, int] |
     return manifests
 
 
-def read_classes(spec: str) -> tuple[str, int]:
-    """`HEAD=FILE` of `--classes`: the head and its number of classes, read from FILE: one class name a line,
-    EPIC-KITCHENS-100's classes CSV (id,key,...), or SSv2's labels JSON ({name: index})."""
+def read_classes(spec: str) -> tuple[str, list[str]]:
+    """`HEAD=FILE` of `--classes`: the head and its class names in index order, read from FILE: one class name a
+    line, EPIC-KITCHENS-100's classes CSV (id,key,...: the `key` column), or SSv2's labels JSON ({name: index})."""
     head, sep, name = spec.partition("=")
     if not sep or not head.strip() or not name.strip():
         raise ManifestError(f"--classes {spec!r} is not HEAD=FILE: write e.g. --classes verb=EPIC_100_verb_classes.csv")
@@ -142,31 +143,36 @@ def read_classes(spec: str) -> tuple[str, int]:
     text = _read_text(file)
     if text.lstrip().startswith("{"):
         try:
-            count = len(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise ManifestError(f"classes file {file}:{err.lineno}: not valid JSON ({err.msg}): give one class name a line") from None
+            names = list(_ssv2_classes(file))
+        except ManifestError as err:
+            raise ManifestError(f"classes file {file}: {err}") from None
     else:
         lines = [line for line in text.splitlines() if line.strip()]
         header = [c.strip() for c in next(csv.reader([lines[0]]))] if lines else []
-        count = len(lines) - 1 if {"id", "key"} <= set(header) else len(lines)
-    if count < 1:
+        if {"id", "key"} <= set(header):
+            rows = [dict(zip(header, cells)) for cells in csv.reader(lines[1:])]
+            names = [r["key"] for r in sorted(rows, key=lambda r: int(r["id"]) if r["id"].strip().isdigit() else -1)]
+        else:
+            names = [line.strip() for line in lines]
+    if not names:
         raise ManifestError(f"classes file {file} names no class: give one class name a line")
-    return head.strip(), count
+    return head.strip(), names
 
 
-def _with_classes(manifest: Manifest, classes: dict[str, int]) -> Manifest:
-    heads, inferred = dict(manifest.heads), set(manifest.inferred)
-    for head, count in classes.items():
+def _with_classes(manifest: Manifest, classes: dict[str, Sequence[str]]) -> Manifest:
+    heads, inferred, names = dict(manifest.heads), set(manifest.inferred), dict(manifest.class_names)
+    for head, given in classes.items():
         if head not in heads:
             continue
+        count = len(given)
         if head not in inferred and heads[head] != count:
             raise ManifestError(f"manifest {manifest.path} declares {heads[head]} classes for head {head}, --classes {count}: make them agree")
         top = max((s.labels.get(head, -1) for s in manifest.segments), default=-1)
         if top >= count:
             raise ManifestError(f"manifest {manifest.path}: label:{head} {top} is out of range (--classes gives {count} classes): fix the labels or the classes file")
-        heads[head] = count
+        heads[head], names[head] = count, tuple(given)
         inferred.discard(head)
-    return replace(manifest, heads=heads, inferred=frozenset(inferred))
+    return replace(manifest, heads=heads, inferred=frozenset(inferred), class_names=names)
 
 
 def cache_heads(manifests: Sequence[Manifest], stored: dict[str, int] | None = None) -> dict[str, int]:
@@ -209,7 +215,13 @@ def cache_manifests(location: str, manifests: Sequence[Manifest], storage_option
 
     if not is_url(location) and not Path(location, "zarr.json").exists():
         return list(manifests), list(manifests), cache_heads(manifests)
-    target = open_cache(location, mode="r", storage_options=storage_options)
+    try:
+        target = open_cache(location, mode="r", storage_options=storage_options)
+    except CacheError:
+        if not is_url(location):
+            raise
+        # A remote cache that is not there yet holds nothing; were it unreadable, the write reports why.
+        return list(manifests), list(manifests), cache_heads(manifests)
     if not target.has_segments:
         return list(manifests), list(manifests), cache_heads(manifests)
     return _partition(target, manifests)
@@ -248,7 +260,8 @@ def add_manifests(target, manifests: Sequence[Manifest]) -> list[Manifest]:
     if not target.has_segments:
         heads = cache_heads(manifests)
         whole = combine(manifests, heads)
-        target.write_segments(segment_table(whole, heads), _source(manifests[0]), _files(manifests, 0))
+        names = {h: list(n) for m in reversed(manifests) for h, n in m.class_names.items() if len(n) == heads.get(h)}
+        target.write_segments(segment_table(whole, heads), _source(manifests[0]), _files(manifests, 0), names)
         return list(manifests)
     _, new, heads = _partition(target, manifests)
     if new:
@@ -287,7 +300,7 @@ def _files(manifests: Sequence[Manifest], start: int) -> list[dict]:
     return files
 
 
-def init_cache(manifest_paths: Sequence[str | os.PathLike], location: str, classes: dict[str, int] | None = None,
+def init_cache(manifest_paths: Sequence[str | os.PathLike], location: str, classes: dict[str, Sequence[str]] | None = None,
                storage_options: dict | None = None) -> tuple[list[Manifest], int]:
     """`cache init`: write the manifests' segments table alone into the cache at `location` (created if absent).
     Files the cache holds already are checked and skipped; new ones are appended. Features can then be imported
@@ -454,7 +467,8 @@ def _read_ssv2(file: Path, text: str) -> Manifest:
         if label is None:
             raise ManifestError(f"{where} (id {segment_id}): template '{template}' is not in {labels_file}: use the labels file of the same SSv2 release")
         segments.append(Segment(segment_id, segment_id, 0.0, math.nan, split, {SSV2_HEAD: label}))
-    return _manifest(file, "ssv2", segments, {SSV2_HEAD: len(classes)})
+    manifest = _manifest(file, "ssv2", segments, {SSV2_HEAD: len(classes)})
+    return replace(manifest, class_names={SSV2_HEAD: tuple(sorted(classes, key=classes.get))})
 
 
 def _labels_beside(file: Path) -> Path:

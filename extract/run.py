@@ -49,7 +49,7 @@ class ExtractConfig:
     retry_failed: bool = False
     dry_run: bool = False
     storage_options: dict = field(default_factory=dict)
-    classes: dict[str, int] = field(default_factory=dict)  # head -> number of classes (`--classes HEAD=FILE`)
+    classes: dict[str, list[str]] = field(default_factory=dict)  # head -> class names (`--classes HEAD=FILE`)
 
     @property
     def manifests(self) -> list[str]:

@@ -8,6 +8,8 @@ Formats (`--format`):
   holds it as `test.json`, as the challenge server takes it.
 - `epic-100-eval`: the results file EPIC-KITCHENS-100's `evaluate.py` reads for the validation split: a pickle
   (`.pkl`) of {"verb_output": float32 [N, 97], "noun_output": float32 [N, 300], "narration_id": str [N]}.
+- `ssv2`: Something-Something v2's submission lines, one per video: `<id>;<name of the top-1 class>`, the class
+  names from the SSv2 labels file the cache's manifest was read with.
 
 For new videos (`--manifest M --videos V`) the student's inputs are extracted first into a cache of their own
 (default `<out>.cache.zarr`, resumable): each input teacher's backbone and settings come from its provenance
@@ -31,11 +33,12 @@ from egodistill.common import EgodistillError, atomic_write, check_choice, dumps
 from egodistill.student.data import CacheLoader, present_inputs
 from egodistill.student.evaluate import load_student
 
-FORMATS = ("scores", "epic-100", "epic-100-eval")
+FORMATS = ("scores", "epic-100", "epic-100-eval", "ssv2")
 EPIC_HEADS = {"verb": 97, "noun": 300}
 EPIC_VERSION = "0.2"  # what the challenge's own create_submission.py writes
 EPIC_CHALLENGE = "action_recognition"
-SUFFIXES = {"scores": (".npz",), "epic-100": (".json", ".zip"), "epic-100-eval": (".pkl",)}
+SUFFIXES = {"scores": (".npz",), "epic-100": (".json", ".zip"), "epic-100-eval": (".pkl",), "ssv2": (".csv", ".txt")}
+SSV2_CLASSES = 174
 
 
 class PredictError(EgodistillError):
@@ -96,7 +99,8 @@ def predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predictio
     scores = _score(model, root, input_keys, segments, present, cfg)
     result = Predictions(ids=np.asarray(table.ids[segments], dtype=str), split=np.asarray(table.split[segments], dtype=str), scores=scores,
                          unscored=unscored, cache=str(location), files=[])
-    result.files = write_predictions(result, cfg, out, record)
+    names = _class_names(root, record, cfg.format)
+    result.files = write_predictions(result, cfg, out, record, names)
     if unscored:
         log(f"{len(unscored)} segment(s) have none of the student's inputs and got no scores (first: {unscored[0]}): see the teachers' ledger")
     return result
@@ -119,9 +123,11 @@ def _score(model, root: cache.Cache, input_keys: list[str], segments: np.ndarray
 
 
 def _check_format_heads(fmt: str, heads: dict[str, int]) -> None:
+    has = ", ".join(f"{h} ({c})" for h, c in heads.items()) or "none"
     if fmt in ("epic-100", "epic-100-eval") and any(heads.get(h) != c for h, c in EPIC_HEADS.items()):
-        raise PredictError(f"--format {fmt} needs heads verb (97 classes) and noun (300), the run has "
-                           f"{', '.join(f'{h} ({c})' for h, c in heads.items()) or 'none'}: use --format scores")
+        raise PredictError(f"--format {fmt} needs heads verb (97 classes) and noun (300), the run has {has}: use --format scores")
+    if fmt == "ssv2" and list(heads.values()) != [SSV2_CLASSES]:
+        raise PredictError(f"--format ssv2 needs one head of {SSV2_CLASSES} classes, the run has {has}: use --format scores")
 
 
 def _check_out(cfg: PredictConfig) -> Path:
@@ -136,8 +142,11 @@ def _check_out(cfg: PredictConfig) -> Path:
 # --- writing -------------------------------------------------------------------------------------------
 
 
-def write_predictions(result: Predictions, cfg: PredictConfig, out: Path, record: dict) -> list[Path]:
+def write_predictions(result: Predictions, cfg: PredictConfig, out: Path, record: dict, class_names: list[str] | None = None) -> list[Path]:
     """The format's file(s), each written atomically (a killed run leaves none half-written)."""
+    if cfg.format == "ssv2":
+        [scores] = result.scores.values()
+        return [atomic_write(out, "".join(f"{i};{class_names[int(k)]}\n" for i, k in zip(result.ids, scores.argmax(axis=1))))]
     if cfg.format == "epic-100":
         text = dumps(epic_submission(result, cfg.sls))
         if out.suffix.lower() == ".zip":
@@ -159,6 +168,24 @@ def write_predictions(result: Predictions, cfg: PredictConfig, out: Path, record
                      for k, (i, s) in enumerate(zip(result.ids, result.split))],
     }
     return [atomic_write(out, npz), atomic_write(out.with_suffix(".json"), dumps(document))]
+
+
+def _class_names(root: cache.Cache, record: dict, fmt: str) -> list[str] | None:
+    """The names of the run's one head's classes (ssv2), from the predicted cache or else the training cache."""
+    if fmt != "ssv2":
+        return None
+    head = next(iter(record["model"]["heads"])) if "heads" in record.get("model", {}) else None
+    for location in (root, record.get("config", {}).get("cache")):
+        try:
+            opened = location if isinstance(location, cache.Cache) else cache.open_cache(location, mode="r")
+        except (EgodistillError, TypeError):
+            continue
+        names = opened.segments_info.get("class_names", {})
+        found = names.get(head) if head else next(iter(names.values()), None)
+        if found and len(found) == SSV2_CLASSES:
+            return list(found)
+    raise PredictError("--format ssv2 needs the class names, which neither cache holds: read the SSv2 manifest with its "
+                       "*labels.json beside it (or give --classes action=something-something-v2-labels.json) when making the cache")
 
 
 def epic_submission(result: Predictions, sls: tuple[int, int, int]) -> dict:

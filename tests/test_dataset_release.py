@@ -116,6 +116,9 @@ def test_real_ssv2_train_validation_and_test_files_share_one_cache(tmp_path):
     assert list(table.split) == ["train"] * 4 + ["val"] * 3 + ["test"] * 3
     assert table.heads == {"action": 174} and (table.labels["action"][7:] == -1).all() and (table.labels["action"][:7] >= 0).all()
     assert list(table.ids) == [e["id"] for e in entries[:10]]
+    names = cache.open_cache(location).segments_info["class_names"]["action"]  # for predict --format ssv2
+    labels = json.loads((tmp_path / "something-something-v2-labels.json").read_text())
+    assert len(names) == 174 and all(labels[n] == str(i) for i, n in enumerate(names))
 
 
 # --- extract, add a file, extract again: only the new segments, nothing stored rewritten -------------------
@@ -250,12 +253,14 @@ def test_two_subsets_that_declare_their_heads_get_heads_of_the_same_size(tmp_pat
     # --classes sizes an undeclared head from a file of class names (here EPIC's own classes CSV when present).
     names = tmp_path / "verbs.txt"
     names.write_text("\n".join(f"verb{i}" for i in range(97)) + "\n")
-    assert read_classes(f"verb={names}") == ("verb", 97)
+    head, verbs = read_classes(f"verb={names}")
+    assert head == "verb" and len(verbs) == 97 and verbs[5] == "verb5"
     if (REAL / "epic100" / "EPIC_100_verb_classes.csv").is_file():
-        assert read_classes(f"verb={REAL / 'epic100' / 'EPIC_100_verb_classes.csv'}") == ("verb", 97)
-        assert read_classes(f"noun={REAL / 'epic100' / 'EPIC_100_noun_classes.csv'}") == ("noun", 300)
-    [m] = read_manifests([undeclared], {"verb": 97})
-    assert m.heads == {"verb": 97}
+        head, verbs = read_classes(f"verb={REAL / 'epic100' / 'EPIC_100_verb_classes.csv'}")
+        assert len(verbs) == 97 and verbs[:2] == ["take", "put"]
+        assert len(read_classes(f"noun={REAL / 'epic100' / 'EPIC_100_noun_classes.csv'}")[1]) == 300
+    [m] = read_manifests([undeclared], {"verb": verbs})
+    assert m.heads == {"verb": 97} and m.class_names["verb"][0] == verbs[0]
     location = tmp_path / "sized.zarr"
     cli("cache", "init", "--manifest", a, "--cache", location)
     cli("cache", "init", "--manifest", undeclared, "--cache", location)  # 42 <= 97: it fits
@@ -288,7 +293,7 @@ def test_a_file_added_later_cannot_grow_a_head_or_bring_a_new_one(tmp_path, cli)
     assert "head verb has 6 classes, the cache 3" in cli("cache", "init", "--manifest", bigger, "--cache", location, fails=True)
     assert "head noun, which the cache's segments table lacks" in cli("cache", "init", "--manifest", other, "--cache", location, fails=True)
     with pytest.raises(ManifestError, match="--classes names head"):
-        read_manifests([first], {"noun": 4})
+        read_manifests([first], {"noun": ["a", "b", "c", "d"]})
 
 
 def test_head_file_must_match_the_declared_count(release, cli):

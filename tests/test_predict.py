@@ -188,3 +188,20 @@ def test_new_videos_are_extracted_with_the_recorded_weights_and_scored(tmp_path,
     line = cli("predict", "--run", run, "--manifest", tmp_path / "gone.csv", "--videos", videos, "--weights", weights,
                                      "--out", tmp_path / "gone.npz", "--device", "cpu", fails=True)
     assert "nowhere.mp4" in line and not (tmp_path / "gone.cache.zarr").exists()
+
+
+def test_ssv2_lines_name_the_top_class_and_need_the_class_names(tmp_path, cli):
+    from egodistill.student.predict import PredictConfig, Predictions, write_predictions
+
+    location = str(tmp_path / "ssv2.zarr")
+    build_synthetic_cache(location, SyntheticSpec(segments=32, heads={"action": 174}, modalities={"rgb": ("resnet18", 3, 224, 1.0)}, feature_dim=8))
+    run = str(tmp_path / "run")
+    train(TrainConfig(cache=location, inputs=["rgb"], out=run, steps=5, batch_size=8, device="cpu"), log=lambda _: None)
+    line = cli("predict", "--run", run, "--cache", location, "--split", "val", "--format", "ssv2", "--out", tmp_path / "s.csv", "--device", "cpu", fails=True)
+    assert "needs the class names" in line and not (tmp_path / "s.csv").exists()
+    scores = np.zeros((2, 174), dtype=np.float32)
+    scores[0, 7], scores[1, 0] = 1.0, 1.0
+    result = Predictions(ids=np.array(["101", "102"]), split=np.array(["test", "test"]), scores={"action": scores}, unscored=[], cache=location, files=[])
+    names = [f"class {i}" for i in range(174)]
+    [path] = write_predictions(result, PredictConfig(run=run, out=str(tmp_path / "s.csv"), format="ssv2"), tmp_path / "s.csv", {}, names)
+    assert [line.split(";") for line in path.read_text().splitlines()] == [["101", "class 7"], ["102", "class 0"]]
