@@ -92,10 +92,6 @@ class ExtentLayout:
                 return extent, task - extent.first_task
         raise CacheError(f"task {task} is past the teacher's {self.tasks} tasks")
 
-    def to_json(self) -> dict:
-        return {"segments": self.segments, "rows": self.rows, "tasks": self.tasks,
-                "extents": [{"segments": [e.first_segment, e.end_segment], "rows": [e.first_row, e.end_row]} for e in self.extents]}
-
 
 class ExtendedTeacher:
     """A teacher whose extents do not match the cache's table one to one: read and written in cache indices.

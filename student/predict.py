@@ -228,12 +228,13 @@ def extract_inputs(cfg: PredictConfig, record: dict, out: Path, log: Callable[[s
     missing = sorted({v for m in manifests for v, p in resolve_videos(m, cfg.videos).items() if p is None})
     if missing:
         raise PredictError(f"{len(missing)} video(s) of the manifest are not under {cfg.videos} (e.g. {missing[0]}): check --videos and the manifest")
-    weights = {file_sha256(w): w for w in cfg.weights}
+    by_hash = {file_sha256(w): w for w in cfg.weights}
+    weights = [_weights_for(t, by_hash, cfg.weights) for t in teachers]  # every teacher's, before anything is written
     location = cfg.work_cache or str(out.with_name(out.stem + ".cache.zarr"))
-    for teacher in teachers:
+    for teacher, weights_file in zip(teachers, weights):
         p = teacher.provenance
         extract_cfg = ExtractConfig(manifest=list(cfg.manifest), videos=cfg.videos, cache=location, modality=p.modality, backbone=p.backbone,
-                                    weights=_weights_for(teacher, weights, cfg.weights), seed=_seed(p.weights), name=teacher.key,
+                                    weights=weights_file, seed=_seed(p.weights), name=teacher.key,
                                     workers=cfg.workers, device=cfg.device, precision=p.precision or "auto", **_sampling(p.sampling))
         plan = plan_extraction(extract_cfg)
         summary = run_extraction(extract_cfg, plan, log=log)

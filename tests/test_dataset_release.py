@@ -217,6 +217,28 @@ def test_a_changed_recorded_object_in_an_extent_is_found_by_verify(release):
     assert damage["task"] == 2 and "parts/1/features" in damage["object"]
 
 
+def test_a_student_trains_on_one_file_and_is_evaluated_and_predicted_on_another(release, cli):
+    from egodistill.student.evaluate import EvalConfig, evaluate
+    from egodistill.student.train import TrainConfig, train
+
+    tmp_path, videos, train_csv, val, head = release
+    location = tmp_path / "grown.zarr"
+    run_extraction(_config(tmp_path, videos, [train_csv], location, head), log=lambda _: None)
+    cli("cache", "init", "--manifest", val, "--cache", location)
+    run_extraction(_config(tmp_path, videos, [train_csv], location, head), log=lambda _: None)
+    run = str(tmp_path / "run")
+    train(TrainConfig(cache=str(location), inputs=["rgb"], out=run, steps=5, batch_size=2, frames=4, device="cpu"), log=lambda _: None)
+    result = evaluate(EvalConfig(cache=str(location), run=run, split="val", device="cpu", cost=False))
+    assert result["segments"] == 2  # v2's video is missing: it has no input to score
+    cli("predict", "--run", run, "--cache", location, "--split", "val", "--out", tmp_path / "val.npz", "--device", "cpu")
+    assert list(np.load(tmp_path / "val.npz")["segment_id"]) == ["v0", "v1"]
+    assert strict_unscored(tmp_path / "val.json") == ["v2"]
+
+
+def strict_unscored(path: Path) -> list[str]:
+    return json.loads(path.read_text(), parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))["unscored"]
+
+
 def test_student_loader_reads_across_extents(release):
     tmp_path, videos, train, val, head = release
     location = tmp_path / "grown.zarr"
