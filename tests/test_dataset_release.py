@@ -199,9 +199,14 @@ def test_extract_then_add_a_file_then_extract_again_fills_only_the_new_segments(
     assert sorted(a.records()) == [0, 1, 2] and a.records()[2].segments == (4, 7)
     report = verify_cache(cache.open_cache(location))
     assert report["ok"] and report["teachers"][0]["tasks_done"] == 3 and report["teachers"][0]["tasks_pending"] == 0
-    # A third run has nothing left to do.
+    # A third run has nothing left to do; with the missing video in place, --retry-failed reruns the extent's task alone.
     third = run_extraction(_config(tmp_path, videos, [train, val], location, head), log=lambda _: None)
     assert third.extracted == 0 and third.done_before == 7
+    shutil.copy(videos / "h264_aac.mp4", videos / "missing.mp4")
+    retried = run_extraction(ExtractConfig(**{**vars(_config(tmp_path, videos, [train], location, head)), "retry_failed": True}), log=lambda _: None)
+    assert retried.ok and retried.extracted == 3 and list(cache.open_cache(location).teacher(key).segment_status()) == [1] * 7
+    assert {k: v for k, v in _task_records(location, key).items() if k in records} == records
+    assert verify_cache(cache.open_cache(location))["ok"]
 
 
 def test_a_changed_recorded_object_in_an_extent_is_found_by_verify(release):
