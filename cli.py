@@ -16,6 +16,8 @@ from egodistill.common import EgodistillError, ExtractError, dumps
 app = typer.Typer(help="Run heavy multimodal teachers once into a shared Zarr cache; distil cheap students from it.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 cache_app = typer.Typer(help="Inspect, check, convert and share a cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+manifest_app = typer.Typer(help="Write manifests: dense unlabelled windows over whole videos.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
 console = Console()
 errors = Console(stderr=True)
 
@@ -293,6 +295,30 @@ def cache_init(
         console.print(f"{cache}: added {len(m.segments)} segments from {m.path} ({m.format}, split {', '.join(sorted({s.split for s in m.segments}))}), heads "
                       f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"{cache}: {count} segments" + ("" if added else " (it already held every file given)"), markup=False, highlight=False, soft_wrap=True)
+
+
+@manifest_app.command("windows")
+def manifest_windows(
+    videos: Annotated[str, typer.Option(help="Folder of videos (searched recursively: .mp4, .webm, .mkv, .avi, .mov).")],
+    out: Annotated[str, typer.Option(help="Generic CSV to write (segment_id,video,start_sec,stop_sec,split; no labels).")],
+    window: Annotated[float, typer.Option(help="Window length, seconds.")] = 2.0,
+    stride: Annotated[float, typer.Option(help="Seconds between window starts.")] = 1.0,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Manifest whose segments no window may overlap (same video by file stem); repeatable.")] = None,
+    split: Annotated[str, typer.Option(help="Split of the windows (train: distil on them).")] = "train",
+) -> None:
+    """Dense unlabelled windows over whole videos, as a manifest a cache can add (`cache init --manifest`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from egodistill.extract.windows import video_windows, write_windows
+
+    with Progress(TextColumn("[bold]windows"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"), console=console, transient=True) as progress:
+        bar = progress.add_task("windows", total=None)
+        windows, unreadable = video_windows(videos, window, stride, exclude or [], on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    path = write_windows(windows, out, split)
+    for line in unreadable[:5]:
+        console.print(f"skipped {line}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{path}: {len(windows)} windows of {window:g} s every {stride:g} s over {len({w.video for w in windows})} videos (split {split})",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 class ImportFormat(str, Enum):

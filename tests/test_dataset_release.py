@@ -329,3 +329,26 @@ def test_head_file_must_match_the_declared_count(release, cli):
     line = cli("extract", "--manifest", train, "--videos", videos, "--cache", tmp_path / "c.zarr", "--backbone", BACKBONE,
                "--head", tmp_path / "five.pt", "--workers", "0", "--device", "cpu", fails=True)
     assert "3 classes" in line and "five.pt" in line
+
+
+# --- unlabelled windows (issue 16 §3, the manifest part) ----------------------------------------------------
+
+
+def test_windows_over_whole_videos_join_a_labelled_cache_unlabelled(release, cli):
+    tmp_path, videos, train, val, head = release
+    out = tmp_path / "windows.csv"
+    cli("manifest", "windows", "--videos", videos, "--window", "1", "--stride", "0.5", "--exclude", train, "--out", out)
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["segment_id", "video", "start_sec", "stop_sec", "split"] and {r["split"] for r in rows} == {"train"}
+    spans = {(r["video"], float(r["start_sec"]), float(r["stop_sec"])) for r in rows}
+    # whole_3s.mp4 has no excluded segment: windows [0,1), [0.5,1.5), ..., [2,3); truncated/empty files give fewer or none.
+    assert {(a, b) for v, a, b in spans if v == "whole_3s.mp4"} == {(0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.5, 2.5), (2.0, 3.0)}
+    # h264_aac.mp4's [0, 2) is covered by t0 and t1 of the training file: no window of it overlaps them.
+    assert not any(v == "h264_aac.mp4" for v, _, _ in spans)
+    assert all(not (v == "vp9_opus.webm" and a < 1.8 and 0.2 < b) for v, a, b in spans)
+    location = tmp_path / "c.zarr"
+    cli("cache", "init", "--manifest", train, "--manifest", out, "--cache", location)
+    table = cache.open_cache(location).segments
+    assert table.heads == {"action": 3} and (table.labels["action"][4:] == -1).all() and len(table) == 4 + len(rows)
+    assert "is not a folder" in cli("manifest", "windows", "--videos", train, "--out", out, fails=True)
+    assert "--window 0" in cli("manifest", "windows", "--videos", videos, "--window", "0", "--out", out, fails=True)
