@@ -176,35 +176,32 @@ def _with_classes(manifest: Manifest, classes: dict[str, Sequence[str]]) -> Mani
 
 
 def cache_heads(manifests: Sequence[Manifest], stored: dict[str, int] | None = None) -> dict[str, int]:
-    """The heads of a cache holding these files: declared counts must agree, inferred ones fit under them. Files
-    added to a stored table bring no new head and no larger count (teachers' logits are sized by it)."""
+    """The heads of a cache holding these files: declared counts must agree and inferred ones (largest label + 1)
+    fit under them. Files added to a stored table bring no new head and no other count (teachers' logits are sized by it)."""
     heads = dict(stored or {})
-    for manifest in manifests:
-        for head, count in manifest.heads.items():
-            inferred = head in manifest.inferred
-            if stored is not None and head not in stored:
-                raise ManifestError(f"manifest {manifest.path} has head {head}, which the cache's segments table lacks (it has: "
-                                    f"{', '.join(stored) or 'none'}): a cache's heads are set by its first manifests; use a new --cache")
-            if head not in heads:
-                heads[head] = count
-            elif count > heads[head] if inferred else count != heads[head]:
-                if stored is None and _only_inferred(manifests, head, manifest):
-                    heads[head] = max(heads[head], count)
-                    continue
-                raise ManifestError(
-                    f"manifest {manifest.path}: head {head} has {count} classes, the cache {heads[head]}: declare one count for "
-                    f"every file (a header label:{head}:N, or --classes {head}=FILE)")
+    order = list(dict.fromkeys(h for m in manifests for h in m.heads))
+    for head in order:
+        declared = {m.heads[head]: m for m in manifests if head in m.heads and head not in m.inferred}
+        inferred = [(m.heads[head], m) for m in manifests if head in m.inferred]
+        if stored is not None and head not in stored:
+            m = next(m for m in manifests if head in m.heads)
+            raise ManifestError(f"manifest {m.path} has head {head}, which the cache's segments table lacks (it has: "
+                                f"{', '.join(stored) or 'none'}): a cache's heads are set by its first manifests; use a new --cache")
+        if stored is not None:
+            declared.setdefault(stored[head], None)
+        if len(declared) > 1:
+            (c1, m1), (c2, m2) = list(declared.items())[:2]
+            where = " and ".join(f"{m.path} {c}" if m else f"the cache {c}" for c, m in ((c1, m1), (c2, m2)))
+            raise ManifestError(f"head {head} has different class counts ({where}): declare one count for every file "
+                                f"(a header label:{head}:N, or --classes {head}=FILE)")
+        count = next(iter(declared)) if declared else max(c for c, _ in inferred)
+        too_many = [(c, m) for c, m in inferred if c > count]
+        if too_many:
+            c, m = too_many[0]
+            raise ManifestError(f"manifest {m.path}: head {head} has {c} classes, the cache {count}: declare one count for "
+                                f"every file (a header label:{head}:N, or --classes {head}=FILE)")
+        heads[head] = count
     return heads
-
-
-def _only_inferred(manifests: Sequence[Manifest], head: str, upto: Manifest) -> bool:
-    """Whether no file before `upto` (and `upto` itself) declared head's count: then the largest inferred one holds."""
-    for manifest in manifests:
-        if head in manifest.heads and head not in manifest.inferred:
-            return False
-        if manifest is upto:
-            return True
-    return True
 
 
 def cache_manifests(location: str, manifests: Sequence[Manifest], storage_options: dict | None = None) -> tuple[list[Manifest], list[Manifest], dict[str, int]]:
