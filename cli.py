@@ -16,6 +16,8 @@ from egodistill.common import EgodistillError, ExtractError, dumps
 app = typer.Typer(help="Run heavy multimodal teachers once into a shared Zarr cache; distil cheap students from it.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 cache_app = typer.Typer(help="Inspect, check, convert and share a cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+manifest_app = typer.Typer(help="Write manifests: dense unlabelled windows over whole videos.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
 console = Console()
 errors = Console(stderr=True)
 
@@ -48,7 +50,7 @@ class _ExtractCommand(TyperCommand):
 @app.command(cls=_ExtractCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def extract(
     ctx: typer.Context,
-    manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
+    manifest: Annotated[list[str], typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>[:<classes>]...). Repeat it for each file of a dataset (train, validation, test: each keeps its split); files the cache does not hold yet are appended to it.")],
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (s3://, gs://, file://).")],
     videos: Annotated[str, typer.Option(help="Folder the manifest's videos are found under.")] = ".",
     modality: Annotated[str, typer.Option(help="rgb, flow, audio, layout (boxes from --boxes FILE, no model), or frames (the sampled RGB frames as uint8, no model: for end-to-end students).")] = "rgb",
@@ -69,6 +71,7 @@ def extract(
     segments_per_task: Annotated[Optional[int], typer.Option(help="Segments per Dask task (= logits chunk); fixed when the teacher is created.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Rerun tasks whose ledger has failed segments.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Read the manifest, find videos, show the planned rows and shards; run no model.")] = False,
+    classes: Annotated[Optional[list[str]], typer.Option(help="HEAD=FILE: the head's classes (one name a line, EPIC's classes CSV or SSv2's labels JSON) sizing a generic CSV's head; repeatable.")] = None,
 ) -> None:
     """Run one teacher over a dataset's segments into the cache (resumable: rerun to finish).
 
@@ -80,7 +83,7 @@ def extract(
         manifest=manifest, videos=videos, cache=cache, modality=modality, backbone=backbone, weights=weights, head=head,
         frames=frames, fps=fps, clip_frames=clip_frames, clip_stride=clip_stride, options=_modality_options(ctx.args), name=name, workers=workers, scheduler=scheduler,
         device=device.value, precision=precision.value, batch_size=batch_size, seed=seed,
-        segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run,
+        segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run, classes=_classes(classes),
     )
     plan = plan_extraction(cfg)
     _print_plan(plan, needs_videos=get_modality(modality).run is None)
@@ -90,6 +93,13 @@ def extract(
     _print_summary(summary)
     if not summary.ok:
         raise typer.Exit(EXIT_FAILED_SEGMENTS)
+
+
+def _classes(specs: list[str] | None) -> dict[str, list[str]]:
+    """`--classes verb=FILE --classes noun=FILE` -> {"verb": [97 names], "noun": [300 names]}."""
+    from egodistill.extract.manifests import read_classes
+
+    return dict(read_classes(spec) for spec in specs or [])
 
 
 def _modality_options(args: list[str]) -> dict[str, str]:
@@ -122,6 +132,8 @@ def _print_plan(plan, needs_videos: bool = True) -> None:
     console.print(
         f"manifest {m.path} ({m.format}): {len(m.segments)} segments, heads "
         f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}; videos found {found} of {len(plan.video_paths)}"
+        + (f"; new to the cache: {', '.join(f'{a.path} ({len(a.segments)})' for a in plan.added)}" if plan.added and len(plan.added) < len(m.path.split(", ")) else ""),
+        markup=False, highlight=False, soft_wrap=True,
     )
     if plan.missing_videos and needs_videos:  # a modality without a model (layout) reads no video
         shown = ", ".join(plan.missing_videos[:5]) + (f" ... (+{len(plan.missing_videos) - 5})" if len(plan.missing_videos) > 5 else "")
@@ -276,15 +288,42 @@ def cache_export_h5(
 
 @cache_app.command("init")
 def cache_init(
-    manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
+    manifest: Annotated[list[str], typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>[:<classes>]...). Repeat it for each file; files the cache does not hold yet are appended.")],
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (created if absent).")],
+    classes: Annotated[Optional[list[str]], typer.Option(help="HEAD=FILE: the head's classes (one name a line, EPIC's classes CSV or SSv2's labels JSON) sizing a generic CSV's head; repeatable.")] = None,
 ) -> None:
-    """Write the manifest's segments table alone (no videos needed), e.g. before `cache import`."""
+    """Write the manifests' segments table alone (no videos needed), e.g. before `cache import`; add a dataset's other files to a cache."""
     from egodistill.extract.manifests import init_cache
 
-    m = init_cache(manifest, cache)
-    console.print(f"{cache}: segments table of {len(m.segments)} segments from {m.path} ({m.format}), heads "
-                  f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}", markup=False, highlight=False, soft_wrap=True)
+    added, count = init_cache(manifest, cache, _classes(classes))
+    for m in added:
+        console.print(f"{cache}: added {len(m.segments)} segments from {m.path} ({m.format}, split {', '.join(sorted({s.split for s in m.segments}))}), heads "
+                      f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{cache}: {count} segments" + ("" if added else " (it already held every file given)"), markup=False, highlight=False, soft_wrap=True)
+
+
+@manifest_app.command("windows")
+def manifest_windows(
+    videos: Annotated[str, typer.Option(help="Folder of videos (searched recursively: .mp4, .webm, .mkv, .avi, .mov).")],
+    out: Annotated[str, typer.Option(help="Generic CSV to write (segment_id,video,start_sec,stop_sec,split; no labels).")],
+    window: Annotated[float, typer.Option(help="Window length, seconds.")] = 2.0,
+    stride: Annotated[float, typer.Option(help="Seconds between window starts.")] = 1.0,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Manifest whose segments no window may overlap (same video by file stem); repeatable.")] = None,
+    split: Annotated[str, typer.Option(help="Split of the windows (train: distil on them).")] = "train",
+) -> None:
+    """Dense unlabelled windows over whole videos, as a manifest a cache can add (`cache init --manifest`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from egodistill.extract.windows import video_windows, write_windows
+
+    with Progress(TextColumn("[bold]windows"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"), console=console, transient=True) as progress:
+        bar = progress.add_task("windows", total=None)
+        windows, unreadable = video_windows(videos, window, stride, exclude or [], on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    path = write_windows(windows, out, split)
+    for line in unreadable[:5]:
+        console.print(f"skipped {line}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{path}: {len(windows)} windows of {window:g} s every {stride:g} s over {len({w.video for w in windows})} videos (split {split})",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 class ImportFormat(str, Enum):
@@ -474,6 +513,40 @@ def evaluate_command(
     result = evaluate(EvalConfig(cache=cache, run=run, split=split, baseline=baseline, device=device.value))
     console.print(format_table(result), markup=False, highlight=False, soft_wrap=True)
     console.print(f"written: {run}/eval-{split}/ (metrics.json, table.txt, reliability.png, subsets.png)")
+
+
+class PredictFormat(str, Enum):
+    scores = "scores"
+    epic_100 = "epic-100"
+    epic_100_eval = "epic-100-eval"
+    ssv2 = "ssv2"
+
+
+@app.command("predict")
+def predict_command(
+    run: Annotated[str, typer.Option(help="Run directory written by train-student.")],
+    out: Annotated[str, typer.Option(help="File to write: .npz (scores, with a .json beside it), .json or .zip (epic-100), .pkl (epic-100-eval), .csv (ssv2).")],
+    cache: Annotated[Optional[str], typer.Option(help="A cache holding the student's input teachers: predict its --split.")] = None,
+    split: Annotated[str, typer.Option(help="Split of --cache to predict.")] = "test",
+    manifest: Annotated[Optional[list[str]], typer.Option(help="New videos instead of --cache: their manifest (repeatable); the student's inputs are extracted first.")] = None,
+    videos: Annotated[Optional[str], typer.Option(help="Folder the --manifest's videos are under.")] = None,
+    weights: Annotated[Optional[list[str]], typer.Option(help="Weights file of an input teacher extracted from a file (its sha256 must match the provenance); repeatable.")] = None,
+    work_cache: Annotated[Optional[str], typer.Option(help="Where new videos' inputs are extracted (default: <out>.cache.zarr; rerun resumes).")] = None,
+    output_format: Annotated[PredictFormat, typer.Option("--format", help="scores: .npz + strict JSON; epic-100: the challenge submission JSON; epic-100-eval: the results file of EPIC-KITCHENS-100's evaluate.py; ssv2: Something-Something v2's id;label lines.")] = PredictFormat.scores,
+    sls_pt: Annotated[int, typer.Option(help="epic-100: supervision level of pretraining (0-5, https://github.com/epic-kitchens/sls).")] = 2,
+    sls_tl: Annotated[int, typer.Option(help="epic-100: supervision level of training labels (0-5).")] = 3,
+    sls_td: Annotated[int, typer.Option(help="epic-100: supervision level of training data (0-5; 3: the training split).")] = 3,
+    device: Annotated[Device, typer.Option(help="cpu, cuda or auto.")] = Device.auto,
+    workers: Annotated[int, typer.Option(help="Extraction workers for new videos (0: in this process).")] = 0,
+) -> None:
+    """Scores of a trained student for every head and segment of a split or of new videos, as files (submission formats too)."""
+    from egodistill.student.predict import PredictConfig, predict
+
+    cfg = PredictConfig(run=run, out=out, cache=cache, split=split, manifest=list(manifest or []), videos=videos, weights=list(weights or []),
+                        work_cache=work_cache, format=output_format.value, sls=(sls_pt, sls_tl, sls_td), device=device.value, workers=workers)
+    result = predict(cfg, log=console.print)
+    console.print(f"{len(result.ids)} segments scored ({', '.join(f'{h} {v.shape[1]}' for h, v in result.scores.items())}): "
+                  + ", ".join(str(f) for f in result.files), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- end of student commands --------------------------------------------------------------

@@ -243,9 +243,8 @@ def layout_settings(options: dict) -> dict:
 
 def run_layout(cfg, plan, on_progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print):
     """`extract --modality layout`: rows from the box file, written task by task (resumable); returns the run's Summary."""
-    from egodistill.extract.manifests import segment_table
     from egodistill.extract.modalities import get_modality
-    from egodistill.extract.run import Summary
+    from egodistill.extract.run import Summary, write_plan_segments
 
     started = time.perf_counter()
     options = get_modality("layout").resolve_options(cfg.options)
@@ -254,7 +253,7 @@ def run_layout(cfg, plan, on_progress: Callable[[int, int], None] | None = None,
     provenance = cache.Provenance(modality=cfg.modality, backbone="boxes", weights=settings["boxes"], preprocessing=settings,
                                   sampling=plan.policy, precision="fp32")
     target = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
-    target.write_segments(segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
+    write_plan_segments(target, cfg, plan)
     key = target.key_for(provenance, cfg.name)
     dim = options["max_boxes"] * len(BOX_FIELDS)
     sizes: dict[str, tuple[float, float] | None] = {}

@@ -15,7 +15,7 @@ import numpy as np
 from egodistill import cache
 from egodistill.common import EgodistillError, ExtractError, check_number, check_plain_name, first_line, pick_device
 from egodistill.backbones import BackboneSpec, clip_backbone_names, clip_output, clip_preset, create_backbone, head_id, is_clip_backbone, weights_id
-from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos, segment_table
+from egodistill.extract.manifests import Manifest, add_manifests, cache_manifests, combine, read_manifests, resolve_videos
 from egodistill.extract.modalities import get_modality
 from egodistill.extract.sampling import clip_policy, frames_for, rows_from_frames, sampling_policy
 from egodistill.extract.worker import SegmentJob, TaskSpec, resolve_precision, run_task
@@ -25,7 +25,7 @@ from egodistill.extract.worker import SegmentJob, TaskSpec, resolve_precision, r
 class ExtractConfig:
     """Every setting of one `egodistill extract` run; the CLI fills it in."""
 
-    manifest: str
+    manifest: str | list[str]  # one file, or each file of a dataset as released (train, validation, test), each its own split
     videos: str
     cache: str
     modality: str = "rgb"
@@ -49,17 +49,23 @@ class ExtractConfig:
     retry_failed: bool = False
     dry_run: bool = False
     storage_options: dict = field(default_factory=dict)
+    classes: dict[str, list[str]] = field(default_factory=dict)  # head -> class names (`--classes HEAD=FILE`)
+
+    @property
+    def manifests(self) -> list[str]:
+        return [self.manifest] if isinstance(self.manifest, str) else list(self.manifest)
 
 
 @dataclass
 class Plan:
-    manifest: Manifest
+    manifest: Manifest  # every segment of the cache once this run wrote the new files: the stored files, then `added`
     video_paths: dict[str, Path | None]
     policy: dict
     rows_per_segment: np.ndarray
     offsets: np.ndarray
     layout: cache.Layout
     frames_per_segment: np.ndarray | None = None  # sampled frames (differs from rows for clip backbones)
+    added: list[Manifest] = field(default_factory=list)  # the files given that the cache does not hold yet
 
     @property
     def missing_videos(self) -> list[str]:
@@ -94,12 +100,23 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     """Read the manifest, find the videos and lay out rows; decodes nothing unless --fps needs durations."""
     check_options(cfg)
     policy = _sampling(cfg)
-    manifest = read_manifest(cfg.manifest)
-    video_paths = resolve_videos(manifest, cfg.videos)
+    files, added, heads = cache_manifests(cfg.cache, read_manifests(cfg.manifests, cfg.classes), cfg.storage_options)
+    manifest = combine(files, heads)
+    video_paths: dict[str, Path | None] = {}
+    for file in files:  # each file's videos are found the way its format names them
+        video_paths.update({v: p for v, p in resolve_videos(file, cfg.videos).items() if video_paths.get(v) is None})
     frames = np.array([_planned_frames(policy, s, video_paths.get(s.video)) for s in manifest.segments], dtype=np.int64)
     rows = np.array([rows_from_frames(policy, int(n)) for n in frames], dtype=np.int64)
     offsets, layout = cache.plan_layout(rows, cfg.segments_per_task)
-    return Plan(manifest, video_paths, policy, rows, offsets, layout, frames)
+    return Plan(manifest, video_paths, policy, rows, offsets, layout, frames, added)
+
+
+def write_plan_segments(target: cache.Cache, cfg: ExtractConfig, plan: Plan) -> None:
+    """Append the plan's new files to the cache's segments table; the table must then be the plan's segments."""
+    add_manifests(target, read_manifests(cfg.manifests, cfg.classes))
+    if target.segments_info["count"] != len(plan.manifest.segments):
+        raise ExtractError(f"the segments table of {cfg.cache} changed while this run was planned ({target.segments_info['count']} segments, "
+                           f"the plan {len(plan.manifest.segments)}): run the command again")
 
 
 def _sampling(cfg: ExtractConfig) -> dict:
@@ -185,7 +202,7 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     provenance = teacher_provenance(cfg, spec, settings, plan.policy, precision)
 
     target = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
-    target.write_segments(segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
+    write_plan_segments(target, cfg, plan)
     key = target.key_for(provenance, cfg.name)  # a teacher extracted before, by any egodistill version, resumes
     with target.lease(key) as renew:
         teacher, resumed = target.create_teacher(key, provenance, feature_dim, plan.offsets, plan.layout, heads if spec.head else {}, frame_shape)
