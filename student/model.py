@@ -15,6 +15,16 @@ transformer adds what pooling loses. See docs/training.md for the measurements b
 A missing input (absent from the cache for a segment, or masked in training) is replaced by learned
 stand-ins of its own (a pooled vector, and a token for the transformer), so one model serves every
 subset of its inputs (KARMMA).
+
+The late-early feature of one row does not exist: it is a learned stand-in per input, not zero.
+Zero is no "no motion" after standardisation when the rows drift in time (it moved every demo
+student to ~10 % at one test frame). In training, each sample's late-early is replaced by the
+stand-in with probability `single_row` (default 0.2), so the stand-in is learned and the head
+stays sane at any row count (issue 15 §6).
+
+Standardising then pooling equals pooling then standardising (both are affine per feature), so
+the pooled path also takes rows pooled once (`pool`, then `pooled_logits`): fit-teachers pools a
+dataset's rows once and fits on those (student/fit.py).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.1                   # inside the transformer
     input_dropout: float = 0.5             # on the pooled features: the head's main regulariser
+    single_row: float = 0.2                # training: probability a sample's late-early is its one-row stand-in
     extra: dict = field(default_factory=dict)  # room for later options without breaking old checkpoints
 
     def to_dict(self) -> dict:
@@ -97,32 +108,74 @@ class Student(nn.Module):
         self.standardise = nn.ModuleList(Standardise(d) for d in cfg.input_dims)
         # Zeros: an absent input starts as the training mean, i.e. "no evidence".
         self.missing_pooled = nn.Parameter(torch.zeros(2 * sum(cfg.input_dims)))
-        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        # The late-early of one row (standardised units), per input; zeros: the value a head saved before it had one used.
+        self.single_row = nn.Parameter(torch.zeros(sum(cfg.input_dims)))
         self.heads = nn.ModuleDict({h: nn.Linear(2 * sum(cfg.input_dims), c) for h, c in cfg.heads.items()})
         self.temporal = TemporalTransformer(cfg) if cfg.depth > 0 else None
         self.temporal_heads = nn.ModuleDict({h: nn.Linear(cfg.dim, c) for h, c in cfg.heads.items()}) if cfg.depth > 0 else None
         for head in (self.temporal_heads or {}).values():
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        self.register_load_state_dict_pre_hook(_without_single_row)
 
     def set_statistics(self, statistics: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Per input (mean [D], std [D]) of the training segments' features."""
         for standardise, (mean, std) in zip(self.standardise, statistics):
             standardise.set_statistics(mean, std)
 
-    def forward(self, features: list[torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
-        """features: per input [B, T, D_m]; present: bool [B, inputs] -> {head: logits [B, C]}."""
+    def pool(self, features: list[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
+        """Per input [B, 2D] rows pooled as they are (mean, late - early; student/model.py `pool_rows`), zero where absent."""
         dtype = self.missing_pooled.dtype
         # Absent inputs are zeroed first: garbage (NaN rows of a failed segment) must not reach any gradient.
-        standardised = [s(torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0)) for m, (s, x) in enumerate(zip(self.standardise, features))]
-        pooled = torch.cat([pool_rows(z) for z in standardised], dim=1)
+        return [pool_rows(torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0)) for m, x in enumerate(features)]
+
+    def pooled_logits(self, pooled: list[torch.Tensor], present: torch.Tensor, rows: int,
+                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The pooled head on rows pooled by `pool` from `rows` rows each: standardise, stand-ins, input dropout, a linear map per head.
+
+        `generator` draws the training-time single-row and dropout masks (default: torch's global one)."""
+        dtype = self.missing_pooled.dtype
+        b = len(present)
+        moving = torch.full((b,), rows > 1, dtype=torch.bool, device=present.device)
+        if self.training and self.cfg.single_row > 0 and rows > 1:
+            moving = self._draw((b,), generator, present.device) >= self.cfg.single_row
+        parts, at = [], 0
+        for m, (standardise, p) in enumerate(zip(self.standardise, pooled)):
+            d = standardise.mean.numel()
+            p = torch.where(present[:, m:m + 1], p.to(dtype), 0.0)
+            parts.append((p[:, :d] - standardise.mean) / standardise.std)
+            parts.append(torch.where(moving.view(-1, 1), p[:, d:] / standardise.std, self.single_row[at:at + d]))
+            at += d
+        pooled = torch.cat(parts, dim=1)
         per_input = torch.cat([present[:, m:m + 1].expand(-1, 2 * d) for m, d in enumerate(self.cfg.input_dims)], dim=1)
-        pooled = self.input_dropout(torch.where(per_input, pooled, self.missing_pooled))
-        logits = {h: head(pooled) for h, head in self.heads.items()}
+        pooled = torch.where(per_input, pooled, self.missing_pooled)
+        if self.training and self.cfg.input_dropout > 0:
+            keep = self._draw(pooled.shape, generator, pooled.device) >= self.cfg.input_dropout
+            pooled = pooled * keep / (1 - self.cfg.input_dropout)
+        return {h: head(pooled) for h, head in self.heads.items()}
+
+    @staticmethod
+    def _draw(shape: tuple, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        if generator is None:
+            return torch.rand(shape, device=device)
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+    def forward(self, features: list[torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
+        """features: per input [B, T, D_m]; present: bool [B, inputs] -> {head: logits [B, C]}."""
+        logits = self.pooled_logits(self.pool(features, present), present, rows=features[0].shape[1])
         if self.temporal is not None:
+            dtype = self.missing_pooled.dtype
+            standardised = [s(torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0)) for m, (s, x) in enumerate(zip(self.standardise, features))]
             encoded = self.temporal(standardised, present)
             logits = {h: v + self.temporal_heads[h](encoded) for h, v in logits.items()}
         return logits
+
+
+def _without_single_row(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """A head saved before the single-row stand-in existed loads with zeros there (its behaviour then)."""
+    key = prefix + "single_row"
+    if key not in state_dict and prefix + "missing_pooled" in state_dict:
+        state_dict[key] = torch.zeros_like(module.single_row)
 
 
 def mask_modalities(present: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -141,7 +194,7 @@ def mask_modalities(present: torch.Tensor, prob: float, generator: torch.Generat
     return kept
 
 
-NO_DECAY = ("modality_embedding", "time_embedding", "missing_token", "missing_pooled")
+NO_DECAY = ("modality_embedding", "time_embedding", "missing_token", "missing_pooled", "single_row")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
