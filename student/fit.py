@@ -39,7 +39,7 @@ from egodistill.student.data import CacheLoader, load_windows, present_inputs, r
 from egodistill.student.folds import grouped_folds, segment_groups
 from egodistill.student.layout import LAYOUT_MAX_LR, LayoutTransformer, is_layout_width
 from egodistill.student.losses import student_loss
-from egodistill.student.model import ModelConfig, Student, pool_rows
+from egodistill.student.model import ModelConfig, Student, pool_rows, with_single_rows
 from egodistill.student.schedule import auto_steps, head_threads, make_optimiser
 from egodistill.student.sources import resolve_inputs
 from egodistill.student.step import STATISTICS_SEGMENTS, FitConfig, optimiser_step
@@ -322,9 +322,19 @@ def fit_head(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, head
     for step in range(total):
         if at + batch > len(order):
             order, at = rng.permutation(fit_on), 0
-        xs, mask, ys = _batch(pooled if on_pooled else features, present, labels, order[at:at + batch], device)
+        idx = order[at:at + batch]
         at += batch
-        out = model.pooled_logits(xs, mask, rows=features[0].shape[1], generator=generator) if on_pooled else model(xs, mask)
+        xs, mask, ys = _batch(pooled if on_pooled else features, present, labels, idx, device)
+        if on_pooled:  # Student.pool's training draw, on rows pooled once: some samples keep one row of their window
+            rows = features[0].shape[1]
+            moving = torch.full((len(idx),), rows > 1, dtype=torch.bool)
+            single, row = model.draw_single_rows(len(idx), rows, generator, torch.device("cpu"))
+            if single is not None:
+                one_row = [torch.from_numpy(x[idx, row.numpy()]).to(device) for x in features]
+                xs, moving = with_single_rows(xs, one_row, single.to(device)), ~single
+            out = model.pooled_logits(xs, mask, moving.to(device), generator=generator)
+        else:
+            out = model(xs, mask)
         optimiser_step(model, optimiser, student_loss(out, ys, None), step, total, cfg, lr=lr)
     return model
 
@@ -339,7 +349,8 @@ def predict_head(model: nn.Module, features, present, idx: np.ndarray, cfg: FitC
     parts: dict[str, list[np.ndarray]] = {h: [] for h in model.heads}
     for a in range(0, len(idx), 1024):
         xs, mask, _ = _batch(pooled if on_pooled else features, present, {}, idx[a:a + 1024], device)
-        out = model.pooled_logits(xs, mask, rows=features[0].shape[1]) if on_pooled else model(xs, mask)
+        moving = torch.full((len(mask),), features[0].shape[1] > 1, dtype=torch.bool, device=device)
+        out = model.pooled_logits(xs, mask, moving) if on_pooled else model(xs, mask)
         for h, v in out.items():
             parts[h].append(v.float().cpu().numpy())
     return {h: np.concatenate(p) if p else np.zeros((0, model.cfg.heads[h]), np.float32) for h, p in parts.items()}

@@ -16,11 +16,11 @@ A missing input (absent from the cache for a segment, or masked in training) is 
 stand-ins of its own (a pooled vector, and a token for the transformer), so one model serves every
 subset of its inputs (KARMMA).
 
-The late-early feature of one row does not exist: it is a learned stand-in per input, not zero.
-Zero is no "no motion" after standardisation when the rows drift in time (it moved every demo
-student to ~10 % at one test frame). In training, each sample's late-early is replaced by the
-stand-in with probability `single_row` (default 0.2), so the stand-in is learned and the head
-stays sane at any row count (issue 15 §6).
+The late-early feature of one row does not exist: it is a learned stand-in per input, not zero
+(zero moved every demo student to ~10 % at one test frame). In training, each sample is pooled from
+one random row of its window with probability `single_row` (default 0.2): the stand-in is learned,
+and so is a mean that drifts with where a single row sits in time, so the head stays sane at any
+row count (issue 15 §6).
 
 Standardising then pooling equals pooling then standardising (both are affine per feature), so
 the pooled path also takes rows pooled once (`pool`, then `pooled_logits`): fit-teachers pools a
@@ -123,22 +123,35 @@ class Student(nn.Module):
         for standardise, (mean, std) in zip(self.standardise, statistics):
             standardise.set_statistics(mean, std)
 
-    def pool(self, features: list[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
-        """Per input [B, 2D] rows pooled as they are (mean, late - early; student/model.py `pool_rows`), zero where absent."""
+    def pool(self, features: list[torch.Tensor], present: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per input [B, 2D] rows pooled as they are (mean, late - early; `pool_rows`), zero where absent, and
+        bool [B] `moving`: late - early exists. In training, samples drawn by `draw_single_rows` are pooled from one row."""
         dtype = self.missing_pooled.dtype
         # Absent inputs are zeroed first: garbage (NaN rows of a failed segment) must not reach any gradient.
-        return [pool_rows(torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0)) for m, x in enumerate(features)]
+        features = [torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0) for m, x in enumerate(features)]
+        pooled = [pool_rows(x) for x in features]
+        rows = features[0].shape[1]
+        single, row = self.draw_single_rows(len(present), rows, generator, present.device)
+        if single is None:
+            return pooled, torch.full((len(present),), rows > 1, dtype=torch.bool, device=present.device)
+        picked = torch.arange(len(present), device=present.device)
+        return with_single_rows(pooled, [x[picked, row] for x in features], single), ~single
 
-    def pooled_logits(self, pooled: list[torch.Tensor], present: torch.Tensor, rows: int,
+    def draw_single_rows(self, batch: int, rows: int, generator: torch.Generator | None,
+                         device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Training only: bool [B] samples to pool from one row (probability cfg.single_row) and long [B] which row."""
+        if not (self.training and self.cfg.single_row > 0 and rows > 1):
+            return None, None
+        single = self._draw((batch,), generator, device) < self.cfg.single_row
+        row = (self._draw((batch,), generator, device) * rows).long().clamp(max=rows - 1)
+        return single, row
+
+    def pooled_logits(self, pooled: list[torch.Tensor], present: torch.Tensor, moving: torch.Tensor,
                       generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The pooled head on rows pooled by `pool` from `rows` rows each: standardise, stand-ins, input dropout, a linear map per head.
-
-        `generator` draws the training-time single-row and dropout masks (default: torch's global one)."""
+        """The pooled head on rows pooled by `pool`: standardise, stand-ins (absent input; late - early where not
+        `moving`), input dropout, a linear map per head. `generator` draws the dropout (default: torch's global one)."""
         dtype = self.missing_pooled.dtype
-        b = len(present)
-        moving = torch.full((b,), rows > 1, dtype=torch.bool, device=present.device)
-        if self.training and self.cfg.single_row > 0 and rows > 1:
-            moving = self._draw((b,), generator, present.device) >= self.cfg.single_row
         parts, at = [], 0
         for m, (standardise, p) in enumerate(zip(self.standardise, pooled)):
             d = standardise.mean.numel()
@@ -162,13 +175,19 @@ class Student(nn.Module):
 
     def forward(self, features: list[torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
         """features: per input [B, T, D_m]; present: bool [B, inputs] -> {head: logits [B, C]}."""
-        logits = self.pooled_logits(self.pool(features, present), present, rows=features[0].shape[1])
+        pooled, moving = self.pool(features, present)
+        logits = self.pooled_logits(pooled, present, moving)
         if self.temporal is not None:
             dtype = self.missing_pooled.dtype
             standardised = [s(torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0)) for m, (s, x) in enumerate(zip(self.standardise, features))]
             encoded = self.temporal(standardised, present)
             logits = {h: v + self.temporal_heads[h](encoded) for h, v in logits.items()}
         return logits
+
+
+def with_single_rows(pooled: list[torch.Tensor], one_row: list[torch.Tensor], single: torch.Tensor) -> list[torch.Tensor]:
+    """Pooled inputs where `single` samples keep one row ([B, D] each) as their mean (their late - early is then absent)."""
+    return [torch.where(single.view(-1, 1), torch.cat([r.to(p.dtype), torch.zeros_like(r, dtype=p.dtype)], dim=1), p) for p, r in zip(pooled, one_row)]
 
 
 def _without_single_row(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
