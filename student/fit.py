@@ -23,6 +23,7 @@ budget stops growing at the data's size (schedule.MAX_SEGMENTS_SEEN); a rich bar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from egodistill.student.losses import student_loss
 from egodistill.student.model import ModelConfig, Student, pool_rows, with_single_rows
 from egodistill.student.schedule import auto_steps, head_threads, make_optimiser
 from egodistill.student.sources import resolve_inputs
-from egodistill.student.step import STATISTICS_SEGMENTS, FitConfig, optimiser_step
+from egodistill.student.step import STATISTICS_SEGMENTS, FitConfig, autocast, optimiser_step
 
 
 class FitError(EgodistillError):
@@ -332,7 +333,8 @@ def fit_head(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, head
             if single is not None:
                 one_row = [torch.from_numpy(x[idx, row.numpy()]).to(device) for x in features]
                 xs, moving = with_single_rows(xs, one_row, single.to(device)), ~single
-            out = model.pooled_logits(xs, mask, moving.to(device), generator=generator)
+            with autocast(device):  # the head's matrix products are nearly all of a pooled fit's time
+                out = model.pooled_logits(xs, mask, moving.to(device), generator=generator)
         else:
             out = model(xs, mask)
         optimiser_step(model, optimiser, student_loss(out, ys, None), step, total, cfg, lr=lr)
@@ -350,7 +352,8 @@ def predict_head(model: nn.Module, features, present, idx: np.ndarray, cfg: FitC
     for a in range(0, len(idx), 1024):
         xs, mask, _ = _batch(pooled if on_pooled else features, present, {}, idx[a:a + 1024], device)
         moving = torch.full((len(mask),), features[0].shape[1] > 1, dtype=torch.bool, device=device)
-        out = model.pooled_logits(xs, mask, moving) if on_pooled else model(xs, mask)
+        with autocast(device) if on_pooled else contextlib.nullcontext():  # as it was fitted
+            out = model.pooled_logits(xs, mask, moving) if on_pooled else model(xs, mask)
         for h, v in out.items():
             parts[h].append(v.float().cpu().numpy())
     return {h: np.concatenate(p) if p else np.zeros((0, model.cfg.heads[h]), np.float32) for h, p in parts.items()}
