@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
     for modality, members in jobs:  # every refusal before any work
         _check_enough(modality, table, train, fold, present_once[:, members], cfg)
     placements = view_placements(cfg.views)
+    started = time.perf_counter()
     windows = [load_features(root, keys, cfg, window=p) for p in placements]
     # Views stacked along the segment axis: row v * N + i is segment i seen through window v.
     features = [windows[0][0][m] if cfg.views == 1 else np.concatenate([w[0][m] for w in windows]) for m in range(len(keys))]
@@ -110,6 +112,8 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
     present = np.tile(present_once, (cfg.views, 1))
     pooled = pool_features(features, present) if 0 in cfg.depths else None
     labels = {h: np.tile(y, cfg.views) for h, y in table.labels.items()}
+    log(f"read {len(present_once):,} segments x {cfg.views} view(s) of {', '.join(keys)} (float16, {sum(x.nbytes for x in features) / 2**30:.2f} GiB)"
+        f"{' and pooled them' if pooled is not None else ''} in {time.perf_counter() - started:.0f} s; {len(jobs) * fit_count(cfg)} fits to run")
     total, done, counting = len(jobs) * fit_count(cfg), [0], threading.Lock()
 
     def fitted_one() -> None:  # called from the threads fitting side by side
