@@ -12,7 +12,7 @@ Model selection: each teacher is cross-fitted at every depth in `depths` (0 = po
 segments is highest is kept (ties: the smaller). This uses training data only, never validation.
 The default is the pooled head alone: it matched or beat the transformer on every teacher of the
 measured datasets but the demo's fusion, at a tenth of the time (docs/training.md). A `layout`
-teacher (boxes per frame) at depth >= 1 is the spatio-temporal layout transformer of student/layout.py.
+teacher (boxes per frame) at depth >= 1 is the spatio-temporal layout transformer of student/box_transformer.py.
 
 At dataset scale (EPIC-KITCHENS-100: 76,885 segments, bench/bench_fit.py): the pooled head (depth 0)
 fits on rows pooled once per segment (Student.pool), held at the cache's float16, so a step costs a
@@ -39,7 +39,7 @@ from egodistill import cache
 from egodistill.common import EgodistillError, check_number, pick_device
 from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics
 from egodistill.student.folds import grouped_folds, segment_groups
-from egodistill.student.layout import LAYOUT_MAX_LR, LayoutTransformer, is_layout_width
+from egodistill.student.box_transformer import LAYOUT_MAX_LR, LayoutTransformer, is_layout_width
 from egodistill.student.losses import student_loss
 from egodistill.student.model import ModelConfig, Student, pool_rows, with_single_rows
 from egodistill.student.schedule import auto_steps, head_threads, make_optimiser
