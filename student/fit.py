@@ -122,13 +122,16 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
             if on_fit:
                 on_fit(done[0], total)
 
+    # The caller's thread budget (the demo gives each of its processes a share of the cores), read before
+    # head_threads sets one thread per fit.
+    workers = cfg.workers or max(1, min(available_cores(), torch.get_num_threads()))
     written = []
     for modality, members in jobs:
         log(f"fitting {modality} teacher on {', '.join(keys[m] for m in members)} ({cfg.folds} grouped folds x depths {list(cfg.depths)}, then the all-train model)")
         with head_threads(device):
             layout = modality == "layout" and len(members) == 1 and is_layout_width(features[members[0]].shape[2])
             fitted = cross_fit([features[m] for m in members], present[:, members], labels, train, fold, cfg, table.heads, layout=layout,
-                               pooled=None if pooled is None else [pooled[m] for m in members], device=device, on_fit=fitted_one)
+                               pooled=None if pooled is None else [pooled[m] for m in members], device=device, workers=workers, on_fit=fitted_one)
         log(f"  out-of-fold top-1 by depth: {', '.join(f'{d}: {a:.3f}' for d, a in fitted.oof_accuracy.items())}; kept depth {fitted.depth}")
         provenance = cache.Provenance(
             modality=modality,
@@ -209,12 +212,12 @@ def pool_features(features: list[np.ndarray], present: np.ndarray, chunk: int = 
 
 
 def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads, layout: bool = False, pooled=None,
-              device: torch.device | str = "cpu", on_fit: Callable[[], None] | None = None) -> FittedTeacher:
+              device: torch.device | str = "cpu", workers: int = 1, on_fit: Callable[[], None] | None = None) -> FittedTeacher:
     """Out-of-fold logits at every candidate depth, the depth with the best OOF accuracy, then the all-train model.
 
     Inputs hold cfg.views stacked windows per segment (row v * N + i); a model trains on every view of
-    its segments and predicts each view of the others. Logits come back as [N, V, C]. The fits of a
-    depth run side by side (with one candidate depth, the all-train model with them)."""
+    its segments and predicts each view of the others. Logits come back as [N, V, C]. The pooled fits
+    of a depth run `workers` side by side (with one candidate depth, the all-train model with them)."""
     n = len(present) // cfg.views
 
     def every_view(idx: np.ndarray) -> np.ndarray:
@@ -235,10 +238,10 @@ def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads, lay
                 on_fit()
             return f, model
         parallel = depth == 0 and not layout and torch.device(device).type == "cpu"
-        workers = min(len(fits), (cfg.workers or available_cores()) if parallel else 1)
-        if workers == 1:
+        side_by_side = min(len(fits), workers) if parallel else 1
+        if side_by_side == 1:
             return dict(map(one, fits.items()))
-        with ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(side_by_side) as pool:
             return dict(pool.map(one, fits.items()))
 
     usable_train = train[present[train].any(axis=1)]

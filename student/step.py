@@ -66,7 +66,7 @@ class FitConfig(StepConfig):
     folds: int = 5
     depths: tuple[int, ...] = (0,)  # candidates kept by out-of-fold accuracy; (0, 1) also tries the transformer
     views: int = 1                  # windows per segment with logits of their own (consistent teaching); 1: the centred one
-    workers: int = 0                # fits side by side (pooled heads on CPU); 0: one per core
+    workers: int = 0                # pooled-head fits side by side on CPU; 0: one per core torch may use
 
 
 @functools.cache
