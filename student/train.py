@@ -124,11 +124,10 @@ def setup(cfg: TrainConfig) -> Setup:
     if len(labelled) == 0 and needs_labels:
         raise TrainError(f"the cache has no labels for its {cfg.train_split!r} segments: train with --gt-weight 0 --weighting uniform and --teachers, or extract a labelled manifest")
     labelled_per_head = {h: int((table.labels[h][candidates] >= 0).sum()) for h in table.heads}
-    counts = ", ".join(f"{h}: {c}" for h, c in labelled_per_head.items())
     for head, count in labelled_per_head.items():
-        if count == 0 and (not teacher_keys or cfg.weighting != "uniform"):
-            raise TrainError(f"head {head!r} has no labelled {cfg.train_split!r} segments with inputs (labelled per head: {counts}): "
-                             f"{'train it from --teachers with --weighting uniform' if teacher_keys else 'give --teachers with logits for it'}, or extract a labelled manifest")
+        if count == 0 and not teacher_keys:  # nothing would ever train that head
+            raise TrainError(f"head {head!r} has no labelled {cfg.train_split!r} segments with inputs (labelled per head: "
+                             f"{', '.join(f'{h} {c}' for h, c in labelled_per_head.items())}): give --teachers with logits for it, or extract a labelled manifest")
     held = grouped_holdout(segment_groups(table.videos[candidates]), cfg.holdout, cfg.seed)
     holdout, train_segments = candidates[held], candidates[~held]
     weights = None
