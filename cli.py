@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from enum import Enum
 from typing import Annotated, Optional
 
@@ -12,6 +13,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from egodistill.common import EgodistillError, ExtractError, dumps
+from egodistill.student.step import SCHEDULES, SCHEMES, FitConfig, StepConfig
 
 app = typer.Typer(help="Run heavy multimodal teachers once into a shared Zarr cache; distil cheap students from it.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 cache_app = typer.Typer(help="Inspect, check, convert and share a cache.", no_args_is_help=True)
@@ -415,33 +417,40 @@ def demo(
 # --- student commands (fit-teachers, train-student, evaluate) -----------------------------
 
 
-class Weighting(str, Enum):
-    uniform = "uniform"
-    per_sample = "per-sample"
-    dataset = "dataset"
+# Defaults and choices of fit-teachers and train-student come from the package (student/step.py, torch-free).
+FIT = {f.name: f.default for f in fields(FitConfig)}
+STEP = {f.name: f.default for f in fields(StepConfig)}
+Weighting = Enum("Weighting", {name.replace("-", "_"): name for name in SCHEMES}, type=str)
+Schedule = Enum("Schedule", {name: name for name in SCHEDULES}, type=str)
 
 
 @app.command("fit-teachers")
 def fit_teachers_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     modalities: Annotated[str, typer.Option(help="Comma-separated modalities or teacher keys with features, e.g. rgb,flow,audio.")],
-    fusion: Annotated[bool, typer.Option(help="Also fit one fusion teacher over all of them.")] = False,
-    folds: Annotated[int, typer.Option(help="K of the grouped K-fold cross-fitting that makes training segments' logits.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the folds and the fits.")] = 0,
-    steps: Annotated[int, typer.Option(help="Optimiser steps of each fit; 0: 100 passes over the data, 1,000-10,000 steps.")] = 0,
-    depths: Annotated[str, typer.Option(help="Candidate depths, kept by out-of-fold accuracy (0: pooled linear head, 1: plus a temporal transformer).")] = "0,1",
-    frames: Annotated[int, typer.Option(help="Rows per segment the heads read (a window of them).")] = 8,
-    views: Annotated[int, typer.Option(help="Windows per segment with logits of their own, from first to last rows (consistent teaching when segments hold more rows than --frames); 1: centred.")] = 1,
-    device: Annotated[Device, typer.Option(help="Where the heads are fitted.")] = Device.auto,
+    fusion: Annotated[bool, typer.Option(help="Also fit one fusion teacher over all of them.")] = FIT["fusion"],
+    folds: Annotated[int, typer.Option(help="K of the grouped K-fold cross-fitting that makes training segments' logits.")] = FIT["folds"],
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the fits.")] = FIT["seed"],
+    steps: Annotated[int, typer.Option(help="Optimiser steps of each fit; 0: 100 passes over the data or 250,000 segments seen, 1,000-10,000 steps.")] = FIT["steps"],
+    depths: Annotated[str, typer.Option(help="Candidate depths, kept by out-of-fold accuracy (0: pooled linear head, 1: plus a temporal transformer).")] = ",".join(map(str, FIT["depths"])),
+    frames: Annotated[int, typer.Option(help="Rows per segment the heads read (a window of them).")] = FIT["frames"],
+    views: Annotated[int, typer.Option(help="Windows per segment with logits of their own, from first to last rows (consistent teaching when segments hold more rows than --frames); 1: centred.")] = FIT["views"],
+    workers: Annotated[int, typer.Option(help="Pooled-head fits side by side, one thread each; 0: one per core.")] = FIT["workers"],
+    device: Annotated[Device, typer.Option(help="Where the heads are fitted.")] = Device(FIT["device"]),
 ) -> None:
     """Fit light teachers on cached features (per modality, optional fusion) and write their logits into the cache."""
-    from egodistill.common import pick_device
-    from egodistill.student.fit import FitConfig, fit_teachers
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from egodistill.student.fit import check_config, fit_teachers
     from egodistill.student.sources import split_names, split_numbers
 
     cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, steps=steps,
-                    depths=split_numbers(depths, "--depths"), frames=frames, views=views, device=str(pick_device(device.value)))
-    fitted = fit_teachers(cfg, log=console.print)
+                    depths=tuple(split_numbers(depths, "--depths")), frames=frames, views=views, workers=workers, device=device.value)
+    check_config(cfg)
+    columns = (TextColumn("[bold]fit"), BarColumn(), MofNCompleteColumn(), TextColumn("fits"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("fit", total=None)
+        fitted = fit_teachers(cfg, log=progress.console.print, on_fit=lambda done, total: progress.update(bar, completed=done, total=total))
     table = Table("teacher key", "modality", "from", "depth", "out-of-fold top-1", "segments with logits")
     for t in fitted:
         table.add_row(t.key, t.modality, ", ".join(t.sources), str(t.depth), f"{100 * t.oof_accuracy[t.depth]:.1f} %", str(int((t.source_model != -2).sum())))
@@ -461,18 +470,18 @@ def train_student_command(
     kd_weight: Annotated[float, typer.Option(help="Weight of the distillation term.")] = 1.0,
     gt_weight: Annotated[float, typer.Option(help="Weight of the ground-truth cross-entropy.")] = 1.0,
     mask_prob: Annotated[float, typer.Option(help="Per-sample probability of dropping each input (never all).")] = 0.0,
-    steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data, 1,000-10,000 steps. The last step is the model evaluated.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Segments per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (a head on frozen features; the paper's fine-tuning: 1e-4).")] = 1e-2,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (paper: 0.02).")] = 0.05,
-    schedule: Annotated[str, typer.Option(help="Decay after the warm-up: cosine or linear (paper).")] = "cosine",
-    clip: Annotated[float, typer.Option(help="Gradient-norm clip (paper: 5).")] = 1.0,
-    frames: Annotated[int, typer.Option(help="Rows per segment and input (temporal jitter in training).")] = 8,
-    dim: Annotated[int, typer.Option(help="Transformer width (with --depth >= 1).")] = 64,
+    steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data or 250,000 segments seen, 1,000-10,000 steps. The last step is the model evaluated.")] = STEP["steps"],
+    batch_size: Annotated[int, typer.Option(help="Segments per step.")] = STEP["batch_size"],
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (a head on frozen features; the paper's fine-tuning: 1e-4).")] = STEP["lr"],
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (paper: 0.02).")] = STEP["weight_decay"],
+    schedule: Annotated[Schedule, typer.Option(help="Decay after the warm-up: cosine or linear (paper).")] = Schedule(STEP["schedule"]),
+    clip: Annotated[float, typer.Option(help="Gradient-norm clip (paper: 5).")] = STEP["clip"],
+    frames: Annotated[int, typer.Option(help="Rows per segment and input (temporal jitter in training).")] = STEP["frames"],
+    dim: Annotated[int, typer.Option(help="Transformer width (with --depth >= 1).")] = STEP["dim"],
     depth: Annotated[int, typer.Option(help="Temporal transformer layers; 0: the pooled linear head alone.")] = 0,
     holdout: Annotated[float, typer.Option(help="Fraction of training videos held out for monitoring (and dataset weights).")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = 0,
-    device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device.auto,
+    seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = STEP["seed"],
+    device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device(STEP["device"]),
     in_memory: Annotated[Optional[bool], typer.Option("--in-memory/--stream", help="Read the inputs' features whole first / always stream from the cache; default: keep what was read when it fits in a quarter of the memory.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
 ) -> None:
@@ -484,7 +493,7 @@ def train_student_command(
 
     cfg = TrainConfig(cache=cache, inputs=split_names(inputs), teachers=split_names(teachers), out=out, weighting=weighting.value, tau=tau,
                       temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, steps=steps,
-                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, clip=clip, frames=frames, dim=dim,
+                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule.value, clip=clip, frames=frames, dim=dim,
                       depth=depth, holdout=holdout, seed=seed, device=device.value, in_memory=in_memory)
     started = start_run(cfg, resume)  # every one-line error comes before the progress bar
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} segments/s"), TimeElapsedColumn(), TimeRemainingColumn())

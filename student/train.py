@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from egodistill import cache
-from egodistill.common import EgodistillError, check_choice, check_number, pick_device
+from egodistill.common import EgodistillError, check_number, pick_device
 from egodistill.student import rundir
 from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table, teacher_views
 from egodistill.student.folds import grouped_holdout, segment_groups
 from egodistill.student.losses import SCHEMES, dataset_weights, student_loss
 from egodistill.student.model import ModelConfig, Student, mask_modalities
-from egodistill.student.schedule import SCHEDULES, auto_steps, head_threads, lr_at, make_optimiser
+from egodistill.student.schedule import auto_steps, head_threads, lr_at, make_optimiser
+from egodistill.student.step import STATISTICS_SEGMENTS, StepConfig, optimiser_step
 from egodistill.student.sources import resolve_inputs, resolve_teachers
 
 
@@ -32,8 +33,9 @@ class TrainError(EgodistillError):
 
 
 @dataclass
-class TrainConfig:
-    cache: str
+class TrainConfig(StepConfig):
+    """A student's run: the shared step settings (student/step.py) and the student's own."""
+
     inputs: list[str]
     teachers: list[str] = field(default_factory=list)
     out: str = "runs/student"
@@ -43,30 +45,17 @@ class TrainConfig:
     kd_weight: float = 1.0
     gt_weight: float = 1.0
     mask_prob: float = 0.0          # per-sample, per-input drop probability (never all inputs)
-    steps: int = 0                  # optimiser steps; 0 = schedule.auto_steps (100 passes, 1k-10k steps)
-    batch_size: int = 64
-    lr: float = 1e-2                # a head on frozen features; the paper's fine-tuning lr is 1e-4 (student/schedule.py)
-    weight_decay: float = 0.05
-    schedule: str = "cosine"        # cosine | linear decay after the warm-up
-    warmup: float = 0.05            # fraction of all steps spent warming up
-    clip: float = 1.0
-    frames: int = 8
-    dim: int = 64
     depth: int = 0                  # 0: pooled linear head; >= 1: plus a temporal transformer (student/model.py)
     num_heads: int = 4
     dropout: float = 0.1
     input_dropout: float = 0.5
     holdout: float = 0.0            # fraction of labelled training groups kept out (monitoring, dataset weights)
-    train_split: str = "train"
-    seed: int = 0
     buffer_blocks: int = 8
     save_every: int = 0             # also save last.pt every N steps (0: at epoch ends only)
-    device: str = "auto"
     in_memory: bool | None = None  # None: hold the features read once they fit in memory; True: read all first; False: stream
     prefetch: int = 4
 
 
-STATISTICS_SEGMENTS = 2048  # standardisation statistics from at most this many training segments
 
 
 @dataclass
@@ -92,18 +81,15 @@ class Setup:
 
 def check_numbers(cfg: TrainConfig) -> None:
     """Every number of the config in its range, before the cache is opened; raises TrainError naming the option."""
+    cfg.check(TrainError)
     for option, value, bounds in (
-        ("--steps", cfg.steps, {"at_least": 0}), ("--batch-size", cfg.batch_size, {"at_least": 1}), ("--lr", cfg.lr, {"above": 0}),
         ("--mask-prob", cfg.mask_prob, {"at_least": 0, "below": 1}), ("--temperature", cfg.temperature, {"at_least": 0.05, "at_most": 100}),
         ("--tau", cfg.tau, {"at_least": 0}), ("--kd-weight", cfg.kd_weight, {"at_least": 0}), ("--gt-weight", cfg.gt_weight, {"at_least": 0}),
-        ("--frames", cfg.frames, {"at_least": 1}), ("--dim", cfg.dim, {"at_least": 1}), ("--depth", cfg.depth, {"at_least": 0}),
-        ("num_heads", cfg.num_heads, {"at_least": 1}), ("dropout", cfg.dropout, {"at_least": 0, "below": 1}),
-        ("input_dropout", cfg.input_dropout, {"at_least": 0, "below": 1}),
-        ("holdout", cfg.holdout, {"at_least": 0, "below": 1}), ("warmup", cfg.warmup, {"at_least": 0, "at_most": 1}),
-        ("--clip", cfg.clip, {"above": 0}), ("--weight-decay", cfg.weight_decay, {"at_least": 0}), ("save_every", cfg.save_every, {"at_least": 0}),
+        ("--depth", cfg.depth, {"at_least": 0}), ("num_heads", cfg.num_heads, {"at_least": 1}), ("dropout", cfg.dropout, {"at_least": 0, "below": 1}),
+        ("input_dropout", cfg.input_dropout, {"at_least": 0, "below": 1}), ("holdout", cfg.holdout, {"at_least": 0, "below": 1}),
+        ("save_every", cfg.save_every, {"at_least": 0}),
     ):
         check_number(TrainError, option, value, **bounds)
-    check_choice(TrainError, "--schedule", cfg.schedule, SCHEDULES)
     if cfg.depth and cfg.dim % cfg.num_heads:
         raise TrainError(f"--dim {cfg.dim} is not a multiple of the {cfg.num_heads} attention heads: give e.g. --dim {cfg.num_heads * max(1, round(cfg.dim / cfg.num_heads))}")
 
@@ -137,6 +123,11 @@ def setup(cfg: TrainConfig) -> Setup:
     needs_labels = cfg.gt_weight > 0 or cfg.weighting != "uniform" or not teacher_keys
     if len(labelled) == 0 and needs_labels:
         raise TrainError(f"the cache has no labels for its {cfg.train_split!r} segments: train with --gt-weight 0 --weighting uniform and --teachers, or extract a labelled manifest")
+    labelled_per_head = {h: int((table.labels[h][candidates] >= 0).sum()) for h in table.heads}
+    for head, count in labelled_per_head.items():
+        if count == 0 and not teacher_keys:  # nothing would ever train that head
+            raise TrainError(f"head {head!r} has no labelled {cfg.train_split!r} segments with inputs (labelled per head: "
+                             f"{', '.join(f'{h} {c}' for h, c in labelled_per_head.items())}): give --teachers with logits for it, or extract a labelled manifest")
     held = grouped_holdout(segment_groups(table.videos[candidates]), cfg.holdout, cfg.seed)
     holdout, train_segments = candidates[held], candidates[~held]
     weights = None
@@ -144,6 +135,10 @@ def setup(cfg: TrainConfig) -> Setup:
         # Training segments' teacher logits are out-of-fold (fit-teachers cross-fits them), so each
         # teacher's CE over them is already a held-out score; a --holdout narrows it to the holdout.
         scored = holdout if len(holdout) else labelled
+        for head in table.heads:
+            if not (table.labels[head][scored] >= 0).any():
+                raise TrainError(f"--weighting dataset scores teachers on labelled {'held-out' if len(holdout) else cfg.train_split!r} segments, "
+                                 f"and head {head!r} has none of {len(scored)}: raise --holdout, or use --weighting uniform")
         centred = teacher_logit_table(root, teacher_keys, list(table.heads)) if views else logits
         weights = {h: dataset_weights(torch.from_numpy(v[scored]), torch.from_numpy(table.labels[h][scored].astype(np.int64)), cfg.tau) for h, v in centred.items()}
     dims = [root.teacher(k).feature_dim for k in input_keys]
@@ -235,15 +230,10 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
         for batch in train_loader.epoch(state["epoch"], state["batch"]):
             batch = batch.to(device)
             present = mask_modalities(batch.present, cfg.mask_prob, masking)
-            for group in optimiser.param_groups:
-                group["lr"] = lr_at(state["step"], total_steps, cfg.lr, cfg.warmup, cfg.schedule)
             with autocast():
                 logits = model(batch.features, present)
             loss = student_loss(logits, batch.labels, batch.teacher_logits, **loss_args)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimiser.step()
+            optimiser_step(model, optimiser, loss, state["step"], total_steps, cfg)  # a batch with nothing to learn from is skipped
             state["step"] += 1
             state["batch"] += 1
             state["loss_sum"] += loss.detach().item() * len(batch)
