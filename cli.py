@@ -170,11 +170,16 @@ def cache_info(
         p = t["provenance"]
         sampling = ",".join(f"{k}={v}" for k, v in p["sampling"].items())
         console.print(
-            f"  {t['key']}  {t['modality']}  {p['backbone']}  weights {str(p['weights'])[:23]}  {sampling}  D={t['feature_dim']}  "
+            f"  {t['key']}  {t['modality']}  {p['backbone']}  weights {str(p['weights'])[:23]}  {sampling}  {_row_shape(t)}  "
             f"rows={t['rows']}  done {t['segments_done']}  failed {t['segments_failed']}  pending {t['segments_pending']}"
             + (f"  logits {t['heads']}" if t["heads"] else ""),
             markup=False, highlight=False, soft_wrap=True,
         )
+
+
+def _row_shape(t: dict) -> str:
+    """What one row of a teacher holds: `D=2048` features, or `frames 128x128x3` uint8 (--modality frames)."""
+    return f"frames {'x'.join(map(str, t['frame_shape']))}" if t.get("frame_shape") else f"D={t['feature_dim']}"
 
 
 @cache_app.command("ls")
@@ -193,7 +198,7 @@ def cache_ls(location: Annotated[str, typer.Argument(help="Cache path or URL (s3
         created = (t["created_at"] or "")[:16].replace("T", " ")
         imported = f"  imported from {t['imported']['from']}" if t.get("imported") else ""
         console.print(
-            f"  {t['key']}  {t['modality']}  {p.get('backbone')}  weights {str(p.get('weights'))[:23]}  {sampling}  D={t['feature_dim']}  "
+            f"  {t['key']}  {t['modality']}  {p.get('backbone')}  weights {str(p.get('weights'))[:23]}  {sampling}  {_row_shape(t)}  "
             f"rows={t['rows']}  done {done}  failed {t['segments_failed']}  by {t['created_by']} {created}  egodistill {t.get('egodistill')}{imported}",
             markup=False, highlight=False, soft_wrap=True,
         )

@@ -1,4 +1,4 @@
-"""Whole-block reads of a teacher's feature rows: many (start, stop) spans issued at once.
+"""Whole-block reads of a teacher's rows (feature rows, or stored frames): many (start, stop) spans issued at once.
 
 zarr-python costs ~1.5 ms per call and decodes shards slowly; tensorstore's zarr3 driver reads the
 same arrays (they are plain Zarr v3) with its own thread pool, several times faster
@@ -19,12 +19,13 @@ import zarr
 ZARR_READ_THREADS = 4  # zarr-python releases the GIL while it waits on I/O and decompresses
 
 
-class FeatureReader:
-    """Reads rows of one `features` array; opened once, used for every block."""
+class RowReader:
+    """Reads rows of one row-major array (`features` [rows, D], `frames` [rows, H, W, 3]); opened once, used for every block."""
 
     def __init__(self, array: zarr.Array, local_path: Path | None) -> None:
         self.array = array
-        self.dim = int(array.shape[1])
+        self.row_shape = tuple(int(n) for n in array.shape[1:])
+        self.dtype = array.dtype
         self._store = None
         if local_path is not None:
             import tensorstore as ts
@@ -34,10 +35,10 @@ class FeatureReader:
         self._pool: ThreadPoolExecutor | None = None
 
     def read(self, spans: Sequence[tuple[int, int]]) -> np.ndarray:
-        """Rows of every span, concatenated in order: float16 [sum of lengths, D]."""
+        """Rows of every span, concatenated in order: [sum of lengths, *row shape] of the array's dtype."""
         spans = [(int(a), int(b)) for a, b in spans if b > a]
         if not spans:
-            return np.zeros((0, self.dim), dtype=np.float16)
+            return np.zeros((0, *self.row_shape), dtype=self.dtype)
         if self._store is not None:
             pending = [self._store[a:b].read() for a, b in spans]  # all issued before any is awaited
             parts = [p.result() for p in pending]

@@ -22,7 +22,7 @@ from egodistill.cache.lease import current_holder, describe_holder, teacher_leas
 from egodistill.cache.records import Failure, Provenance, Views
 from egodistill.cache.segments import SegmentTable, read_table, table_attrs, write_table
 from egodistill.cache.store import ROOT_ATTR, check_schema, open_root
-from egodistill.cache.teachers import ATTR, GROUP, Teacher, create_feature_arrays, create_logit_arrays, teacher_attrs
+from egodistill.cache.teachers import ATTR, GROUP, Teacher, create_logit_arrays, create_row_arrays, teacher_attrs
 
 
 def open_cache(
@@ -103,9 +103,13 @@ class Cache:
         return fresh if fresh in same or not same else same[0]
 
     def create_teacher(self, key: str, provenance: Provenance, feature_dim: int, offsets: np.ndarray, layout: Layout,
-                       heads: dict[str, int]) -> tuple[Teacher, bool]:
-        """Create the teacher's arrays, or reopen it to resume. Returns (teacher, resumed)."""
+                       heads: dict[str, int], frame_shape: tuple[int, int, int] | None = None) -> tuple[Teacher, bool]:
+        """Create the teacher's arrays, or reopen it to resume. Returns (teacher, resumed).
+
+        With `frame_shape` (H, W, 3) the teacher stores uint8 frames instead of features (give feature_dim 0)."""
         check_plain_name(CacheError, "teacher key", key)
+        if frame_shape is not None and (feature_dim != 0 or len(frame_shape) != 3 or frame_shape[2] != 3 or min(frame_shape) < 1):
+            raise CacheError(f"a frames teacher needs frame_shape (H, W, 3) and feature_dim 0, got {tuple(frame_shape)} and {feature_dim}")
         teachers = self._root.require_group(GROUP)
         if key in teachers and ATTR in teachers[key].attrs:
             teacher = self.teacher(key)
@@ -114,8 +118,8 @@ class Cache:
         if key in teachers:  # killed while creating: nothing was written into it yet
             del teachers[key]
         group = teachers.create_group(key)
-        create_feature_arrays(group, feature_dim, offsets, layout, heads)
-        group.attrs[ATTR] = teacher_attrs(key, provenance, feature_dim, heads, layout)
+        create_row_arrays(group, feature_dim, offsets, layout, heads, frame_shape)
+        group.attrs[ATTR] = teacher_attrs(key, provenance, feature_dim, heads, layout, frame_shape)
         return self.teacher(key), False
 
     def create_logits_teacher(self, key: str, provenance: Provenance, logits: dict[str, np.ndarray], failed: Sequence[Failure] = (),

@@ -21,6 +21,7 @@ def describe_teacher(teacher: Teacher) -> dict:
     finished = sorted(r.finished_at for r in records.values() if r.finished_at)
     return {
         "key": teacher.key, "modality": teacher.modality, "feature_dim": teacher.feature_dim, "heads": teacher.heads,
+        "frame_shape": list(teacher.frame_shape) if teacher.has_frames else None,
         "created_by": teacher.created_by, "created_at": teacher.created_at,
         "egodistill": teacher.provenance.egodistill,
         "provenance": teacher.provenance.to_json(),

@@ -1,8 +1,9 @@
 """One teacher of a cache: its description, rows, logits and task records, and the writes that make them.
 
 One teacher = one (modality, extractor) pair keyed by its provenance. Its frame-level features are
-one concatenated `rows x D` float16 array; segment i owns rows `offsets[i]:offsets[i+1]`. Work is
-split into tasks of whole segments; a task writes its rows, its logits chunk and then its record
+one concatenated `rows x D` float16 array; a frames teacher (`extract --modality frames`) stores
+instead the sampled RGB frames themselves, one `H x W x 3` uint8 frame per row, for students that
+train on pixels. Segment i owns rows `offsets[i]:offsets[i+1]`. Work is split into tasks of whole segments; a task writes its rows, its logits chunk and then its record
 under `tasks/`, so a segment is data only once its task record says so.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from egodistill.cache.blocks import FeatureReader
+from egodistill.cache.blocks import RowReader
 from egodistill.cache.checksums import task_checksums
 from egodistill.common import CacheError
 from egodistill.cache.layout import Layout
@@ -29,6 +30,9 @@ from egodistill.cache.records import Failure, Provenance, TaskRecord, now
 GROUP = "teachers"
 ATTR = "teacher"
 FEATURE_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+# Frames: see bench/RESULTS.md "Frames in the cache" for the codecs measured (bytes per frame, read speed).
+FRAME_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")
+FRAME_CHUNK_BYTES = 1 << 20  # a frames chunk holds whole segments up to ~1 MiB raw: one random segment = one chunk read
 
 LockFactory = Callable[[str], AbstractContextManager]
 
@@ -43,7 +47,8 @@ class Teacher:
         self.key: str = meta["key"]
         self.modality: str = meta["modality"]
         self.provenance = Provenance.from_json(meta["provenance"])
-        self.feature_dim: int = int(meta["feature_dim"])
+        self.feature_dim: int = int(meta["feature_dim"])  # 0 for teachers without features (frames, logits only)
+        self._frame_shape: list[int] | None = meta.get("frame_shape")
         self.heads: dict[str, int] = {h: int(c) for h, c in meta["heads"].items()}
         self.layout = Layout(**meta["layout"])
         self.created_by: str | None = meta.get("created_by")
@@ -64,22 +69,43 @@ class Teacher:
         return "features" in self._group
 
     @cached_property
+    def has_frames(self) -> bool:
+        """Whether the teacher stores sampled RGB frames (`extract --modality frames`) rather than features."""
+        return "frames" in self._group
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(H, W, 3) of every stored frame; a one-line error for a teacher without frames."""
+        if self._frame_shape is None:
+            raise CacheError(f"teacher {self.key} ({self.modality}) holds no frames: run `egodistill extract --modality frames` for a teacher that does")
+        h, w, c = self._frame_shape
+        return int(h), int(w), int(c)
+
+    @cached_property
     def offsets(self) -> np.ndarray:
         """int64 [N+1]: segment i owns rows offsets[i]:offsets[i+1]."""
         return self._group["offsets"][:]
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Features [rows, D] float16 and timestamps [rows] float32 of rows start:stop."""
-        return self._group["features"][start:stop], self._group["timestamps"][start:stop]
+        """Rows start:stop (features [rows, D] float16, or frames [rows, H, W, 3] uint8) and their timestamps [rows] float32."""
+        return self._group["frames" if self.has_frames else "features"][start:stop], self._group["timestamps"][start:stop]
 
     def read_features(self, spans: Sequence[tuple[int, int]]) -> np.ndarray:
         """Feature rows of every (start, stop) span, concatenated: the loader's whole-block read."""
-        return self._feature_reader.read(spans)
+        return self._reader("features").read(spans)
 
-    @cached_property
-    def _feature_reader(self) -> FeatureReader:
-        local = self._local_path / "features" if self._local_path is not None else None
-        return FeatureReader(self._group["features"], local)
+    def read_frames(self, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Frames uint8 [rows, H, W, 3] of every (start, stop) row span, concatenated: the loader's whole-block read."""
+        self.frame_shape  # noqa: B018 - the one-line error for a teacher without frames
+        return self._reader("frames").read(spans)
+
+    def _reader(self, name: str) -> RowReader:
+        """One reader per array, opened on first use and kept (opening tensorstore costs a metadata read)."""
+        readers = self.__dict__.setdefault("_readers", {})
+        if name not in readers:
+            local = self._local_path / name if self._local_path is not None else None
+            readers[name] = RowReader(self._group[name], local)
+        return readers[name]
 
     def read_logits(self, head: str) -> np.ndarray:
         """Logits [N, C] float32 of one output head (for a teacher with views: its centred view); NaN rows where a segment has none."""
@@ -131,17 +157,22 @@ class Teacher:
     def write_task(self, task: int, features: np.ndarray, timestamps: np.ndarray, logits: dict[str, np.ndarray],
                    failed: Sequence[Failure] = (), worker: str | None = None, device: str | None = None,
                    seconds: float | None = None, lock: LockFactory | None = None) -> None:
-        """Write one task's rows and logits, then its record (the completion marker), in that order."""
+        """Write one task's rows and logits, then its record (the completion marker), in that order.
+
+        `features` are the task's rows: float16 [rows, D], or for a frames teacher uint8 [rows, H, W, 3]."""
         segs = self.layout.task_segments(task)
         r0, r1 = int(self.offsets[segs.start]), int(self.offsets[segs.stop])
         if features.shape[0] != r1 - r0 or timestamps.shape[0] != r1 - r0:
             raise CacheError(f"task {task} produced {features.shape[0]} rows, the layout expects {r1 - r0}")
-        for name, values in (("features", features), ("timestamps", timestamps)):
+        rows_name = "frames" if self.has_frames else "features"
+        if self.has_frames and (features.dtype != np.uint8 or features.shape[1:] != self.frame_shape):
+            raise CacheError(f"task {task} produced frames {features.dtype} {list(features.shape[1:])}, teacher {self.key} stores uint8 {list(self.frame_shape)}")
+        for name, values in ((rows_name, features), ("timestamps", timestamps)):
             self._write_rows(name, r0, values, lock)
         for head, values in logits.items():
             self._group[f"logits/{head}"][segs.start: segs.stop] = values
         # Checksums of what is now stored, taken before the record makes the rows count as data.
-        written = {"features": features, "timestamps": timestamps, **{f"logits/{h}": v for h, v in logits.items()}}
+        written = {rows_name: features, "timestamps": timestamps, **{f"logits/{h}": v for h, v in logits.items()}}
         sums = task_checksums(self._group, segs, r0, r1, written)
         record = TaskRecord(segments=(segs.start, segs.stop), rows=(r0, r1), finished_at=now(), failed=tuple(failed), worker=worker,
                             device=device, seconds=seconds, checksums=sums["checksums"], row_checksums=tuple(sums["row_checksums"]))
@@ -187,19 +218,43 @@ def _split_at_shards(r0: int, r1: int, shard: int) -> Iterator[tuple[int, int]]:
     yield from ((a, b) for a, b in ((r0, first_whole), (first_whole, last_whole), (last_whole, r1)) if b > a)
 
 
-def teacher_attrs(key: str, provenance: Provenance, feature_dim: int, heads: dict[str, int], layout: Layout) -> dict:
-    return {
+def teacher_attrs(key: str, provenance: Provenance, feature_dim: int, heads: dict[str, int], layout: Layout,
+                  frame_shape: tuple[int, int, int] | None = None) -> dict:
+    attrs = {
         "key": key, "modality": provenance.modality, "provenance": provenance.to_json(), "feature_dim": int(feature_dim),
         "heads": dict(heads), "layout": layout.to_json(), "created_by": f"{getpass.getuser()}@{socket.gethostname()}", "created_at": now(),
     }
+    if frame_shape is not None:
+        attrs["frame_shape"] = [int(n) for n in frame_shape]
+    return attrs
 
 
-def create_feature_arrays(group: zarr.Group, feature_dim: int, offsets: np.ndarray, layout: Layout, heads: dict[str, int]) -> None:
+def frame_chunk_rows(offsets: np.ndarray, layout: Layout, frame_shape: tuple[int, int, int]) -> int:
+    """Rows per `frames` chunk: whole segments (when all have equal rows) up to FRAME_CHUNK_BYTES raw, at least one
+    segment, dividing the shard (zarr's sharding needs that); ragged layouts: the largest such divisor of the shard."""
+    rows = np.diff(np.asarray(offsets, dtype=np.int64))
+    unit = int(rows[0]) if len(rows) and rows[0] > 0 and bool(np.all(rows == rows[0])) else 1
+    shard = layout.rows_per_shard
+    budget = max(unit, FRAME_CHUNK_BYTES // int(np.prod(frame_shape)))
+    return max(c for c in range(unit, shard + 1, unit) if shard % c == 0 and c <= budget)
+
+
+def create_row_arrays(group: zarr.Group, feature_dim: int, offsets: np.ndarray, layout: Layout, heads: dict[str, int],
+                      frame_shape: tuple[int, int, int] | None = None) -> None:
+    """A teacher's arrays before any task ran: `features` [rows, D] float16, or with `frame_shape` `frames` [rows, H, W, 3]
+    uint8; then timestamps, offsets, logits and the tasks group."""
     rows, d = layout.rows, feature_dim
-    group.create_array(
-        "features", shape=(rows, d), dtype="float16", chunks=(layout.rows_per_chunk, d),
-        shards=(layout.rows_per_shard, d), fill_value=np.nan, compressors=FEATURE_CODEC, dimension_names=("row", "feature"),
-    )
+    if frame_shape is None:
+        group.create_array(
+            "features", shape=(rows, d), dtype="float16", chunks=(layout.rows_per_chunk, d),
+            shards=(layout.rows_per_shard, d), fill_value=np.nan, compressors=FEATURE_CODEC, dimension_names=("row", "feature"),
+        )
+    else:
+        frame_shape = tuple(int(n) for n in frame_shape)
+        group.create_array(
+            "frames", shape=(rows, *frame_shape), dtype="uint8", chunks=(frame_chunk_rows(offsets, layout, frame_shape), *frame_shape),
+            shards=(layout.rows_per_shard, *frame_shape), fill_value=0, compressors=FRAME_CODEC, dimension_names=("row", "y", "x", "channel"),
+        )
     group.create_array(
         "timestamps", shape=(rows,), dtype="float32", chunks=(layout.rows_per_chunk,),
         shards=(layout.rows_per_shard,), fill_value=np.nan, dimension_names=("row",),

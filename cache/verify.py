@@ -72,14 +72,14 @@ def _finding(teacher: zarr.Group, array: str, key: str | None, task: int, proble
 
 
 def _array_of(teacher: zarr.Group, key: str) -> str:
-    """The array name an object key belongs to: "features", "logits/verb", or "segments/id"."""
+    """The array name an object key belongs to: "features", "frames", "logits/verb", or "segments/id"."""
     head, _, _ = key.partition("/c/")
     prefix = teacher.path + "/"
     return head[len(prefix):] if head.startswith(prefix) else head
 
 
 def _task_arrays(teacher: zarr.Group) -> list[str]:
-    names = [n for n in ("features", "timestamps") if n in teacher]
+    names = [n for n in ("features", "frames", "timestamps") if n in teacher]
     if "logits" in teacher:
         names += [f"logits/{h}" for h, _ in sorted(teacher["logits"].arrays())]
     return names

@@ -4,7 +4,8 @@ Each entry names its default backbone, its own options (`--flow`, `--flow-stack`
 command line takes them from here), its input channels and the preprocessing settings it derives
 from the options and the backbone's data config (timm's, or a torchvision video preset's). Those settings are both what `make_inputs` uses
 and what the cache stores as provenance, so the two cannot drift apart. Adding a modality is one
-`register_modality` call in this file.
+`register_modality` call in this file. A modality with `has_model=False` (frames) runs through the
+same driver, but its `make_inputs` output is written as the rows themselves (uint8 frames).
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ class Modality:
     default_backbone: str
     in_chans: Callable[[dict], int]                   # options -> channels
     settings: Callable[[dict, dict], dict]            # (options, timm data config) -> preprocessing
-    make_inputs: Callable[[MediaSource, np.ndarray, dict], np.ndarray]  # -> float32 [T, C, H, W]
+    make_inputs: Callable[[MediaSource, np.ndarray, dict], np.ndarray]  # -> float32 [T, C, H, W]; without a model: the rows
     options: tuple[Option, ...] = ()
     run: Callable | None = None  # a modality without a model (layout) writes its own rows: (cfg, plan, on_progress, log) -> Summary
+    has_model: bool = True  # False (frames): no backbone is built or run; make_inputs gives uint8 [T, H, W, 3] rows to store
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Every option of this modality, the given ones checked, the others at their defaults."""
@@ -178,15 +180,41 @@ def _rgb_settings(options: dict, data_cfg: dict) -> dict:
     return {**_geometry(data_cfg), "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
 
 
+def _rgb_frames(source: MediaSource, indices: np.ndarray, settings: dict) -> np.ndarray:
+    """The decoded frames resized and centre-cropped to settings["input_size"]: uint8 [T, H, W, 3] (rgb and frames)."""
+    return np.stack([_centre_crop(_resize(f, settings), settings["input_size"]) for f in source.video.frames(indices)])
+
+
 def _rgb_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np.ndarray:
-    frames = source.video.frames(indices)
     mean = np.asarray(settings["mean"], dtype=np.float32) * 255.0
     std = np.asarray(settings["std"], dtype=np.float32) * 255.0
-    out = [(_centre_crop(_resize(f, settings), settings["input_size"]).astype(np.float32) - mean) / std for f in frames]
-    return np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2))
+    out = (_rgb_frames(source, indices, settings).astype(np.float32) - mean) / std
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 register_modality(Modality("rgb", "resnet50", lambda o: 3, _rgb_settings, _rgb_inputs))
+
+
+# --- frames (the sampled RGB frames themselves, for students that train on pixels) ------
+
+# 128: a 112 x 112 crop (the input of r2plus1d_18, r3d_18, mc3_18 and of small students) keeps a 16 px
+# margin for random crops, the 0.875 crop fraction of the usual 224-of-256; at 128 x 128 x 3 a frame is
+# 48 KiB raw. Larger students take --frame-size 256 (224 crops).
+DEFAULT_FRAME_SIZE = 128
+
+
+def _frames_settings(options: dict, data_cfg: dict) -> dict:
+    # Short side to S, then a centre S x S square: one stored shape for videos of any aspect (a Zarr
+    # array has one row shape), and students crop squares anyway; the sides of wide frames are dropped.
+    size = options["frame_size"]
+    return {"resize_short": size, "input_size": [size, size], "interpolation": "bilinear", "shrink": "area", "crop": "centre",
+            "dtype": "uint8", "channels": "RGB"}
+
+
+register_modality(Modality("frames", "none", lambda o: 3, _frames_settings, _rgb_frames, has_model=False, options=(
+    Option("frame_size", DEFAULT_FRAME_SIZE, "stored frames are S x S: short side resized to S (area when shrinking, bilinear when enlarging), "
+           "centre-cropped square; keep S above the student's crop (112 -> 128) for random crops", _at_least_one),
+)))
 
 
 # --- flow ------------------------------------------------------------------------------

@@ -122,7 +122,12 @@ def _sampling(cfg: ExtractConfig) -> dict:
 
 def check_options(cfg: ExtractConfig) -> None:
     """The options that need neither the manifest nor the model; raises ExtractError naming the option."""
-    get_modality(cfg.modality).resolve_options(cfg.options)
+    modality = get_modality(cfg.modality)
+    modality.resolve_options(cfg.options)
+    if not modality.has_model:
+        given = [flag for flag, value in (("--backbone", cfg.backbone), ("--weights", cfg.weights), ("--head", cfg.head)) if value is not None]
+        if given:
+            raise ExtractError(f"{'/'.join(given)}: --modality {cfg.modality} runs no model (it stores the sampled frames): drop {'them' if len(given) > 1 else 'it'}")
     check_number(ExtractError, "--batch-size", cfg.batch_size, at_least=1)
     check_number(ExtractError, "--segments-per-task", cfg.segments_per_task, at_least=1)
     check_number(ExtractError, "--workers", cfg.workers, at_least=0)
@@ -147,7 +152,10 @@ def _planned_frames(policy: dict, segment, path: Path | None) -> int:
         return 1  # the worker will fail it again and write the reason to the ledger
 
 
-def teacher_provenance(cfg: ExtractConfig, spec: BackboneSpec, settings: dict, policy: dict, precision: str) -> cache.Provenance:
+def teacher_provenance(cfg: ExtractConfig, spec: BackboneSpec, settings: dict, policy: dict, precision: str | None) -> cache.Provenance:
+    """What the teacher's rows depend on; a modality without a model (frames) has no weights, head or precision."""
+    if not get_modality(cfg.modality).has_model:
+        return cache.Provenance(modality=cfg.modality, backbone=spec.backbone, in_chans=spec.in_chans, preprocessing=settings, sampling=policy)
     return cache.Provenance(
         modality=cfg.modality, backbone=spec.backbone, weights=weights_id(spec), head=head_id(spec), in_chans=spec.in_chans,
         preprocessing=settings, sampling=policy, precision=precision,
@@ -164,17 +172,23 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     options = modality.resolve_options(cfg.options)
     spec = BackboneSpec(backbone=cfg.backbone or modality.default_backbone, in_chans=modality.in_chans(options), weights=cfg.weights, head=cfg.head, seed=cfg.seed)
     heads = plan.manifest.heads
-    backbone = create_backbone(spec, heads)  # here, once, so a bad backbone/weights/head fails before any work
-    settings = modality.settings(options, backbone.data_config)
-    device = str(pick_device(cfg.device))
-    precision = resolve_precision(cfg.precision, device)
+    if modality.has_model:
+        backbone = create_backbone(spec, heads)  # here, once, so a bad backbone/weights/head fails before any work
+        settings = modality.settings(options, backbone.data_config)
+        device = str(pick_device(cfg.device))
+        precision: str | None = resolve_precision(cfg.precision, device)
+        feature_dim, frame_shape = backbone.feature_dim, None
+    else:  # frames: nothing to build; the workers store the preprocessed frames as rows
+        settings = modality.settings(options, {})
+        device, precision = "cpu", None
+        feature_dim, frame_shape = 0, (*settings["input_size"], 3)
     provenance = teacher_provenance(cfg, spec, settings, plan.policy, precision)
 
     target = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
     target.write_segments(segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
     key = target.key_for(provenance, cfg.name)  # a teacher extracted before, by any egodistill version, resumes
     with target.lease(key) as renew:
-        teacher, resumed = target.create_teacher(key, provenance, backbone.feature_dim, plan.offsets, plan.layout, heads if spec.head else {})
+        teacher, resumed = target.create_teacher(key, provenance, feature_dim, plan.offsets, plan.layout, heads if spec.head else {}, frame_shape)
         summary = _run_tasks(cfg, plan, spec, settings, device, precision, teacher, resumed, heads, on_progress, renew, log)
     # A fresh handle: the workers wrote the records, and a remote store's listings may be cached.
     summary.ledger = cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options).teacher(teacher.key).ledger()
@@ -183,14 +197,14 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     return summary
 
 
-def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: BackboneSpec, settings: dict, device: str, precision: str,
+def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: BackboneSpec, settings: dict, device: str, precision: str | None,
                teacher: cache.Teacher, resumed: bool, heads: dict[str, int], on_progress, renew, log) -> Summary:
     """Run every task of the teacher that has no record yet (or failed segments, with --retry-failed)."""
     key, layout = teacher.key, teacher.layout
     records = teacher.records()
     todo = [t for t in range(layout.tasks) if t not in records or (cfg.retry_failed and records[t].failed)]
     summary = Summary(teacher_key=key, segments=layout.segments, done_before=sum(len(layout.task_segments(t)) for t in records if t not in todo))
-    log(f"teacher {key}: {'resuming' if resumed else 'new'}, {len(todo)} of {layout.tasks} tasks to run on {device} ({precision})")
+    log(f"teacher {key}: {'resuming' if resumed else 'new'}, {len(todo)} of {layout.tasks} tasks to run on {device} ({precision or 'no model'})")
     if cfg.retry_failed:  # a retried task rewrites its record; until then its segments must not look done
         teacher.drop_records([t for t in todo if t in records])
 

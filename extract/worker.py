@@ -2,7 +2,8 @@
 
 The model is built once per worker process and kept in `_BACKBONES`; only the small
 `TaskSpec` travels in the graph. Decoding and preprocessing of the next segments run in
-threads while the model computes on the current batch.
+threads while the model computes on the current batch. A modality without a model (frames)
+takes the same path minus the model: its preprocessed uint8 frames are the rows written.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class TaskSpec:
     policy: dict
     heads: dict[str, int]
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str | None = "fp32"  # None: the modality runs no model
     batch_size: int = 64
     threads: int = 1
     storage_options: dict = field(default_factory=dict)
@@ -165,12 +166,16 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
         return {"task": task, "skipped": True, "segments": len(jobs), "failed": 0}
     torch.set_num_threads(spec.threads)
     device = worker_device(spec.device)
-    backbone = get_backbone(spec, device)
-    working_since = time.time()  # after the (once per worker) model load: what throughput figures measure
     starts = np.cumsum([0] + [j.rows for j in jobs])  # row offsets within this task
-    features = np.full((int(starts[-1]), backbone.feature_dim), np.nan, dtype=np.float32)
+    if get_modality(spec.modality).has_model:
+        backbone: Backbone | None = get_backbone(spec, device)
+        features = np.full((int(starts[-1]), backbone.feature_dim), np.nan, dtype=np.float32)
+    else:  # frames: rows are the preprocessed frames; failed segments keep zeros (the record says they are not data)
+        backbone = None
+        features = np.zeros((int(starts[-1]), *spec.settings["input_size"], 3), dtype=np.uint8)
+    working_since = time.time()  # after the (once per worker) model load: what throughput figures measure
     timestamps = np.full(int(starts[-1]), np.nan, dtype=np.float32)
-    logits = {h: np.full((len(jobs), c), np.nan, dtype=np.float32) for h, c in spec.heads.items()} if backbone.heads else {}
+    logits = {h: np.full((len(jobs), c), np.nan, dtype=np.float32) for h, c in spec.heads.items()} if backbone and backbone.heads else {}
     failed: list[cache.Failure] = []
     fallbacks: set[str] = set()
     forward_seconds = 0.0
@@ -210,12 +215,15 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
         if fallback:
             fallbacks.add(fallback)
         timestamps[starts[pos]: starts[pos + 1]] = times
+        if backbone is None:
+            features[starts[pos]: starts[pos + 1]] = inputs
+            continue
         batch.append((pos, inputs))
         if sum(len(i) * (i.shape[2] if i.ndim == 5 else 1) for _, i in batch) >= spec.batch_size:  # frames per forward
             flush()
     flush()
     teacher.write_task(
-        task, features.astype(np.float16), timestamps, logits, failed=failed, worker=os.uname().nodename, device=device,
+        task, features if backbone is None else features.astype(np.float16), timestamps, logits, failed=failed, worker=os.uname().nodename, device=device,
         seconds=round(time.perf_counter() - started, 3), lock=_dask_lock,
     )
     return {
