@@ -413,7 +413,7 @@ def fit_teachers_command(
 @app.command("train-student")
 def train_student_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
-    inputs: Annotated[str, typer.Option(help="Comma-separated student inputs: modalities or teacher keys with features.")],
+    inputs: Annotated[str, typer.Option(help="Comma-separated student inputs: modalities or teacher keys with features; 'frames': an end-to-end network on the cached frames (with --backbone or --init-from).")],
     out: Annotated[str, typer.Option(help="Run directory (config.json, metrics.jsonl, last.pt).")],
     teachers: Annotated[str, typer.Option(help="Comma-separated teachers with logits (modalities such as rgb,flow,audio,fusion or keys); empty: ground truth only.")] = "",
     weighting: Annotated[Weighting, typer.Option(help="How teacher logits are combined per head.")] = Weighting.uniform,
@@ -424,7 +424,7 @@ def train_student_command(
     mask_prob: Annotated[float, typer.Option(help="Per-sample probability of dropping each input (never all).")] = 0.0,
     steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data, 1,000-10,000 steps. The last step is the model evaluated.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Segments per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (a head on frozen features; the paper's fine-tuning: 1e-4).")] = 1e-2,
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate; default 1e-2 for a head on frozen features, 1e-4 (the paper's fine-tuning) with --inputs frames.")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (paper: 0.02).")] = 0.05,
     schedule: Annotated[str, typer.Option(help="Decay after the warm-up: cosine or linear (paper).")] = "cosine",
     clip: Annotated[float, typer.Option(help="Gradient-norm clip (paper: 5).")] = 1.0,
@@ -435,18 +435,30 @@ def train_student_command(
     seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = 0,
     device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device.auto,
     in_memory: Annotated[Optional[bool], typer.Option("--in-memory/--stream", help="Read the inputs' features whole first / always stream from the cache; default: keep what was read when it fits in a quarter of the memory.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="--inputs frames: the student network, a timm model or a torchvision clip model (swin3d_t, r2plus1d_18, mvit_v2_s, ...).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="--inputs frames: starting weights (a state dict or .safetensors file, or 'timm'); default random init with --seed.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="--inputs frames: start from this teacher's backbone and weights (e.g. rgb); its weights file, if any, goes in --weights and must match the sha256 it was extracted with.")] = None,
+    image_size: Annotated[int, typer.Option(help="--inputs frames: crop side the backbone reads; 0: its own input size.")] = 0,
+    crop_scale: Annotated[float, typer.Option(help="--inputs frames: smallest area share of a training crop (random resized crop inside the stored frame).")] = 0.35,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="--inputs frames: left-right flips in training; default: on, except on SSv2 (its labels say left and right).")] = None,
+    accumulate: Annotated[int, typer.Option(help="Batches per optimiser step (gradient accumulation).")] = 1,
+    precision: Annotated[Precision, typer.Option(help="--inputs frames: bf16 autocast + channels_last, or fp32; auto: bf16 on CUDA and on CPUs with native bf16.")] = Precision.auto,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
 ) -> None:
-    """Distil a student from cached features and teacher logits."""
+    """Distil a student from cached features (a head) or cached frames (an end-to-end network) and teacher logits."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from egodistill.student.sources import split_names
-    from egodistill.student.train import TrainConfig, start_run, train
+    from egodistill.student.train import END_TO_END_LR, TrainConfig, start_run, train
 
+    end_to_end = bool(backbone or init_from)
     cfg = TrainConfig(cache=cache, inputs=split_names(inputs), teachers=split_names(teachers), out=out, weighting=weighting.value, tau=tau,
                       temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, steps=steps,
-                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, clip=clip, frames=frames, dim=dim,
-                      depth=depth, holdout=holdout, seed=seed, device=device.value, in_memory=in_memory)
+                      batch_size=batch_size, lr=lr if lr is not None else END_TO_END_LR if end_to_end else TrainConfig.lr,
+                      weight_decay=weight_decay, schedule=schedule, clip=clip, frames=frames, dim=dim,
+                      depth=depth, holdout=holdout, seed=seed, device=device.value, in_memory=in_memory,
+                      backbone=backbone, weights=weights, init_from=init_from, image_size=image_size, crop_scale=crop_scale, flip=flip,
+                      accumulate=accumulate, precision=precision.value)
     started = start_run(cfg, resume)  # every one-line error comes before the progress bar
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} segments/s"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:

@@ -14,11 +14,16 @@ A checkpoint therefore carries its preprocessing, and only uint8 crosses to the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from egodistill.backbones import BackboneSpec, backbone_family, create_backbone
+
+if TYPE_CHECKING:
+    from egodistill.student.data import Batch
+    from egodistill.student.model import Student
 
 
 @dataclass
@@ -112,3 +117,11 @@ def network_cost(cfg: NetworkConfig) -> tuple[int, int]:
     heads = sum(c for c in cfg.heads.values())
     # Mean over the rows, then one multiply-add per weight of each head.
     return params + heads * (dim + 1), flops + rows * dim + 2 * heads * dim
+
+
+def student_logits(model: "Student | FramesStudent", batch: "Batch", present: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Any student's logits for a batch: a head reads features and which inputs are present, a network reads
+    frames with their crops and flips. Training, held-out scoring and evaluation all call this."""
+    if isinstance(model, FramesStudent):
+        return model(batch.features[0], batch.crops, batch.flip)
+    return model(batch.features, present)

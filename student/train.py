@@ -23,11 +23,11 @@ from egodistill import cache
 from egodistill.backbones import TIMM_PRETRAINED, backbone_family, resolve_precision
 from egodistill.common import EgodistillError, check_choice, check_number, file_sha256, pick_device
 from egodistill.student import rundir
-from egodistill.student.data import Augment, Batch, CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table, teacher_views
+from egodistill.student.data import Augment, CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table, teacher_views
 from egodistill.student.folds import grouped_holdout, segment_groups
 from egodistill.student.losses import SCHEMES, dataset_weights, student_loss
 from egodistill.student.model import ModelConfig, Student, mask_modalities
-from egodistill.student.network import FramesStudent, NetworkConfig, eval_crop_fraction
+from egodistill.student.network import FramesStudent, NetworkConfig, eval_crop_fraction, student_logits
 from egodistill.student.schedule import SCHEDULES, auto_steps, head_threads, lr_at, make_optimiser
 from egodistill.student.sources import resolve_frames, resolve_inputs, resolve_teachers
 
@@ -285,13 +285,6 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         return _train(cfg, s, resuming, device, log, on_step, stop_after)
 
 
-def forward(model: Student | FramesStudent, batch: Batch, present: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The student's logits for a batch: a head reads features and which inputs are present; a network reads frames and crops."""
-    if isinstance(model, FramesStudent):
-        return model(batch.features[0], batch.crops, batch.flip)
-    return model(batch.features, present)
-
-
 def accumulation_group(batch: int, batches: int, accumulate: int) -> tuple[int, int]:
     """(first batch, batches) of the optimiser step that batch `batch` of an epoch of `batches` belongs to.
     The epoch's last step takes what is left, so a checkpoint at an epoch end never holds half a gradient."""
@@ -351,7 +344,7 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
             for group in optimiser.param_groups:
                 group["lr"] = lr_at(state["step"], total_steps, cfg.lr, cfg.warmup, cfg.schedule)
             with autocast():
-                logits = forward(model, batch, present)
+                logits = student_logits(model, batch, present)
             loss = student_loss(logits, batch.labels, batch.teacher_logits, **loss_args)
             first, group_size = accumulation_group(state["batch"], batches, cfg.accumulate)
             if state["batch"] == first:
@@ -401,7 +394,7 @@ def held_out(model: Student | FramesStudent, loader: CacheLoader | None, device,
     for batch in loader.epoch(0):
         batch = batch.to(device)
         with autocast():
-            logits = forward(model, batch, batch.present)
+            logits = student_logits(model, batch, batch.present)
         loss_sum += float(student_loss(logits, batch.labels, batch.teacher_logits, **loss_args)) * len(batch)
         count += len(batch)
         for h, out in logits.items():
