@@ -411,7 +411,7 @@ def _timm_cost(name: str, in_chans: int, height: int, width: int, frames: int) -
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans).eval()
         image = torch.zeros(1, in_chans, height, width)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(image)
@@ -429,6 +429,7 @@ def _clip_cost(name: str, in_chans: int, height: int, width: int, frames: int) -
         net = getattr(video, name)(weights=None)
         _replace(net, entry.classifier, torch.nn.Identity())
         _set_in_chans(net, entry.first_conv, in_chans)
+        net.eval()
         x = torch.zeros(1, in_chans, frames, height, width)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         entry.per_time(net, x)
