@@ -449,7 +449,7 @@ def train_student_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from egodistill.student.sources import split_names
-    from egodistill.student.train import END_TO_END_LR, TrainConfig, start_run, train
+    from egodistill.student.train import END_TO_END_LR, TrainConfig, start_run, train, world
 
     end_to_end = bool(backbone or init_from)
     cfg = TrainConfig(cache=cache, inputs=split_names(inputs), teachers=split_names(teachers), out=out, weighting=weighting.value, tau=tau,
@@ -461,14 +461,15 @@ def train_student_command(
                       accumulate=accumulate, precision=precision.value)
     started = start_run(cfg, resume)  # every one-line error comes before the progress bar
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} segments/s"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    quiet = world()[0] > 0  # under torchrun, rank 0 alone shows progress
+    with Progress(*columns, console=console, disable=quiet) as progress:
         bar = progress.add_task("train", total=None, loss=float("nan"), rate=0.0)
 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
             progress.update(bar, completed=step, total=total, loss=loss, rate=rate)
 
-        metrics = train(cfg, resume=resume, log=progress.console.print, on_step=on_step, started_run=started)
-    if metrics:
+        metrics = train(cfg, resume=resume, log=(lambda _: None) if quiet else progress.console.print, on_step=on_step, started_run=started)
+    if metrics and not quiet:
         console.print(f"done: {metrics[-1]['step']} steps in {out}; last train loss {metrics[-1]['train_loss']:.4f}")
 
 

@@ -122,6 +122,7 @@ def network_cost(cfg: NetworkConfig) -> tuple[int, int]:
 def student_logits(model: "Student | FramesStudent", batch: "Batch", present: torch.Tensor) -> dict[str, torch.Tensor]:
     """Any student's logits for a batch: a head reads features and which inputs are present, a network reads
     frames with their crops and flips. Training, held-out scoring and evaluation all call this."""
-    if isinstance(model, FramesStudent):
+    inner = getattr(model, "module", model)  # a DistributedDataParallel wrapper is called, its module inspected
+    if isinstance(inner, FramesStudent):
         return model(batch.features[0], batch.crops, batch.flip)
     return model(batch.features, present)
