@@ -51,7 +51,7 @@ def extract(
     manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (s3://, gs://, file://).")],
     videos: Annotated[str, typer.Option(help="Folder the manifest's videos are found under.")] = ".",
-    modality: Annotated[str, typer.Option(help="rgb, flow, audio, or layout (boxes from --boxes FILE, no model).")] = "rgb",
+    modality: Annotated[str, typer.Option(help="rgb, flow, audio, layout (boxes from --boxes FILE, no model), or frames (the sampled RGB frames as uint8, no model: for end-to-end students).")] = "rgb",
     backbone: Annotated[Optional[str], typer.Option(help="timm model name, or a torchvision clip model: swin3d_t/s/b, mvit_v1_b, mvit_v2_s, s3d, r2plus1d_18, r3d_18, mc3_18 (default: resnet50 for rgb/flow, resnet18 for audio).")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a state dict or .safetensors file, or 'timm' for timm's own (needs its hub). Default: random init with --seed.")] = None,
     head: Annotated[Optional[str], typer.Option(help="Linear heads file (<head>.weight/.bias per output head); with it the run writes teacher logits.")] = None,
