@@ -212,6 +212,14 @@ def frames_network(cfg: TrainConfig, root: cache.Cache, frames_key: str, teacher
     return network, Augment(scale=(cfg.crop_scale, 1.0), flip=flip, eval_fraction=eval_crop_fraction(backbone))
 
 
+def views_note(cfg: TrainConfig, s: Setup) -> str:
+    """The end-to-end student's training views in one line, said at the start of a run: a flip chosen by
+    default on a manifest whose classes might name left and right is worth seeing."""
+    why = "as asked" if cfg.flip is not None else "off on SSv2, on elsewhere: pass --no-flip if the labels name left and right"
+    return (f"training views: random resized crop (area {s.augment.scale[0]:g}-1 of the stored frame) to {s.network.size} px, "
+            f"left-right flips {'on' if s.augment.flip else 'off'} ({why})")
+
+
 def starting_point(cfg: TrainConfig, root: cache.Cache) -> tuple[str, str | None, int]:
     """(backbone, weights, seed) the end-to-end student starts from: as given, or an --init-from teacher's own,
     read from its provenance (a weights file is checked against the sha256 recorded there)."""
@@ -337,6 +345,8 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
     rank, processes = world()
     train_loader, held_loader = loaders(cfg, s, pin_memory=device.type == "cuda", share=(rank, processes))
     model = s.network if s.network is not None else Student(s.model)
+    if s.network is not None:
+        log(views_note(cfg, s))
     if s.network is None and not resuming:  # a resumed model brings its statistics in its state dict
         model.set_statistics(training_statistics(cfg, s))
     # Heads: bf16 on CUDA. Networks: bf16 autocast and channels_last on CUDA and on CPUs with native bf16.
