@@ -272,11 +272,12 @@ def test_flips_are_refused_on_ssv2(frames_cache, tmp_path):
 
 # --- more than one process: torchrun runs DDP, each rank its share of every global batch -------
 
-DDP_SCRIPT = """
+# No dropout: each rank draws masks for its part of the batch, one process for the whole batch.
+DDP_RUN = dict(inputs=["rgb", "flow"], teachers=["rgb"], steps=6, batch_size=16, lr=1e-2, input_dropout=0.0, device="cpu", prefetch=2, buffer_blocks=2)
+DDP_SCRIPT = f"""
 import sys
 from egodistill.student.train import TrainConfig, train
-train(TrainConfig(cache=sys.argv[1], inputs=["rgb", "flow"], teachers=["rgb"], out=sys.argv[2], steps=6, batch_size=16, lr=1e-2,
-                  input_dropout=0.0, device="cpu", prefetch=2, buffer_blocks=2), log=lambda _: None)
+train(TrainConfig(cache=sys.argv[1], out=sys.argv[2], **{DDP_RUN!r}), log=lambda _: None)
 """
 
 
@@ -295,7 +296,7 @@ def test_two_processes_under_torchrun_equal_one_at_the_same_global_batch(tmp_pat
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", str(script), location, str(tmp_path / "two")],
                           capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    subprocess.run([sys.executable, str(script), location, str(tmp_path / "one")], check=True, capture_output=True, timeout=300)
+    train(TrainConfig(cache=location, out=str(tmp_path / "one"), **DDP_RUN), log=lambda _: None)
     one = rundir.load_checkpoint(tmp_path / "one", rundir.LAST)["model"]
     two = rundir.load_checkpoint(tmp_path / "two", rundir.LAST)["model"]
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
