@@ -461,7 +461,7 @@ def fit_teachers_command(
 @app.command("train-student")
 def train_student_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
-    inputs: Annotated[str, typer.Option(help="Comma-separated student inputs: modalities or teacher keys with features.")],
+    inputs: Annotated[str, typer.Option(help="Comma-separated student inputs: modalities or teacher keys with features; 'frames': an end-to-end network on the cached frames (with --backbone or --init-from).")],
     out: Annotated[str, typer.Option(help="Run directory (config.json, metrics.jsonl, last.pt).")],
     teachers: Annotated[str, typer.Option(help="Comma-separated teachers with logits (modalities such as rgb,flow,audio,fusion or keys); empty: ground truth only.")] = "",
     weighting: Annotated[Weighting, typer.Option(help="How teacher logits are combined per head.")] = Weighting.uniform,
@@ -472,7 +472,7 @@ def train_student_command(
     mask_prob: Annotated[float, typer.Option(help="Per-sample probability of dropping each input (never all).")] = 0.0,
     steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data or 250,000 segments seen, 1,000-10,000 steps. The last step is the model evaluated.")] = STEP["steps"],
     batch_size: Annotated[int, typer.Option(help="Segments per step.")] = STEP["batch_size"],
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (a head on frozen features; the paper's fine-tuning: 1e-4).")] = STEP["lr"],
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate; default 1e-2 for a head on frozen features, 1e-4 (the paper's fine-tuning) with --inputs frames.")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (paper: 0.02).")] = STEP["weight_decay"],
     schedule: Annotated[Schedule, typer.Option(help="Decay after the warm-up: cosine or linear (paper).")] = Schedule(STEP["schedule"]),
     clip: Annotated[float, typer.Option(help="Gradient-norm clip (paper: 5).")] = STEP["clip"],
@@ -483,28 +483,41 @@ def train_student_command(
     seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = STEP["seed"],
     device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device(STEP["device"]),
     in_memory: Annotated[Optional[bool], typer.Option("--in-memory/--stream", help="Read the inputs' features whole first / always stream from the cache; default: keep what was read when it fits in a quarter of the memory.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="--inputs frames: the student network, a timm model or a torchvision clip model (swin3d_t, r2plus1d_18, mvit_v2_s, ...).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="--inputs frames: starting weights (a state dict or .safetensors file, or 'timm'); default random init with --seed.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="--inputs frames: start from this teacher's backbone and weights (e.g. rgb); its weights file, if any, goes in --weights and must match the sha256 it was extracted with.")] = None,
+    image_size: Annotated[int, typer.Option(help="--inputs frames: crop side the backbone reads; 0: its own input size.")] = 0,
+    crop_scale: Annotated[float, typer.Option(help="--inputs frames: smallest area share of a training crop (random resized crop inside the stored frame).")] = 0.35,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="--inputs frames: left-right flips in training; default: on for EPIC-KITCHENS, off elsewhere (SSv2's labels say left and right; a generic CSV's may). Refused on SSv2.")] = None,
+    accumulate: Annotated[int, typer.Option(help="Batches per optimiser step (gradient accumulation).")] = 1,
+    precision: Annotated[Precision, typer.Option(help="--inputs frames: bf16 autocast + channels_last, or fp32; auto: bf16 on CUDA and on CPUs with native bf16.")] = Precision.auto,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
 ) -> None:
-    """Distil a student from cached features and teacher logits."""
+    """Distil a student from cached features (a head) or cached frames (an end-to-end network) and teacher logits."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from egodistill.student.sources import split_names
-    from egodistill.student.train import TrainConfig, start_run, train
+    from egodistill.student.train import END_TO_END_LR, TrainConfig, start_run, train, world
 
+    end_to_end = bool(backbone or init_from)
     cfg = TrainConfig(cache=cache, inputs=split_names(inputs), teachers=split_names(teachers), out=out, weighting=weighting.value, tau=tau,
                       temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, steps=steps,
-                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule.value, clip=clip, frames=frames, dim=dim,
-                      depth=depth, holdout=holdout, seed=seed, device=device.value, in_memory=in_memory)
+                      batch_size=batch_size, lr=lr if lr is not None else END_TO_END_LR if end_to_end else TrainConfig.lr,
+                      weight_decay=weight_decay, schedule=schedule.value, clip=clip, frames=frames, dim=dim,
+                      depth=depth, holdout=holdout, seed=seed, device=device.value, in_memory=in_memory,
+                      backbone=backbone, weights=weights, init_from=init_from, image_size=image_size, crop_scale=crop_scale, flip=flip,
+                      accumulate=accumulate, precision=precision.value)
     started = start_run(cfg, resume)  # every one-line error comes before the progress bar
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} segments/s"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    quiet = world()[0] > 0  # under torchrun, rank 0 alone shows progress
+    with Progress(*columns, console=console, disable=quiet) as progress:
         bar = progress.add_task("train", total=None, loss=float("nan"), rate=0.0)
 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
             progress.update(bar, completed=step, total=total, loss=loss, rate=rate)
 
-        metrics = train(cfg, resume=resume, log=progress.console.print, on_step=on_step, started_run=started)
-    if metrics:
+        metrics = train(cfg, resume=resume, log=(lambda _: None) if quiet else progress.console.print, on_step=on_step, started_run=started)
+    if metrics and not quiet:
         console.print(f"done: {metrics[-1]['step']} steps in {out}; last train loss {metrics[-1]['train_loss']:.4f}")
 
 

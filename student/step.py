@@ -1,8 +1,8 @@
 """One training step, and the settings of the runs that take it (fit-teachers and train-student).
 
 Both loops (student/fit.py `fit_head`, student/train.py `_train`) build data, model and optimiser,
-then call `optimiser_step` once per batch: learning rate of the step (student/schedule.py), zero_grad,
-backward, clip, step. `StepConfig` holds the settings they share, with their defaults and their
+then call `optimiser_step` once per batch: backward, and on a step's last batch (gradient accumulation)
+its learning rate (student/schedule.py), clip, step, zero_grad. `StepConfig` holds the settings they share, with their defaults and their
 validation, written once; `FitConfig` adds fit-teachers' own (train-student's are in student/train.py).
 
 This module does not import torch until a step is taken: cli.py reads its option defaults and
@@ -90,21 +90,26 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def optimiser_step(model: nn.Module, optimiser: torch.optim.Optimizer, loss: torch.Tensor, step: int, total: int,
-                   cfg: StepConfig, lr: float | None = None) -> bool:
-    """Step `step` of `total`: set its learning rate (peak `lr`, default cfg.lr), zero_grad, backward, clip, step.
+                   cfg: StepConfig, lr: float | None = None, share: float = 1.0, last: bool = True) -> bool:
+    """Backward `loss * share`; on the step's `last` batch also set step `step` of `total`'s learning rate
+    (peak `lr`, default cfg.lr), clip, step and zero the gradients.
 
-    A loss that reaches no parameter (a batch with no label and no teacher for any head) is skipped:
-    returns False and leaves the model and the optimiser as they were."""
+    One batch a step: the defaults. Gradient accumulation: every batch of a step calls this with
+    share = 1 / its batches, and last=True on the final one, so gradients add up until then. A loss that
+    reaches no parameter (a batch with no label and no teacher for any head) adds nothing: returns False,
+    and a step whose batches all added nothing leaves the model and the optimiser as they were."""
     import torch
 
     from egodistill.student.schedule import lr_at
 
-    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-        return False
-    for group in optimiser.param_groups:
-        group["lr"] = lr_at(step, total, cfg.lr if lr is None else lr, cfg.warmup, cfg.schedule)
-    optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-    optimiser.step()
-    return True
+    learned = isinstance(loss, torch.Tensor) and loss.requires_grad
+    if learned:
+        (loss * share if share != 1.0 else loss).backward()
+    if last:
+        if any(p.grad is not None for group in optimiser.param_groups for p in group["params"]):
+            for group in optimiser.param_groups:
+                group["lr"] = lr_at(step, total, cfg.lr if lr is None else lr, cfg.warmup, cfg.schedule)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+    return learned
