@@ -4,7 +4,7 @@ As the object-detection teacher of Radevski et al. (after STLT): each frame's bo
 score and a category embedding) attend to each other around a frame token (spatial encoder), the
 frame tokens with time embeddings attend over time around a class token (temporal encoder), and a
 linear map per head reads the class token. Padding slots (valid 0) are masked out of the spatial
-attention. Rows are read as extract/layout.py writes them: K boxes x [x1, y1, x2, y2, category,
+attention. Rows are read as extract/boxes.py writes them: K boxes x [x1, y1, x2, y2, category,
 score, valid]. It has the Student's interface (`model(features, present)`, `heads`, `cfg`,
 `set_statistics`), so fit-teachers cross-fits it like its other heads.
 """

@@ -14,6 +14,7 @@ from egodistill.common import ExtractError
 from egodistill.backbones import BackboneSpec, create_backbone
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
+from egodistill.cache.records import SamplingPolicy
 from egodistill.extract.sampling import sample_indices
 from egodistill.extract.worker import embed
 
@@ -63,7 +64,7 @@ def test_rgb_features_match_a_direct_model_call(dataset):
     settings = stored.provenance.preprocessing
     for i, (name, start, stop) in enumerate([("h264_aac.mp4", 0.0, 1.0), ("h264_aac.mp4", 1.0, 2.0), ("vp9_opus.webm", 0.2, 1.8)]):
         source = MediaSource(videos / name)
-        indices = sample_indices({"frames": 4}, 4, start, stop, source.video.fps, source.video.num_frames)
+        indices = sample_indices(SamplingPolicy(frames=4), 4, start, stop, source.video.fps, source.video.num_frames)
         direct = embed(backbone, get_modality("rgb").make_inputs(source, indices, settings), "cpu", "fp32")
         features, times = stored.read_rows(offsets[i], offsets[i + 1])
         np.testing.assert_allclose(features.astype(np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage

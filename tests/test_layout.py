@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from egodistill import cache
+from egodistill.cache.records import BoxRow
 from helpers import egodistill, one_line_error
 
 FIELDS = 7  # x1, y1, x2, y2, category, score, valid
@@ -78,7 +79,7 @@ def test_something_else_json_rows_normalised_padded_and_timestamped(tmp_path):
     assert np.all((times2 >= 1) & (times2 < 2))
     ledger = {f.id: f.reason for f in teacher.ledger()}
     assert set(ledger) == {"s3", "s4"} and "no boxes" in ledger["s3"] and "no annotated frame" in ledger["s4"]
-    assert teacher.provenance.weights.startswith("sha256:") and teacher.provenance.preprocessing["max_boxes"] == 14
+    assert teacher.provenance.preprocessing["boxes"].startswith("sha256:") and BoxRow.of(teacher.provenance) == BoxRow(14)
 
 
 def test_box_csv_by_time_with_sizes_and_fewer_boxes(tmp_path):
@@ -115,7 +116,7 @@ def test_layout_without_a_frame_size_fails_its_segments_and_bad_box_files_are_on
 
 @pytest.mark.parametrize("value,expected", [("object 3", 5), ("hand", 1), ("0002", 4)])
 def test_categories_hand_and_placeholders(value, expected):
-    from egodistill.extract.layout import _category
+    from egodistill.extract.boxes import _category
 
     assert _category({"gt_annotation": value, "category": "x"}, [], {}) == expected
 
@@ -154,7 +155,7 @@ def test_fit_teachers_cross_fits_the_layout_transformer_on_layout_rows(tmp_path)
 
 def test_frame_size_from_the_video_header_without_decoding(tmp_path, media_dir):
     """No --frame-size and no sizes in the box file: the video's header gives them (96 x 64 test videos)."""
-    from egodistill.extract.layout import video_size
+    from egodistill.extract.boxes import video_size
 
     assert video_size(media_dir / "vp9_opus.webm") == (96.0, 64.0) and video_size(None) is None
     (tmp_path / "m.csv").write_text("segment_id,video,start_sec,stop_sec,split,label:a\ns1,h264_aac.mp4,0,1.5,train,0\n")
