@@ -213,7 +213,7 @@ def _source_names(modality: Modality, options: dict, settings: dict, plan: Plan,
     source = modality.options[0].flag if modality.options else f"--modality {modality.name}'s source"  # the source is its first option
     note = mismatch_note(f"name in {source}", names, plan.video_paths, matched, [s.video for s in plan.manifest.segments])
     if note:
-        log(f"[yellow]{note}[/]")
+        log(note)
     return matched
 
 

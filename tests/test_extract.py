@@ -236,3 +236,25 @@ def test_raft_flow_from_a_local_weights_file(dataset, tmp_path):
     assert settings["weights"].startswith("sha256:")
     x = flow.make_inputs(MediaSource(videos / "h264_aac.mp4"), np.array([2, 9]), settings)
     assert x.shape == (2, 2, 48, 48) and np.isfinite(x).all() and np.abs(x).max() <= 1.0
+
+
+@pytest.mark.parametrize("modality", ["rgb", "flow", "audio"])
+def test_retry_failed_rewrites_a_fixed_video_and_only_with_the_flag(dataset, modality):
+    """A video that is broken at first and then fixed: a rerun leaves its ledger entry, --retry-failed writes its
+    rows (the same rows as the same clip elsewhere) and empties the ledger."""
+    tmp_path, _, videos = dataset
+    (videos / "later.mp4").write_bytes(b"not a video yet" * 50)
+    manifest = write_manifest(tmp_path / "retry.csv", [("ok", "h264_aac.mp4", 0.0, 1.0, "train"), ("later", "later.mp4", 0.0, 1.0, "train")])
+    cfg = config(tmp_path, manifest, videos, modality=modality, segments_per_task=1)
+    first = run_extraction(cfg, log=lambda _: None)
+    assert [f.id for f in first.ledger] == ["later"]
+    shutil.copy(videos / "h264_aac.mp4", videos / "later.mp4")
+    again = run_extraction(cfg, log=lambda _: None)
+    assert again.extracted == 0 and [f.id for f in again.ledger] == ["later"]
+    retried = run_extraction(ExtractConfig(**{**cfg.__dict__, "retry_failed": True}), log=lambda _: None)
+    assert retried.ok and retried.extracted == 1 and retried.done_before == 1 and not retried.ledger
+    teacher = teacher_of(cfg.cache, first.teacher_key)
+    assert teacher.segment_status().tolist() == [1, 1]
+    ok, later = teacher.read_rows(0, 4), teacher.read_rows(4, 8)
+    np.testing.assert_array_equal(later[0], ok[0])
+    np.testing.assert_array_equal(later[1], ok[1])
