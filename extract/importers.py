@@ -307,7 +307,7 @@ def _match_by(entries: dict[str, Entry], table, by: str, path) -> tuple[str, dic
     asked, by = by, max(matches, key=lambda k: len(matches[k])) if by == "auto" else by
     if not matches[by]:
         raise CacheError(
-            f"no name in {path} (e.g. {', '.join(list(entries)[:3])}) is a {asked if asked != 'auto' else 'segment or video'} of the cache "
+            f"no name in {path} (e.g. {', '.join(list(entries)[:3])}) is a {asked if asked != 'auto' else 'segment or video'} id of the cache "
             f"(e.g. {', '.join(map(str, table.ids[:2]))} / {', '.join(map(str, table.videos[:2]))}) by id, file stem or relative path"
         )
     return by, matches[by]
