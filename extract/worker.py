@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from egodistill import cache
+from egodistill.cache.records import SamplingPolicy
 from egodistill.common import EgodistillError
 from egodistill.backbones import Backbone, BackboneSpec, create_backbone, pooled_logits
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.sampling import clip_windows, sample_indices, step_times
 from egodistill.extract.tasks import TaskResult, TaskRows
-from egodistill.cache.records import SamplingPolicy
 
 PREFETCH_SEGMENTS = 4
 _BACKBONES: dict[tuple, Backbone] = {}

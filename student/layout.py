@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from egodistill.cache.records import BOX_FIELDS
 from egodistill.student.model import ModelConfig
 
-BOX_VALUES = 7        # x1, y1, x2, y2, category, score, valid
+BOX_VALUES = len(BOX_FIELDS)  # x1, y1, x2, y2, category, score, valid: the row extract writes (cache/records.py BoxRow)
 LAYOUT_MAX_LR = 3e-3  # fit-teachers' peak rate for this model: at the pooled head's 1e-2 about one fit in six never left chance
 MAX_CATEGORIES = 64   # 0 padding, 1 hand, 2 + N object placeholder N; larger ids share the last embedding
 

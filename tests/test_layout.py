@@ -218,3 +218,11 @@ def test_names_match_by_id_then_stem_then_relative_path(names, videos, paths, ex
     from egodistill.extract.names import match_names
 
     assert match_names(names, videos, paths) == expected
+
+
+def test_box_row_is_read_from_the_provenance_in_both_forms():
+    """The row format is recorded, not guessed from the width; layout teachers of before the JSON form still read."""
+    old = cache.Provenance(modality="layout", backbone="boxes", preprocessing={"row": "14 x [x1, y1, x2, y2, category, score, valid]"})
+    new = cache.Provenance(modality="layout", backbone="boxes", preprocessing={"row": BoxRow(3).to_json()})
+    assert BoxRow.of(old) == BoxRow(14) and BoxRow.of(new).width == 21
+    assert BoxRow.of(cache.Provenance(modality="rgb", backbone="resnet50", preprocessing={"input_size": [224, 224]})) is None
