@@ -39,7 +39,6 @@ class TaskResult:
     segments: int
     failed: int = 0
     rows: int = 0
-    seconds: float = 0.0
     forward_seconds: float = 0.0
     fallbacks: tuple[str, ...] = ()
     working: tuple[float, float] | None = None   # wall-clock span of the task's work, models loaded

@@ -179,7 +179,7 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> TaskResult:
         seconds=round(time.perf_counter() - started, 3), lock=_dask_lock,
     )
     return TaskResult(
-        task, skipped=False, segments=len(jobs), failed=len(rows.failed), rows=len(rows.times), seconds=time.perf_counter() - started,
+        task, skipped=False, segments=len(jobs), failed=len(rows.failed), rows=len(rows.times),
         forward_seconds=rows.forward_seconds, fallbacks=tuple(sorted(rows.fallbacks)), working=(rows.working_since, time.time()),
     )
 
