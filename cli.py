@@ -85,10 +85,10 @@ def extract(
         manifest=manifest, videos=videos, cache=cache, modality=modality, backbone=backbone, weights=weights, head=head,
         frames=frames, fps=fps, clip_frames=clip_frames, clip_stride=clip_stride, options=_modality_options(ctx.args), name=name, workers=workers, scheduler=scheduler,
         device=device.value, precision=precision.value, batch_size=batch_size, seed=seed,
-        segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run, classes=_classes(classes),
+        segments_per_task=segments_per_task, retry_failed=retry_failed, classes=_classes(classes),
     )
     plan = plan_extraction(cfg)
-    _print_plan(plan, needs_videos=get_modality(modality).run is None)
+    _print_plan(plan, needs_videos=get_modality(modality).rows is None)
     if dry_run:
         return
     summary = _run_with_progress(run_extraction, cfg, plan)
@@ -137,12 +137,12 @@ def _print_plan(plan, needs_videos: bool = True) -> None:
         + (f"; new to the cache: {', '.join(f'{a.path} ({len(a.segments)})' for a in plan.added)}" if plan.added and len(plan.added) < len(m.path.split(", ")) else ""),
         markup=False, highlight=False, soft_wrap=True,
     )
-    if plan.missing_videos and needs_videos:  # a modality without a model (layout) reads no video
+    if plan.missing_videos and needs_videos:  # a modality with a source of its own (layout) reads no video
         shown = ", ".join(plan.missing_videos[:5]) + (f" ... (+{len(plan.missing_videos) - 5})" if len(plan.missing_videos) > 5 else "")
         console.print(f"[yellow]missing videos ({len(plan.missing_videos)}): {shown}[/] — their segments go to the ledger as failed")
     shards = -(-layout.rows // layout.rows_per_shard) if layout.rows else 0
     console.print(
-        f"plan: sampling {plan.policy}, {layout.rows} rows, {layout.tasks} tasks of {layout.segments_per_task} segments, "
+        f"plan: sampling {plan.policy.to_json()}, {layout.rows} rows, {layout.tasks} tasks of {layout.segments_per_task} segments, "
         f"{shards} shards of {layout.rows_per_shard} rows (chunks of {layout.rows_per_chunk})"
     )
 

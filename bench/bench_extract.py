@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from egodistill.extract.modalities import MediaSource, get_modality  # noqa: E402
 from egodistill.extract.run import ExtractConfig, run_extraction  # noqa: E402
+from egodistill.cache.records import SamplingPolicy  # noqa: E402
 from egodistill.extract.sampling import sample_indices  # noqa: E402
 from egodistill.backbones import BackboneSpec, create_backbone  # noqa: E402
 from egodistill.extract.worker import embed  # noqa: E402
@@ -64,7 +65,7 @@ def forward_only(manifest: Path, videos: Path, backbone: str, frames: int, batch
     inputs = []
     for _, name, start, stop in segments_of(manifest):
         source = MediaSource(videos / name)
-        idx = sample_indices({"frames": frames}, frames, start, stop, source.video.fps, source.video.num_frames)
+        idx = sample_indices(SamplingPolicy(frames=frames), frames, start, stop, source.video.fps, source.video.num_frames)
         inputs.append(spec.make_inputs(source, idx, settings))
     x = np.concatenate(inputs)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -97,7 +98,7 @@ def common_practice(manifest: Path, videos: Path, backbone: str, frames: int, ou
             all_frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             ok, frame = cap.read()
         for seg_id, _, start, stop in segs:
-            idx = sample_indices({"frames": frames}, frames, start, stop, fps, len(all_frames))
+            idx = sample_indices(SamplingPolicy(frames=frames), frames, start, stop, fps, len(all_frames))
             h, w = settings["input_size"]
             batch = []
             for i in idx:

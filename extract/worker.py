@@ -1,9 +1,12 @@
-"""What runs on a Dask worker: one task = a range of segments, decoded, embedded and written.
+"""What runs on a Dask worker: one task = a range of segments, made into rows by its modality and written.
 
-The model is built once per worker process and kept in `_BACKBONES`; only the small
-`TaskSpec` travels in the graph. Decoding and preprocessing of the next segments run in
-threads while the model computes on the current batch. A modality without a model (frames)
-takes the same path minus the model: its preprocessed uint8 frames are the rows written.
+`run_task` is the one path every modality takes: skip a recorded task, ask the modality for the
+task's rows (`TaskRows`, extract/tasks.py), write them with their record and ledger. Rows from video
+come from `decoded_rows`: the model is built once per worker process and kept in `_BACKBONES`; only
+the small `TaskSpec` travels in the graph. Decoding and preprocessing of the next segments run in
+threads while the model computes on the current batch. A modality without a model (frames) takes
+the same path minus the model: its preprocessed uint8 frames are the rows written. A modality with
+a source of its own (layout: the box file) gives its rows through `Modality.rows` instead.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import numpy as np
 import torch
 
 from egodistill import cache
+from egodistill.cache.records import SamplingPolicy
 from egodistill.common import EgodistillError
 from egodistill.backbones import Backbone, BackboneSpec, create_backbone, pooled_logits
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.sampling import clip_windows, sample_indices, step_times
+from egodistill.extract.tasks import TaskResult, TaskRows
 
 PREFETCH_SEGMENTS = 4
 _BACKBONES: dict[tuple, Backbone] = {}
@@ -39,13 +44,14 @@ class TaskSpec:
     backbone: BackboneSpec
     modality: str
     settings: dict
-    policy: dict
+    policy: SamplingPolicy
     heads: dict[str, int]
     device: str = "cpu"
     precision: str | None = "fp32"  # None: the modality runs no model
     batch_size: int = 64
     threads: int = 1
     storage_options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # the modality's resolved options (layout: where --boxes is)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class SegmentJob:
     stop: float
     rows: int
     frames: int | None = None   # frames sampled from the segment (clip backbones read them in windows); None = rows
+    name: str | None = None     # the segment's video as the modality's own source names it (a box file's key), matched by extract/names.py
 
 
 def worker_device(device: str) -> str:
@@ -115,14 +122,14 @@ def _prepare(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) -
     indices = sample_indices(spec.policy, job.rows if job.frames is None else job.frames, job.start, job.stop, video.fps, video.num_frames)
     make_inputs = get_modality(spec.modality).make_inputs
     fallback = f"{job.video}: {video.fallback_reason}" if video.fallback_reason else None
-    clip = spec.policy.get("clip")
+    clip = spec.policy.clip
     if clip is None:
         return make_inputs(source, indices, spec.settings), video.frame_times(indices).astype(np.float32), fallback
     windows = clip_windows(len(indices), clip)  # [W, K] positions into the sampled frames
     used, where = np.unique(windows, return_inverse=True)  # overlapping windows decode each frame once
     frames = make_inputs(source, indices[used], spec.settings)  # [U, C, H, W]
     inputs = np.ascontiguousarray(frames[where.reshape(windows.shape)].transpose(0, 2, 1, 3, 4))  # [W, C, K, H, W]
-    times = step_times(video.frame_times(indices)[windows], clip["steps"])
+    times = step_times(video.frame_times(indices)[windows], clip.steps)
     return inputs, times.astype(np.float32), fallback
 
 
@@ -141,14 +148,27 @@ def _prefetched(jobs: list[SegmentJob], spec: TaskSpec) -> Iterator[tuple[Segmen
         source.close()
 
 
-def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
-    """Extract one task's segments and write them; a task already recorded as done is a no-op."""
+def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> TaskResult:
+    """Make one task's rows by its modality and write them; a task already recorded as done is a no-op."""
     started = time.perf_counter()
     teacher = cache.open_cache(spec.cache, mode="r+", storage_options=spec.storage_options).teacher(spec.teacher_key)
     if teacher.task_done(task):
-        return {"task": task, "skipped": True, "segments": len(jobs), "failed": 0}
+        return TaskResult(task, skipped=True, segments=len(jobs))
     torch.set_num_threads(spec.threads)
     device = worker_device(spec.device)
+    rows = (get_modality(spec.modality).rows or decoded_rows)(spec, jobs, device)
+    teacher.write_task(
+        task, rows.features, rows.times, rows.logits, failed=rows.failed, worker=os.uname().nodename, device=device,
+        seconds=round(time.perf_counter() - started, 3), lock=_dask_lock,
+    )
+    return TaskResult(
+        task, skipped=False, segments=len(jobs), failed=len(rows.failed), rows=len(rows.times),
+        forward_seconds=rows.forward_seconds, fallbacks=tuple(sorted(rows.fallbacks)), working=(rows.working_since, time.time()),
+    )
+
+
+def decoded_rows(spec: TaskSpec, jobs: list[SegmentJob], device: str) -> TaskRows:
+    """Rows from each segment's decoded video: the backbone's features (and logits), or without a model the frames."""
     starts = np.cumsum([0] + [j.rows for j in jobs])  # row offsets within this task
     if get_modality(spec.modality).has_model:
         backbone: Backbone | None = get_backbone(spec, device)
@@ -205,15 +225,7 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
         if sum(len(i) * (i.shape[2] if backbone.clip else 1) for _, i in batch) >= spec.batch_size:  # frames per forward
             flush()
     flush()
-    teacher.write_task(
-        task, features if backbone is None else features.astype(np.float16), timestamps, logits, failed=failed, worker=os.uname().nodename, device=device,
-        seconds=round(time.perf_counter() - started, 3), lock=_dask_lock,
-    )
-    return {
-        "task": task, "skipped": False, "segments": len(jobs), "failed": len(failed), "rows": int(starts[-1]),
-        "seconds": time.perf_counter() - started, "forward_seconds": forward_seconds, "fallbacks": sorted(fallbacks),
-        "working": (working_since, time.time()),
-    }
+    return TaskRows(features if backbone is None else features.astype(np.float16), timestamps, logits, failed, sorted(fallbacks), forward_seconds, working_since)
 
 
 def _dask_lock(name: str):

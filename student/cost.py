@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from egodistill import cache
 from egodistill.backbones import backbone_family
+from egodistill.cache.records import SamplingPolicy
 from egodistill.student.model import ModelConfig, Student, parameter_count
 from egodistill.student.network import FramesStudent, network_cost
 
@@ -41,9 +42,9 @@ def head_cost(model: Student) -> tuple[int, int]:
 
 
 def rows_per_segment(teacher: cache.Teacher) -> float:
-    sampling = teacher.provenance.sampling
-    if "frames" in sampling:
-        return float(sampling["frames"])
+    frames = SamplingPolicy.from_json(teacher.provenance.sampling).frames
+    if frames is not None:
+        return float(frames)
     offsets = teacher.offsets
     return float(np.diff(offsets).mean()) if len(offsets) > 1 else 0.0
 

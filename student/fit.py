@@ -36,10 +36,11 @@ import torch
 from torch import nn
 
 from egodistill import cache
+from egodistill.cache.records import BoxRow
 from egodistill.common import EgodistillError, check_number, pick_device
 from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics
 from egodistill.student.folds import grouped_folds, segment_groups
-from egodistill.student.box_transformer import LAYOUT_MAX_LR, LayoutTransformer, is_layout_width
+from egodistill.student.box_transformer import LAYOUT_MAX_LR, LayoutTransformer
 from egodistill.student.losses import student_loss
 from egodistill.student.model import ModelConfig, Student, pool_rows, with_single_rows
 from egodistill.student.schedule import auto_steps, head_threads, make_optimiser
@@ -129,7 +130,7 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
     for modality, members in jobs:
         log(f"fitting {modality} teacher on {', '.join(keys[m] for m in members)} ({cfg.folds} grouped folds x depths {list(cfg.depths)}, then the all-train model)")
         with head_threads(device):
-            layout = modality == "layout" and len(members) == 1 and is_layout_width(features[members[0]].shape[2])
+            layout = len(members) == 1 and BoxRow.of(root.teacher(keys[members[0]]).provenance) is not None  # rows of boxes: the provenance says
             fitted = cross_fit([features[m] for m in members], present[:, members], labels, train, fold, cfg, table.heads, layout=layout,
                                pooled=None if pooled is None else [pooled[m] for m in members], device=device, workers=workers, on_fit=fitted_one)
         log(f"  out-of-fold top-1 by depth: {', '.join(f'{d}: {a:.3f}' for d, a in fitted.oof_accuracy.items())}; kept depth {fitted.depth}")
