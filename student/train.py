@@ -55,6 +55,7 @@ class TrainConfig(StepConfig):
     num_heads: int = 4
     dropout: float = 0.1
     input_dropout: float = 0.5
+    single_row: float = 0.2         # heads: probability a training sample is pooled from one row (heads at any row count, student/model.py)
     holdout: float = 0.0            # fraction of labelled training groups kept out (monitoring, dataset weights)
     buffer_blocks: int = 8
     save_every: int = 0             # also save last.pt every N steps (0: at epoch ends only)
@@ -109,7 +110,7 @@ def check_numbers(cfg: TrainConfig) -> None:
         ("--mask-prob", cfg.mask_prob, {"at_least": 0, "below": 1}), ("--temperature", cfg.temperature, {"at_least": 0.05, "at_most": 100}),
         ("--tau", cfg.tau, {"at_least": 0}), ("--kd-weight", cfg.kd_weight, {"at_least": 0}), ("--gt-weight", cfg.gt_weight, {"at_least": 0}),
         ("--depth", cfg.depth, {"at_least": 0}), ("num_heads", cfg.num_heads, {"at_least": 1}), ("dropout", cfg.dropout, {"at_least": 0, "below": 1}),
-        ("input_dropout", cfg.input_dropout, {"at_least": 0, "below": 1}), ("holdout", cfg.holdout, {"at_least": 0, "below": 1}),
+        ("input_dropout", cfg.input_dropout, {"at_least": 0, "below": 1}), ("single_row", cfg.single_row, {"at_least": 0, "at_most": 1}), ("holdout", cfg.holdout, {"at_least": 0, "below": 1}),
         ("save_every", cfg.save_every, {"at_least": 0}), ("--accumulate", cfg.accumulate, {"at_least": 1}),
         ("--image-size", cfg.image_size, {"at_least": 0}), ("--crop-scale", cfg.crop_scale, {"above": 0, "at_most": 1}),
     ):
@@ -176,7 +177,7 @@ def setup(cfg: TrainConfig) -> Setup:
                      views[1] if views else None, network, augment)
     dims = [root.teacher(k).feature_dim for k in input_keys]
     model = ModelConfig(dims, dict(table.heads), frames=cfg.frames, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                        dropout=cfg.dropout, input_dropout=cfg.input_dropout)
+                        dropout=cfg.dropout, input_dropout=cfg.input_dropout, single_row=cfg.single_row)
     return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, model, steps, views[1] if views else None)
 
 

@@ -273,8 +273,8 @@ def test_flips_are_refused_on_ssv2(frames_cache, tmp_path):
 
 # --- more than one process: torchrun runs DDP, each rank its share of every global batch -------
 
-# No dropout: each rank draws masks for its part of the batch, one process for the whole batch.
-DDP_RUN = dict(inputs=["rgb", "flow"], teachers=["rgb"], steps=6, batch_size=16, lr=1e-2, input_dropout=0.0, device="cpu", prefetch=2, buffer_blocks=2)
+# No dropout and no one-row draws: each rank draws those for its part of the batch, one process for the whole batch.
+DDP_RUN = dict(inputs=["rgb", "flow"], teachers=["rgb"], steps=6, batch_size=16, lr=1e-2, input_dropout=0.0, single_row=0.0, device="cpu", prefetch=2, buffer_blocks=2)
 DDP_SCRIPT = f"""
 import sys
 from egodistill.student.train import TrainConfig, train

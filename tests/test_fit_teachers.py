@@ -201,6 +201,9 @@ def test_cli_defaults_and_choices_are_the_packages():
         for f in fields(config):
             if f.name in options and f.default is not MISSING:
                 shown = options[f.name].default
+                if (command, f.name) == ("train-student", "lr"):  # chosen by the student's kind: 1e-2 for heads, 1e-4 end to end
+                    assert shown is None
+                    continue
                 assert getattr(shown, "value", shown) == (",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default), (command, f.name)
                 compared += 1
         return compared
