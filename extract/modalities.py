@@ -10,6 +10,7 @@ same driver, but its `make_inputs` output is written as the rows themselves (uin
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -282,24 +283,25 @@ def _flow_settings(options: dict, data_cfg: dict) -> dict:
     return settings
 
 
+# One OpenCV flow object per decode thread: they keep state between calls, and sharing one across the
+# worker's decode threads crashes the process.
+_FLOW_OBJECTS = threading.local()
+
+
+def _per_thread(name: str, create: Callable):
+    if not hasattr(_FLOW_OBJECTS, name):
+        setattr(_FLOW_OBJECTS, name, create())
+    return getattr(_FLOW_OBJECTS, name)
+
+
 def _dis(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-    return _dis_instance().calc(prev, nxt, None)
-
-
-@lru_cache(maxsize=1)
-def _dis_instance():
-    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return _per_thread("dis", lambda: cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)).calc(prev, nxt, None)
 
 
 def _tvl1(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
     if not hasattr(cv2, "optflow"):
         raise ExtractError("--flow tvl1 needs opencv-contrib: pip install opencv-contrib-python-headless, or use --flow dis")
-    return _tvl1_instance().calc(prev, nxt, None)
-
-
-@lru_cache(maxsize=1)
-def _tvl1_instance():
-    return cv2.optflow.DualTVL1OpticalFlow_create()
+    return _per_thread("tvl1", cv2.optflow.DualTVL1OpticalFlow_create).calc(prev, nxt, None)
 
 
 @lru_cache(maxsize=2)
