@@ -59,12 +59,12 @@ def head_id(spec: BackboneSpec) -> str | None:
 
 def create_backbone(spec: BackboneSpec, heads: dict[str, int]) -> Backbone:
     """The one door to a model: builds the backbone, loads weights and heads, checks they fit."""
-    if is_clip_backbone(spec.backbone):
-        return _create_clip_backbone(spec, heads)
+    return backbone_family(spec.backbone).build(spec, heads)
+
+
+def _create_timm_backbone(spec: BackboneSpec, heads: dict[str, int]) -> Backbone:
     import timm  # heavy import: keep `egodistill --help` fast
 
-    if not timm.is_model(spec.backbone.split(".")[0]) and not spec.backbone.startswith("hf_hub:"):
-        raise TeacherError(f"unknown backbone {spec.backbone!r}: pick a timm model name (see `timm.list_models()`)")
     kwargs: dict = {"num_classes": 0, "in_chans": spec.in_chans}
     torch.manual_seed(spec.seed)
     try:
@@ -369,3 +369,100 @@ def _load_clip_weights(net: torch.nn.Module, entry: ClipModel, path: Path, spec:
 
 def _few(keys: list[str], shown: int = 3) -> str:
     return ", ".join(keys[:shown]) + (f" (+{len(keys) - shown} more)" if len(keys) > shown else "")
+
+
+# --- backbone families: what a kind of backbone is, asked without building one -------------
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """One kind of backbone (timm image models, torchvision clip models). Callers ask the family whether a
+    backbone takes clips, how many rows it gives, how to preprocess for it and what it costs, instead of
+    looking at tensor ranks or config keys. Adding a family is one entry in `FAMILIES`."""
+
+    name: str
+    takes_clips: bool                                           # input [B, C, T, H, W], not one image per row
+    knows: Callable[[str], bool]                                # backbone name -> belongs to this family
+    preset: Callable[[str, int], dict]                          # (backbone, in_chans) -> data config (input_size, mean, std, ...)
+    output_steps: Callable[[str, int], int]                     # (backbone, frames fed) -> rows out
+    cost: Callable[[str, int, int, int, int], tuple[int, int]]  # (backbone, in_chans, height, width, frames) -> (params, FLOPs)
+    build: Callable[[BackboneSpec, dict[str, int]], Backbone]
+
+
+def _timm_knows(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name.split(".")[0]) or name.startswith("hf_hub:")
+
+
+@lru_cache(maxsize=64)
+def _timm_preset(name: str, in_chans: int) -> dict:
+    """timm's own data config of the model, read from a model built on the meta device (no weights)."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+    return dict(timm.data.resolve_data_config({}, model=model))
+
+
+@lru_cache(maxsize=64)
+def _timm_cost(name: str, in_chans: int, height: int, width: int, frames: int) -> tuple[int, int]:
+    """Params and FLOPs of `frames` images (one per row) through the backbone without its classifier."""
+    import timm
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans).eval()
+        image = torch.zeros(1, in_chans, height, width)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(image)
+    return sum(p.numel() for p in model.parameters()), int(counter.get_total_flops()) * frames
+
+
+@lru_cache(maxsize=64)
+def _clip_cost(name: str, in_chans: int, height: int, width: int, frames: int) -> tuple[int, int]:
+    """Params and FLOPs of one clip of `frames` frames through the video model, up to its per-time features."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from torchvision.models import video
+
+    entry = _CLIP_MODELS[name]
+    with torch.device("meta"):
+        net = getattr(video, name)(weights=None)
+        _replace(net, entry.classifier, torch.nn.Identity())
+        _set_in_chans(net, entry.first_conv, in_chans)
+        net.eval()
+        x = torch.zeros(1, in_chans, frames, height, width)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        entry.per_time(net, x)
+    return sum(p.numel() for p in net.parameters()), int(counter.get_total_flops())
+
+
+FAMILIES: tuple[BackboneFamily, ...] = (
+    BackboneFamily("torchvision-clip", True, is_clip_backbone, clip_preset, lambda name, frames: clip_output(name, frames)[0],
+                   _clip_cost, _create_clip_backbone),
+    BackboneFamily("timm-image", False, _timm_knows, _timm_preset, lambda name, frames: frames, _timm_cost, _create_timm_backbone),
+)
+
+
+def backbone_family(name: str) -> BackboneFamily:
+    """The family a backbone name belongs to; TeacherError naming the choices for a name no family knows."""
+    for family in FAMILIES:
+        if family.knows(name):
+            return family
+    raise TeacherError(f"unknown backbone {name!r}: pick a timm model name (see `timm.list_models()`) or a torchvision clip model ({', '.join(clip_backbone_names())})")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """bf16 on CUDA and on CPUs with native bf16; fp32 elsewhere (emulated bf16 is slower)."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_bf16() else "fp32"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from enum import Enum
 from typing import Annotated, Optional
 
@@ -12,10 +13,13 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from egodistill.common import EgodistillError, ExtractError, dumps
+from egodistill.student.step import SCHEDULES, SCHEMES, FitConfig, StepConfig
 
 app = typer.Typer(help="Run heavy multimodal teachers once into a shared Zarr cache; distil cheap students from it.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 cache_app = typer.Typer(help="Inspect, check, convert and share a cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+manifest_app = typer.Typer(help="Write manifests: dense unlabelled windows over whole videos.", no_args_is_help=True)
+app.add_typer(manifest_app, name="manifest")
 console = Console()
 errors = Console(stderr=True)
 
@@ -48,7 +52,7 @@ class _ExtractCommand(TyperCommand):
 @app.command(cls=_ExtractCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def extract(
     ctx: typer.Context,
-    manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
+    manifest: Annotated[list[str], typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>[:<classes>]...). Repeat it for each file of a dataset (train, validation, test: each keeps its split); files the cache does not hold yet are appended to it.")],
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (s3://, gs://, file://).")],
     videos: Annotated[str, typer.Option(help="Folder the manifest's videos are found under.")] = ".",
     modality: Annotated[str, typer.Option(help="rgb, flow, audio, layout (boxes from --boxes FILE, no model), or frames (the sampled RGB frames as uint8, no model: for end-to-end students).")] = "rgb",
@@ -69,6 +73,7 @@ def extract(
     segments_per_task: Annotated[Optional[int], typer.Option(help="Segments per Dask task (= logits chunk); fixed when the teacher is created.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Rerun tasks whose ledger has failed segments.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Read the manifest, find videos, show the planned rows and shards; run no model.")] = False,
+    classes: Annotated[Optional[list[str]], typer.Option(help="HEAD=FILE: the head's classes (one name a line, EPIC's classes CSV or SSv2's labels JSON) sizing a generic CSV's head; repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary (counts, timings, ledger) as JSON on stdout; progress goes to stderr.")] = False,
 ) -> None:
     """Run one teacher over a dataset's segments into the cache (resumable: rerun to finish).
@@ -81,11 +86,11 @@ def extract(
         manifest=manifest, videos=videos, cache=cache, modality=modality, backbone=backbone, weights=weights, head=head,
         frames=frames, fps=fps, clip_frames=clip_frames, clip_stride=clip_stride, options=_modality_options(ctx.args), name=name, workers=workers, scheduler=scheduler,
         device=device.value, precision=precision.value, batch_size=batch_size, seed=seed,
-        segments_per_task=segments_per_task, retry_failed=retry_failed, dry_run=dry_run,
+        segments_per_task=segments_per_task, retry_failed=retry_failed, classes=_classes(classes),
     )
     plan = plan_extraction(cfg)
     if not as_json:  # stdout holds the JSON alone
-        _print_plan(plan, needs_videos=get_modality(modality).run is None)
+        _print_plan(plan, needs_videos=get_modality(modality).rows is None)
     if dry_run:
         return
     summary = _run_with_progress(run_extraction, cfg, plan, errors if as_json else console)
@@ -95,6 +100,13 @@ def extract(
         _print_summary(summary)
     if not summary.ok:
         raise typer.Exit(EXIT_FAILED_SEGMENTS)
+
+
+def _classes(specs: list[str] | None) -> dict[str, list[str]]:
+    """`--classes verb=FILE --classes noun=FILE` -> {"verb": [97 names], "noun": [300 names]}."""
+    from egodistill.extract.manifests import read_classes
+
+    return dict(read_classes(spec) for spec in specs or [])
 
 
 def _modality_options(args: list[str]) -> dict[str, str]:
@@ -127,13 +139,15 @@ def _print_plan(plan, needs_videos: bool = True) -> None:
     console.print(
         f"manifest {m.path} ({m.format}): {len(m.segments)} segments, heads "
         f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}; videos found {found} of {len(plan.video_paths)}"
+        + (f"; new to the cache: {', '.join(f'{a.path} ({len(a.segments)})' for a in plan.added)}" if plan.added and len(plan.added) < len(m.path.split(", ")) else ""),
+        markup=False, highlight=False, soft_wrap=True,
     )
-    if plan.missing_videos and needs_videos:  # a modality without a model (layout) reads no video
+    if plan.missing_videos and needs_videos:  # a modality with a source of its own (layout) reads no video
         shown = ", ".join(plan.missing_videos[:5]) + (f" ... (+{len(plan.missing_videos) - 5})" if len(plan.missing_videos) > 5 else "")
         console.print(f"[yellow]missing videos ({len(plan.missing_videos)}): {shown}[/] — their segments go to the ledger as failed")
     shards = -(-layout.rows // layout.rows_per_shard) if layout.rows else 0
     console.print(
-        f"plan: sampling {plan.policy}, {layout.rows} rows, {layout.tasks} tasks of {layout.segments_per_task} segments, "
+        f"plan: sampling {plan.policy.to_json()}, {layout.rows} rows, {layout.tasks} tasks of {layout.segments_per_task} segments, "
         f"{shards} shards of {layout.rows_per_shard} rows (chunks of {layout.rows_per_chunk})"
     )
 
@@ -291,15 +305,42 @@ def cache_export_h5(
 
 @cache_app.command("init")
 def cache_init(
-    manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
+    manifest: Annotated[list[str], typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>[:<classes>]...). Repeat it for each file; files the cache does not hold yet are appended.")],
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (created if absent).")],
+    classes: Annotated[Optional[list[str]], typer.Option(help="HEAD=FILE: the head's classes (one name a line, EPIC's classes CSV or SSv2's labels JSON) sizing a generic CSV's head; repeatable.")] = None,
 ) -> None:
-    """Write the manifest's segments table alone (no videos needed), e.g. before `cache import`."""
+    """Write the manifests' segments table alone (no videos needed), e.g. before `cache import`; add a dataset's other files to a cache."""
     from egodistill.extract.manifests import init_cache
 
-    m = init_cache(manifest, cache)
-    console.print(f"{cache}: segments table of {len(m.segments)} segments from {m.path} ({m.format}), heads "
-                  f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}", markup=False, highlight=False, soft_wrap=True)
+    added, count = init_cache(manifest, cache, _classes(classes))
+    for m in added:
+        console.print(f"{cache}: added {len(m.segments)} segments from {m.path} ({m.format}, split {', '.join(sorted({s.split for s in m.segments}))}), heads "
+                      f"{', '.join(f'{h} ({c})' for h, c in m.heads.items()) or 'none'}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{cache}: {count} segments" + ("" if added else " (it already held every file given)"), markup=False, highlight=False, soft_wrap=True)
+
+
+@manifest_app.command("windows")
+def manifest_windows(
+    videos: Annotated[str, typer.Option(help="Folder of videos (searched recursively: .mp4, .webm, .mkv, .avi, .mov).")],
+    out: Annotated[str, typer.Option(help="Generic CSV to write (segment_id,video,start_sec,stop_sec,split; no labels).")],
+    window: Annotated[float, typer.Option(help="Window length, seconds.")] = 2.0,
+    stride: Annotated[float, typer.Option(help="Seconds between window starts.")] = 1.0,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Manifest whose segments no window may overlap (same video by file stem); repeatable.")] = None,
+    split: Annotated[str, typer.Option(help="Split of the windows (train: distil on them).")] = "train",
+) -> None:
+    """Dense unlabelled windows over whole videos, as a manifest a cache can add (`cache init --manifest`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from egodistill.extract.windows import video_windows, write_windows
+
+    with Progress(TextColumn("[bold]windows"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"), console=console, transient=True) as progress:
+        bar = progress.add_task("windows", total=None)
+        windows, unreadable = video_windows(videos, window, stride, exclude or [], on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    path = write_windows(windows, out, split)
+    for line in unreadable[:5]:
+        console.print(f"skipped {line}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{path}: {len(windows)} windows of {window:g} s every {stride:g} s over {len({w.video for w in windows})} videos (split {split})",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 class ImportFormat(str, Enum):
@@ -391,33 +432,40 @@ def demo(
 # --- student commands (fit-teachers, train-student, evaluate) -----------------------------
 
 
-class Weighting(str, Enum):
-    uniform = "uniform"
-    per_sample = "per-sample"
-    dataset = "dataset"
+# Defaults and choices of fit-teachers and train-student come from the package (student/step.py, torch-free).
+FIT = {f.name: f.default for f in fields(FitConfig)}
+STEP = {f.name: f.default for f in fields(StepConfig)}
+Weighting = Enum("Weighting", {name.replace("-", "_"): name for name in SCHEMES}, type=str)
+Schedule = Enum("Schedule", {name: name for name in SCHEDULES}, type=str)
 
 
 @app.command("fit-teachers")
 def fit_teachers_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     modalities: Annotated[str, typer.Option(help="Comma-separated modalities or teacher keys with features, e.g. rgb,flow,audio.")],
-    fusion: Annotated[bool, typer.Option(help="Also fit one fusion teacher over all of them.")] = False,
-    folds: Annotated[int, typer.Option(help="K of the grouped K-fold cross-fitting that makes training segments' logits.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the folds and the fits.")] = 0,
-    steps: Annotated[int, typer.Option(help="Optimiser steps of each fit; 0: 100 passes over the data, 1,000-10,000 steps.")] = 0,
-    depths: Annotated[str, typer.Option(help="Candidate depths, kept by out-of-fold accuracy (0: pooled linear head, 1: plus a temporal transformer).")] = "0,1",
-    frames: Annotated[int, typer.Option(help="Rows per segment the heads read (a window of them).")] = 8,
-    views: Annotated[int, typer.Option(help="Windows per segment with logits of their own, from first to last rows (consistent teaching when segments hold more rows than --frames); 1: centred.")] = 1,
-    device: Annotated[Device, typer.Option(help="Where the heads are fitted.")] = Device.auto,
+    fusion: Annotated[bool, typer.Option(help="Also fit one fusion teacher over all of them.")] = FIT["fusion"],
+    folds: Annotated[int, typer.Option(help="K of the grouped K-fold cross-fitting that makes training segments' logits.")] = FIT["folds"],
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the fits.")] = FIT["seed"],
+    steps: Annotated[int, typer.Option(help="Optimiser steps of each fit; 0: 100 passes over the data or 250,000 segments seen, 1,000-10,000 steps.")] = FIT["steps"],
+    depths: Annotated[str, typer.Option(help="Candidate depths, kept by out-of-fold accuracy (0: pooled linear head, 1: plus a temporal transformer).")] = ",".join(map(str, FIT["depths"])),
+    frames: Annotated[int, typer.Option(help="Rows per segment the heads read (a window of them).")] = FIT["frames"],
+    views: Annotated[int, typer.Option(help="Windows per segment with logits of their own, from first to last rows (consistent teaching when segments hold more rows than --frames); 1: centred.")] = FIT["views"],
+    workers: Annotated[int, typer.Option(help="Pooled-head fits side by side, one thread each; 0: one per core.")] = FIT["workers"],
+    device: Annotated[Device, typer.Option(help="Where the heads are fitted.")] = Device(FIT["device"]),
 ) -> None:
     """Fit light teachers on cached features (per modality, optional fusion) and write their logits into the cache."""
-    from egodistill.common import pick_device
-    from egodistill.student.fit import FitConfig, fit_teachers
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from egodistill.student.fit import check_config, fit_teachers
     from egodistill.student.sources import split_names, split_numbers
 
     cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, steps=steps,
-                    depths=split_numbers(depths, "--depths"), frames=frames, views=views, device=str(pick_device(device.value)))
-    fitted = fit_teachers(cfg, log=console.print)
+                    depths=tuple(split_numbers(depths, "--depths")), frames=frames, views=views, workers=workers, device=device.value)
+    check_config(cfg)
+    columns = (TextColumn("[bold]fit"), BarColumn(), MofNCompleteColumn(), TextColumn("fits"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("fit", total=None)
+        fitted = fit_teachers(cfg, log=progress.console.print, on_fit=lambda done, total: progress.update(bar, completed=done, total=total))
     table = Table("teacher key", "modality", "from", "depth", "out-of-fold top-1", "segments with logits")
     for t in fitted:
         table.add_row(t.key, t.modality, ", ".join(t.sources), str(t.depth), f"{100 * t.oof_accuracy[t.depth]:.1f} %", str(int((t.source_model != -2).sum())))
@@ -428,7 +476,7 @@ def fit_teachers_command(
 @app.command("train-student")
 def train_student_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
-    inputs: Annotated[str, typer.Option(help="Comma-separated student inputs: modalities or teacher keys with features.")],
+    inputs: Annotated[str, typer.Option(help="Comma-separated student inputs: modalities or teacher keys with features; 'frames': an end-to-end network on the cached frames (with --backbone or --init-from).")],
     out: Annotated[str, typer.Option(help="Run directory (config.json, metrics.jsonl, last.pt).")],
     teachers: Annotated[str, typer.Option(help="Comma-separated teachers with logits (modalities such as rgb,flow,audio,fusion or keys); empty: ground truth only.")] = "",
     weighting: Annotated[Weighting, typer.Option(help="How teacher logits are combined per head.")] = Weighting.uniform,
@@ -437,41 +485,54 @@ def train_student_command(
     kd_weight: Annotated[float, typer.Option(help="Weight of the distillation term.")] = 1.0,
     gt_weight: Annotated[float, typer.Option(help="Weight of the ground-truth cross-entropy.")] = 1.0,
     mask_prob: Annotated[float, typer.Option(help="Per-sample probability of dropping each input (never all).")] = 0.0,
-    steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data, 1,000-10,000 steps. The last step is the model evaluated.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Segments per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (a head on frozen features; the paper's fine-tuning: 1e-4).")] = 1e-2,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (paper: 0.02).")] = 0.05,
-    schedule: Annotated[str, typer.Option(help="Decay after the warm-up: cosine or linear (paper).")] = "cosine",
-    clip: Annotated[float, typer.Option(help="Gradient-norm clip (paper: 5).")] = 1.0,
-    frames: Annotated[int, typer.Option(help="Rows per segment and input (temporal jitter in training).")] = 8,
-    dim: Annotated[int, typer.Option(help="Transformer width (with --depth >= 1).")] = 64,
+    steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data or 250,000 segments seen, 1,000-10,000 steps. The last step is the model evaluated.")] = STEP["steps"],
+    batch_size: Annotated[int, typer.Option(help="Segments per step.")] = STEP["batch_size"],
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate; default 1e-2 for a head on frozen features, 1e-4 (the paper's fine-tuning) with --inputs frames.")] = None,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (paper: 0.02).")] = STEP["weight_decay"],
+    schedule: Annotated[Schedule, typer.Option(help="Decay after the warm-up: cosine or linear (paper).")] = Schedule(STEP["schedule"]),
+    clip: Annotated[float, typer.Option(help="Gradient-norm clip (paper: 5).")] = STEP["clip"],
+    frames: Annotated[int, typer.Option(help="Rows per segment and input (temporal jitter in training).")] = STEP["frames"],
+    dim: Annotated[int, typer.Option(help="Transformer width (with --depth >= 1).")] = STEP["dim"],
     depth: Annotated[int, typer.Option(help="Temporal transformer layers; 0: the pooled linear head alone.")] = 0,
     holdout: Annotated[float, typer.Option(help="Fraction of training videos held out for monitoring (and dataset weights).")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = 0,
-    device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device.auto,
+    seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = STEP["seed"],
+    device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device(STEP["device"]),
     in_memory: Annotated[Optional[bool], typer.Option("--in-memory/--stream", help="Read the inputs' features whole first / always stream from the cache; default: keep what was read when it fits in a quarter of the memory.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="--inputs frames: the student network, a timm model or a torchvision clip model (swin3d_t, r2plus1d_18, mvit_v2_s, ...).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="--inputs frames: starting weights (a state dict or .safetensors file, or 'timm'); default random init with --seed.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="--inputs frames: start from this teacher's backbone and weights (e.g. rgb); its weights file, if any, goes in --weights and must match the sha256 it was extracted with.")] = None,
+    image_size: Annotated[int, typer.Option(help="--inputs frames: crop side the backbone reads; 0: its own input size.")] = 0,
+    crop_scale: Annotated[float, typer.Option(help="--inputs frames: smallest area share of a training crop (random resized crop inside the stored frame).")] = 0.35,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="--inputs frames: left-right flips in training; default: on for EPIC-KITCHENS, off elsewhere (SSv2's labels say left and right; a generic CSV's may). Refused on SSv2.")] = None,
+    accumulate: Annotated[int, typer.Option(help="Batches per optimiser step (gradient accumulation).")] = 1,
+    precision: Annotated[Precision, typer.Option(help="--inputs frames: bf16 autocast + channels_last, or fp32; auto: bf16 on CUDA and on CPUs with native bf16.")] = Precision.auto,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
 ) -> None:
-    """Distil a student from cached features and teacher logits."""
+    """Distil a student from cached features (a head) or cached frames (an end-to-end network) and teacher logits."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from egodistill.student.sources import split_names
-    from egodistill.student.train import TrainConfig, start_run, train
+    from egodistill.student.train import END_TO_END_LR, TrainConfig, start_run, train, world
 
+    end_to_end = bool(backbone or init_from)
     cfg = TrainConfig(cache=cache, inputs=split_names(inputs), teachers=split_names(teachers), out=out, weighting=weighting.value, tau=tau,
                       temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, steps=steps,
-                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, clip=clip, frames=frames, dim=dim,
-                      depth=depth, holdout=holdout, seed=seed, device=device.value, in_memory=in_memory)
+                      batch_size=batch_size, lr=lr if lr is not None else END_TO_END_LR if end_to_end else TrainConfig.lr,
+                      weight_decay=weight_decay, schedule=schedule.value, clip=clip, frames=frames, dim=dim,
+                      depth=depth, holdout=holdout, seed=seed, device=device.value, in_memory=in_memory,
+                      backbone=backbone, weights=weights, init_from=init_from, image_size=image_size, crop_scale=crop_scale, flip=flip,
+                      accumulate=accumulate, precision=precision.value)
     started = start_run(cfg, resume)  # every one-line error comes before the progress bar
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} segments/s"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    quiet = world()[0] > 0  # under torchrun, rank 0 alone shows progress
+    with Progress(*columns, console=console, disable=quiet) as progress:
         bar = progress.add_task("train", total=None, loss=float("nan"), rate=0.0)
 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
             progress.update(bar, completed=step, total=total, loss=loss, rate=rate)
 
-        metrics = train(cfg, resume=resume, log=progress.console.print, on_step=on_step, started_run=started)
-    if metrics:
+        metrics = train(cfg, resume=resume, log=(lambda _: None) if quiet else progress.console.print, on_step=on_step, started_run=started)
+    if metrics and not quiet:
         console.print(f"done: {metrics[-1]['step']} steps in {out}; last train loss {metrics[-1]['train_loss']:.4f}")
 
 
@@ -489,6 +550,40 @@ def evaluate_command(
     result = evaluate(EvalConfig(cache=cache, run=run, split=split, baseline=baseline, device=device.value))
     console.print(format_table(result), markup=False, highlight=False, soft_wrap=True)
     console.print(f"written: {run}/eval-{split}/ (metrics.json, table.txt, reliability.png, subsets.png)")
+
+
+class PredictFormat(str, Enum):
+    scores = "scores"
+    epic_100 = "epic-100"
+    epic_100_eval = "epic-100-eval"
+    ssv2 = "ssv2"
+
+
+@app.command("predict")
+def predict_command(
+    run: Annotated[str, typer.Option(help="Run directory written by train-student.")],
+    out: Annotated[str, typer.Option(help="File to write: .npz (scores, with a .json beside it), .json or .zip (epic-100), .pkl (epic-100-eval), .csv (ssv2).")],
+    cache: Annotated[Optional[str], typer.Option(help="A cache holding the student's input teachers: predict its --split.")] = None,
+    split: Annotated[str, typer.Option(help="Split of --cache to predict.")] = "test",
+    manifest: Annotated[Optional[list[str]], typer.Option(help="New videos instead of --cache: their manifest (repeatable); the student's inputs are extracted first.")] = None,
+    videos: Annotated[Optional[str], typer.Option(help="Folder the --manifest's videos are under.")] = None,
+    weights: Annotated[Optional[list[str]], typer.Option(help="Weights file of an input teacher extracted from a file (its sha256 must match the provenance); repeatable.")] = None,
+    work_cache: Annotated[Optional[str], typer.Option(help="Where new videos' inputs are extracted (default: <out>.cache.zarr; rerun resumes).")] = None,
+    output_format: Annotated[PredictFormat, typer.Option("--format", help="scores: .npz + strict JSON; epic-100: the challenge submission JSON; epic-100-eval: the results file of EPIC-KITCHENS-100's evaluate.py; ssv2: Something-Something v2's id;label lines.")] = PredictFormat.scores,
+    sls_pt: Annotated[int, typer.Option(help="epic-100: supervision level of pretraining (0-5, https://github.com/epic-kitchens/sls).")] = 2,
+    sls_tl: Annotated[int, typer.Option(help="epic-100: supervision level of training labels (0-5).")] = 3,
+    sls_td: Annotated[int, typer.Option(help="epic-100: supervision level of training data (0-5; 3: the training split).")] = 3,
+    device: Annotated[Device, typer.Option(help="cpu, cuda or auto.")] = Device.auto,
+    workers: Annotated[int, typer.Option(help="Extraction workers for new videos (0: in this process).")] = 0,
+) -> None:
+    """Scores of a trained student for every head and segment of a split or of new videos, as files (submission formats too)."""
+    from egodistill.student.predict import PredictConfig, predict
+
+    cfg = PredictConfig(run=run, out=out, cache=cache, split=split, manifest=list(manifest or []), videos=videos, weights=list(weights or []),
+                        work_cache=work_cache, format=output_format.value, sls=(sls_pt, sls_tl, sls_td), device=device.value, workers=workers)
+    result = predict(cfg, log=console.print)
+    console.print(f"{len(result.ids)} segments scored ({', '.join(f'{h} {v.shape[1]}' for h, v in result.scores.items())}): "
+                  + ", ".join(str(f) for f in result.files), markup=False, highlight=False, soft_wrap=True)
 
 
 # --- end of student commands --------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from egodistill.extract.modalities import MediaSource, get_modality  # noqa: E402
 from egodistill.extract.run import ExtractConfig, run_extraction  # noqa: E402
+from egodistill.cache.records import SamplingPolicy  # noqa: E402
 from egodistill.extract.sampling import sample_indices  # noqa: E402
 from egodistill.backbones import BackboneSpec, create_backbone  # noqa: E402
 from egodistill.extract.worker import embed  # noqa: E402
@@ -67,7 +68,7 @@ def forward_only(manifest: Path, videos: Path, backbone: str, frames: int, batch
     inputs = []
     for _, name, start, stop in segments_of(manifest):
         source = MediaSource(videos / name)
-        idx = sample_indices({"frames": frames}, frames, start, stop, source.video.fps, source.video.num_frames)
+        idx = sample_indices(SamplingPolicy(frames=frames), frames, start, stop, source.video.fps, source.video.num_frames)
         inputs.append(spec.make_inputs(source, idx, settings))
     x = np.concatenate(inputs)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -101,7 +102,7 @@ def common_practice(manifest: Path, videos: Path, backbone: str, frames: int, ou
             all_frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             ok, frame = cap.read()
         for seg_id, _, start, stop in segs:
-            idx = sample_indices({"frames": frames}, frames, start, stop, fps, len(all_frames))
+            idx = sample_indices(SamplingPolicy(frames=frames), frames, start, stop, fps, len(all_frames))
             h, w = settings["input_size"]
             batch = []
             for i in idx:
@@ -155,7 +156,7 @@ def breakeven(fixed_a: float, per_a: float, fixed_b: float, per_b: float) -> str
 
 
 def breakeven_figures(args, work: Path, manifest: Path, videos: Path) -> None:
-    from egodistill.extract.worker import resolve_precision
+    from egodistill.backbones import resolve_precision
 
     precision = resolve_precision(args.precision, "cpu")
     n = len(segments_of(manifest))
@@ -303,7 +304,7 @@ def main() -> None:
         fwd = forward_only(manifest, videos, args.backbone, args.frames, 64)
         wall_inproc, s0 = extract(manifest, videos, work / "inproc.zarr", args.backbone, args.frames, workers=0)
         print(f"1. overlap: extraction wall {wall_inproc:.2f} s (one process, all cores) / forward alone {fwd:.2f} s "
-              f"= {wall_inproc / fwd:.2f}  (target <= 1.25); model time inside the run {s0.forward_seconds:.2f} s")
+              f"= {wall_inproc / fwd:.2f}  (target <= 1.25); model time inside the run {s0.timings.forward:.2f} s")
 
         loop = common_practice(manifest, videos, args.backbone, args.frames, work / "npy")
         wall2, s2 = extract(manifest, videos, work / "two.zarr", args.backbone, args.frames, workers=2)

@@ -20,7 +20,8 @@ from egodistill.common import CacheError, check_plain_name
 from egodistill.cache.layout import Layout
 from egodistill.cache.lease import current_holder, describe_holder, teacher_lease
 from egodistill.cache.records import Failure, Provenance, Views
-from egodistill.cache.segments import SegmentTable, read_table, table_attrs, write_table
+from egodistill.cache.extents import ExtendedTeacher, extend_teacher, open_extended
+from egodistill.cache.segments import SegmentTable, append_table, has_table, read_table, table_attrs, write_table
 from egodistill.cache.store import ROOT_ATTR, check_schema, open_root
 from egodistill.cache.teachers import ATTR, GROUP, Teacher, create_logit_arrays, create_row_arrays, teacher_attrs
 
@@ -63,13 +64,28 @@ class Cache:
 
     @property
     def segments_info(self) -> dict:
-        """{"count", "heads", "source"} of the table, without reading its columns."""
+        """{"count", "heads", "source", "files"} of the table, without reading its columns. `files`: the manifests it
+        was read from, each {"format", "manifest", "split", "segments": [first, end]}."""
         attrs = table_attrs(self._root)
-        return {"count": attrs.get("count", 0), "heads": attrs.get("heads", {}), "source": attrs.get("source", {})}
+        count = attrs.get("count", 0)
+        files = attrs.get("files", [{**attrs["source"], "segments": [0, count]}] if "source" in attrs else [])
+        return {"count": count, "heads": attrs.get("heads", {}), "source": attrs.get("source", {}), "files": files,
+                "class_names": attrs.get("class_names", {})}
 
-    def write_segments(self, table: SegmentTable, source: dict) -> None:
-        """Write the table if the cache has none; otherwise insist it is the same segments."""
-        write_table(self._root, table, source)
+    @property
+    def has_segments(self) -> bool:
+        return has_table(self._root)
+
+    def write_segments(self, table: SegmentTable, source: dict, files: list[dict] | None = None, class_names: dict[str, list[str]] | None = None) -> None:
+        """Write the table if the cache has none; otherwise insist it is the same segments. `class_names`: head -> the
+        name of each class, where the manifests give them (SSv2's labels file, `--classes`)."""
+        write_table(self._root, table, source, files, class_names)
+        self.__dict__.pop("segments", None)
+
+    def append_segments(self, table: SegmentTable, files: list[dict]) -> None:
+        """Add segments after the stored ones (append-only: nothing stored is rewritten). Teachers hold them as
+        not extracted until `extract` gives each an extent for them (cache/extents.py)."""
+        append_table(self._root, table, files)
         self.__dict__.pop("segments", None)
 
     # --- teachers ------------------------------------------------------------------------
@@ -83,11 +99,11 @@ class Cache:
     def teachers(self) -> list[Teacher]:
         return [self.teacher(k) for k in self.teacher_keys()]
 
-    def teacher(self, key: str) -> Teacher:
+    def teacher(self, key: str) -> Teacher | ExtendedTeacher:
         try:
             group = self._root[f"{GROUP}/{key}"]
             if ATTR in group.attrs:
-                return Teacher(group, self._teacher_folder(key))
+                return open_extended(group, self._teacher_folder(key), self.segments_info["count"])
         except (KeyError, ValueError):  # ValueError: a key zarr refuses as a path, such as "../x"
             pass
         keys = self.teacher_keys()
@@ -114,6 +130,11 @@ class Cache:
         if key in teachers and ATTR in teachers[key].attrs:
             teacher = self.teacher(key)
             _refuse_other_identity(teacher, provenance)
+            if teacher.heads != dict(heads):
+                raise CacheError(f"teacher {key!r} has heads {teacher.heads}, the cache's segments table {dict(heads)}: "
+                                 "give --head a file of the table's class counts, or extract into a new --cache")
+            if extend_teacher(teachers[key], teacher, offsets):  # the table grew: an extent for its new segments
+                teacher = self.teacher(key)
             return teacher, True
         if key in teachers:  # killed while creating: nothing was written into it yet
             del teachers[key]

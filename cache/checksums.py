@@ -17,7 +17,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from egodistill.cache.segments import GROUP, has_table, table_arrays, table_attrs
+from egodistill.cache.segments import has_table, part_groups, table_arrays, table_attrs
 
 ABSENT = "absent"
 
@@ -84,7 +84,8 @@ def segment_table_keys(root: zarr.Group) -> list[str]:
     """Paths of the arrays the segments table is made of (none when the cache has no table)."""
     if not has_table(root):
         return []
-    return [f"{GROUP}/{name}" for name in table_arrays(table_attrs(root)["heads"])]
+    names = table_arrays(table_attrs(root)["heads"])
+    return [f"{group.path}/{name}" for group in part_groups(root) for name in names]
 
 
 def object_keys(root: zarr.Group, array_paths: list[str]) -> list[str]:

@@ -27,7 +27,7 @@ from egodistill.common import CacheError, atomic_write, check_plain_name, dumps,
 from egodistill.cache.layout import Layout
 from egodistill.cache.records import Provenance, TaskRecord, egodistill_version, now
 from egodistill.cache.segments import SegmentTable
-from egodistill.cache.teachers import ATTR
+from egodistill.cache.teachers import ATTR, Teacher
 
 EXPORT_ATTR = "egodistill_export"
 EXPORT_FORMAT = 1
@@ -37,6 +37,9 @@ def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike
     """Write teacher `key` of the cache at `location`, with the segments table, to the HDF5 file `out`."""
     cache = open_cache(location, mode="r", storage_options=storage_options)
     teacher = cache.teacher(key)
+    if not isinstance(teacher, Teacher):
+        raise CacheError(f"teacher {key} spans segments added to the cache after it was created (cache/extents.py): export-h5 writes "
+                         "teachers of one extent only; extract it into a cache initialised with all the manifests at once")
     table = cache.segments
     arrays = teacher._group
     out = Path(out)

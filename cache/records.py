@@ -140,3 +140,70 @@ class Views:
     frames: int
     placements: tuple[float, ...]
     logits: dict  # head -> float32 [N, V, C]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A clip backbone's windows: `frames` consecutive sampled frames, `stride` apart, each giving `steps` rows."""
+
+    frames: int
+    stride: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class SamplingPolicy:
+    """Which frames of a segment become rows: N segment-uniform frames or F per second, read one per row or in
+    clip windows; imported teachers record how their names were matched instead. Stored as `Provenance.sampling`
+    in the form `to_json` gives ({"frames": N} / {"fps": F}, with "clip": {...}; {"imported": by})."""
+
+    frames: int | None = None
+    fps: float | None = None
+    clip: Clip | None = None
+    imported: str | None = None     # imported features: "segment" or "video", what their names matched
+
+    def to_json(self) -> dict:
+        data: dict = {}
+        if self.frames is not None:
+            data["frames"] = self.frames
+        if self.fps is not None:
+            data["fps"] = self.fps
+        if self.clip is not None:
+            data["clip"] = asdict(self.clip)
+        if self.imported is not None:
+            data["imported"] = self.imported
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> SamplingPolicy:
+        clip = data.get("clip")
+        return cls(frames=data.get("frames"), fps=data.get("fps"), clip=Clip(**clip) if clip else None, imported=data.get("imported"))
+
+
+BOX_FIELDS = ("x1", "y1", "x2", "y2", "category", "score", "valid")
+
+
+@dataclass(frozen=True)
+class BoxRow:
+    """The row of a `layout` teacher: `max_boxes` slots of BOX_FIELDS, flattened (extract writes it, the layout
+    transformer reads it). Stored as `Provenance.preprocessing["row"]` so readers need not guess from the width."""
+
+    max_boxes: int
+    fields: tuple[str, ...] = BOX_FIELDS
+
+    @property
+    def width(self) -> int:
+        return self.max_boxes * len(self.fields)
+
+    def to_json(self) -> dict:
+        return {"format": "boxes", "max_boxes": self.max_boxes, "fields": list(self.fields)}
+
+    @classmethod
+    def of(cls, provenance: Provenance) -> BoxRow | None:
+        """The box row a teacher stores, or None when its rows are not boxes."""
+        row = provenance.preprocessing.get("row")
+        if isinstance(row, dict) and row.get("format") == "boxes":
+            return cls(int(row["max_boxes"]), tuple(row["fields"]))
+        # Layout teachers written before the row had a JSON form: "K x [x1, y1, ...]".
+        match = re.fullmatch(r"(\d+) x \[(.*)\]", row) if isinstance(row, str) else None
+        return cls(int(match[1]), tuple(f.strip() for f in match[2].split(","))) if match else None

@@ -11,6 +11,7 @@ import zarr
 from zarr.core.sync import sync
 
 from egodistill.cache.catalog import Cache
+from egodistill.cache.extents import ExtendedTeacher
 from egodistill.cache.checksums import ABSENT, digest, object_key, objects_along_rows, read_object, rows_digest
 from egodistill.cache.layout import Layout
 from egodistill.cache.teachers import Teacher
@@ -22,7 +23,9 @@ def verify_cache(cache: Cache, teachers: list[str] | None = None) -> dict:
     return {"ok": all(not r["damaged"] for r in reports), "teachers": reports}
 
 
-def verify_teacher(handle: Teacher) -> dict:
+def verify_teacher(handle: Teacher | ExtendedTeacher) -> dict:
+    if isinstance(handle, ExtendedTeacher):  # each extent has its own objects and records: check each, report in cache tasks
+        return _merge([(e.first_task, verify_teacher(e.teacher)) for e in handle.extents], handle.layout.tasks)
     teacher, layout = handle._group, handle.layout
     records = handle.records()
     expected: dict[str, tuple[str, int]] = {}  # object key -> (checksum, task that recorded it)
@@ -64,6 +67,18 @@ def verify_teacher(handle: Teacher) -> dict:
         "rows_checked_by_value": rows_checked,
         "damaged": damaged,
     }
+
+
+def _merge(reports: list[tuple[int, dict]], tasks: int) -> dict:
+    """One report of a teacher with extents, from each extent's (first cache task, report)."""
+    merged = {"key": reports[0][1]["key"], "tasks": tasks, "damaged": []}
+    for name in ("tasks_done", "objects_checked", "rows_checked_by_value"):
+        merged[name] = sum(r[name] for _, r in reports)
+    for name in ("tasks_incomplete", "tasks_without_checksums"):
+        merged[name] = [first + t for first, r in reports for t in r[name]]
+    merged["tasks_pending"] = tasks - merged["tasks_done"] - len(merged["tasks_incomplete"])
+    merged["damaged"] = [{**d, "task": first + d["task"]} for first, r in reports for d in r["damaged"]]
+    return merged
 
 
 def _finding(teacher: zarr.Group, array: str, key: str | None, task: int, problem: str, rows: list[int] | None = None) -> dict:

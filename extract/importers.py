@@ -2,7 +2,8 @@
 
 Every reader turns its source into `Entry`s: one `T x D` matrix per video or per segment id,
 with the time of each row (given, or from a rate), read lazily. `import_source` then matches
-entries to the cache's segments (by segment id or by video), cuts per-video rows by time
+entries to the cache's segments (by segment id or by video; a name matches by id, file stem or
+relative path, extract/names.py), cuts per-video rows by time
 (`start_sec <= t < stop_sec`), and writes a normal teacher (tasks, records, checksums, ledger):
 a segment with no rows is failed in the ledger. The rows are the source's values (stored as
 float16), and the provenance names the source, its format and its sha256 (for folders: the
@@ -36,7 +37,8 @@ import numpy as np
 from egodistill.cache.catalog import open_cache
 from egodistill.common import CacheError, check_choice, check_number, check_plain_name, file_sha256, first_line
 from egodistill.cache.layout import plan_layout
-from egodistill.cache.records import Failure, Provenance
+from egodistill.cache.records import Failure, Provenance, SamplingPolicy
+from egodistill.extract.names import match_names, mismatch_note
 
 FORMATS = ("h5", "npy", "pt", "lmdb")
 Progress = Callable[[int, int], None]
@@ -247,34 +249,39 @@ def _read_lmdb(path: str, fps, stride, window) -> Source:
 
 def import_source(path: str | os.PathLike, fmt: str, location: str | os.PathLike, modality: str, *, name: str | None = None,
                   backbone: str = "imported", by: str = "auto", fps: float | None = None, stride: int | None = None,
-                  window: int | None = None, storage_options: dict | None = None, on_progress: Progress | None = None) -> str:
-    """Add the source's features to the cache at `location` (which must hold the segments table) as a teacher; returns its key."""
+                  window: int | None = None, storage_options: dict | None = None, on_progress: Progress | None = None,
+                  log: Callable[[str], None] = print) -> str:
+    """Add the source's features to the cache at `location` (which must hold the segments table) as a teacher; returns its key.
+    `log` gets one line, before any row is written, when most segments match no name of the source."""
     check_plain_name(CacheError, "--modality", modality)
     if name is not None:
         check_plain_name(CacheError, "--name", name)
     check_choice(CacheError, "--by", by, ("auto", "segment", "video"))
     source = read_source(path, fmt, fps, stride, window)
     try:
-        return _write_teacher(source, location, modality, name, backbone, by, storage_options, on_progress)
+        return _write_teacher(source, location, modality, name, backbone, by, storage_options, on_progress, log)
     finally:
         source.close()
 
 
-def _write_teacher(source: Source, location, modality: str, name, backbone: str, by: str, storage_options, on_progress) -> str:
-
+def _write_teacher(source: Source, location, modality: str, name, backbone: str, by: str, storage_options, on_progress, log) -> str:
     cache = open_cache(location, mode="r+", storage_options=storage_options)
     table = cache.segments
     entries = source.entries
-    by = _match_by(entries, table, by, source.path)
+    by, matched = _match_by(entries, table, by, source.path)
+    column = table.ids if by == "segment" else table.videos
+    note = mismatch_note(f"name in {os.path.basename(source.path.rstrip('/'))}", entries, column, matched, map(str, column))
+    if note:
+        log(note)
     dims = {int(e.values.shape[1]) for e in entries.values()}
     if len(dims) != 1:
         raise CacheError(f"{source.path} mixes feature widths {sorted(dims)}: every matrix must be T x D with one D")
     dim = dims.pop()
-    plan, failed = _plan(entries, table, by, source.path)
+    plan, failed = _plan(entries, matched, table, by, source.path)
     described = {"file": os.path.basename(source.path.rstrip("/")), "format": source.format, "by": by, **source.timing}
     provenance = Provenance(
         modality=modality, backbone=backbone, weights=source.sha256, preprocessing={"imported": described},
-        sampling={"imported": by}, precision=str(np.dtype(getattr(next(iter(entries.values())).values, "dtype", np.float32))),
+        sampling=SamplingPolicy(imported=by).to_json(), precision=str(np.dtype(getattr(next(iter(entries.values())).values, "dtype", np.float32))),
     )
     key = cache.key_for(provenance, name)
     if key in cache.teacher_keys():
@@ -293,17 +300,17 @@ def _write_teacher(source: Source, location, modality: str, name, backbone: str,
     return key
 
 
-def _match_by(entries: dict[str, Entry], table, by: str, path) -> str:
-    ids, videos = set(map(str, table.ids)), set(map(str, table.videos))
-    names = {n: n.rsplit("/", 1)[-1] for n in entries}
-    hits = {"segment": sum(n in ids or b in ids for n, b in names.items()), "video": sum(n in videos or b in videos for n, b in names.items())}
-    asked, by = by, max(hits, key=hits.get) if by == "auto" else by
-    if hits[by] == 0:
+def _match_by(entries: dict[str, Entry], table, by: str, path) -> tuple[str, dict[str, str]]:
+    """Whether the names are segment or video ids (the one more names match, for auto), and segment id or
+    video -> entry name."""
+    matches = {"segment": match_names(entries, map(str, table.ids)), "video": match_names(entries, map(str, table.videos))}
+    asked, by = by, max(matches, key=lambda k: len(matches[k])) if by == "auto" else by
+    if not matches[by]:
         raise CacheError(
             f"no name in {path} (e.g. {', '.join(list(entries)[:3])}) is a {asked if asked != 'auto' else 'segment or video'} id of the cache "
-            f"(e.g. {', '.join(map(str, table.ids[:2]))} / {', '.join(map(str, table.videos[:2]))})"
+            f"(e.g. {', '.join(map(str, table.ids[:2]))} / {', '.join(map(str, table.videos[:2]))}) by id, file stem or relative path"
         )
-    return by
+    return by, matches[by]
 
 
 def cut_by_time(times: np.ndarray, start: float, stop: float) -> tuple[int, int]:
@@ -313,19 +320,16 @@ def cut_by_time(times: np.ndarray, start: float, stop: float) -> tuple[int, int]
     return a, max(a, b)
 
 
-def _plan(entries: dict[str, Entry], table, by: str, path) -> tuple[list[tuple[range, tuple]], list[Failure]]:
+def _plan(entries: dict[str, Entry], matched: dict[str, str], table, by: str, path) -> tuple[list[tuple[range, tuple]], list[Failure]]:
     """Per segment: its rows of the entry and their times; ledger entries for segments with none."""
     plan, failed = [], []
     video_times: dict[str, np.ndarray] = {}
-    by_base = {}  # e.g. "P01/P01_11" for video P01_11
-    for name, entry in entries.items():
-        by_base.setdefault(name.rsplit("/", 1)[-1], entry)
     source = os.path.basename(str(path).rstrip("/"))
     for i in range(len(table)):
         sid, video = str(table.ids[i]), str(table.videos[i])
         start, stop = float(table.start_sec[i]), float(table.stop_sec[i])
-        wanted = sid if by == "segment" else video
-        entry = entries.get(wanted) or by_base.get(wanted)
+        wanted = matched.get(sid if by == "segment" else video)
+        entry = entries[wanted] if wanted is not None else None
         if entry is None:
             plan.append((range(0), (None, None)))
             failed.append(Failure(i, sid, video, f"not in {source}"))

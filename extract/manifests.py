@@ -1,8 +1,13 @@
-"""Read a dataset's annotation file (EPIC-KITCHENS-100, Something-Something v2, generic CSV) into one Manifest.
+"""Read a dataset's annotation files (EPIC-KITCHENS-100, Something-Something v2, generic CSV) into Manifests.
 
 The format is recognised by content, never by file name, so a renamed file still reads. Every
 error is a ManifestError with one line that names the file (and `path:LINE` for a bad row) and
 says what to do.
+
+A cache holds a dataset as released: one Manifest per file (each with the split its name says), in
+the order they were added; segment ids are unique across them. `add_manifests` appends the files a
+cache does not hold yet to its segments table, and `cache_manifests` gives every file a cache holds
+or will hold, so `extract` plans over all of them.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from egodistill.common import ManifestError
+from egodistill.common import CacheError, ManifestError
 
 EPIC_HEADS = {"verb": 97, "noun": 300}
 SSV2_HEAD = "action"
@@ -49,11 +54,19 @@ class Manifest:
     format: str  # "epic100" | "ssv2" | "generic"
     segments: list[Segment]
     heads: dict[str, int]  # head name -> number of classes, in a stable order
+    inferred: frozenset[str] = frozenset()  # heads whose count is only the largest label + 1 (a generic CSV that declares none)
+    class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # head -> name of each class, where the file or --classes gives them
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read an EPIC-KITCHENS-100 CSV, an SSv2 JSON list or a generic CSV, whichever the file holds."""
-    file = Path(path)
+def read_manifest(path: str | os.PathLike, classes: dict[str, Sequence[str]] | None = None) -> Manifest:
+    """Read an EPIC-KITCHENS-100 CSV, an SSv2 JSON list or a generic CSV, whichever the file holds.
+
+    `classes` (head -> class names, e.g. from `read_classes`) names and sizes the file's heads of those names."""
+    manifest = _read_any(Path(path))
+    return _with_classes(manifest, classes) if classes else manifest
+
+
+def _read_any(file: Path) -> Manifest:
     text = _read_text(file)
     if not text.strip():
         raise ManifestError(f"manifest {file} is empty: give a file with a header and at least one segment")
@@ -79,33 +92,222 @@ def resolve_videos(manifest: Manifest, videos_root: str | os.PathLike) -> dict[s
     return {video: finder.find(video) for video in dict.fromkeys(s.video for s in manifest.segments)}
 
 
-def segment_table(manifest: Manifest):
-    """The manifest as the cache's segments table (cache order = manifest order)."""
+def segment_table(manifest: Manifest, heads: dict[str, int] | None = None):
+    """The manifest as the cache's segments table (cache order = manifest order); with `heads`, labelled for
+    those heads (-1 where the manifest has none of a head)."""
     import numpy as np
 
     from egodistill.cache.segments import SegmentTable
 
     segs = manifest.segments
+    heads = dict(manifest.heads) if heads is None else dict(heads)
     return SegmentTable(
         ids=np.array([s.id for s in segs], dtype=object),
         videos=np.array([s.video for s in segs], dtype=object),
         start_sec=np.array([s.start_sec for s in segs], dtype=np.float64),
         stop_sec=np.array([s.stop_sec for s in segs], dtype=np.float64),
         split=np.array([s.split for s in segs], dtype=object),
-        labels={h: np.array([s.labels.get(h, -1) for s in segs], dtype=np.int32) for h in manifest.heads},
-        heads=dict(manifest.heads),
+        labels={h: np.array([s.labels.get(h, -1) for s in segs], dtype=np.int32) for h in heads},
+        heads=heads,
     )
 
 
-def init_cache(manifest_path: str | os.PathLike, location: str, storage_options: dict | None = None) -> Manifest:
-    """`cache init`: write the manifest's segments table alone into the cache at `location` (created if absent;
-    an existing table must be the same segments). Features can then be imported without any video."""
+def read_manifests(paths: Sequence[str | os.PathLike], classes: dict[str, Sequence[str]] | None = None) -> list[Manifest]:
+    """Every file, each with its own split; a segment id in two files is one line naming both."""
+    if not paths:
+        raise ManifestError("no manifest given: pass --manifest FILE (repeat it for each file of a dataset)")
+    manifests, seen = [], {}
+    for path in dict.fromkeys(str(p) for p in paths):  # the same file twice is the same segments
+        manifest = read_manifest(path)
+        for s in manifest.segments:
+            if s.id in seen:
+                raise ManifestError(f"segment id '{s.id}' is in both {seen[s.id]} and {manifest.path}: give every segment of a cache its own id")
+            seen[s.id] = manifest.path
+        manifests.append(manifest)
+    if classes:
+        unknown = sorted(set(classes) - {h for m in manifests for h in m.heads})
+        if unknown:
+            raise ManifestError(f"--classes names head(s) {', '.join(unknown)} that no manifest has (they have: "
+                                f"{', '.join(sorted({h for m in manifests for h in m.heads})) or 'none'}): name a label:<head> column")
+        manifests = [_with_classes(m, classes) for m in manifests]
+    return manifests
+
+
+def read_classes(spec: str) -> tuple[str, list[str]]:
+    """`HEAD=FILE` of `--classes`: the head and its class names in index order, read from FILE: one class name a
+    line, EPIC-KITCHENS-100's classes CSV (id,key,...: the `key` column), or SSv2's labels JSON ({name: index})."""
+    head, sep, name = spec.partition("=")
+    if not sep or not head.strip() or not name.strip():
+        raise ManifestError(f"--classes {spec!r} is not HEAD=FILE: write e.g. --classes verb=EPIC_100_verb_classes.csv")
+    file = Path(name.strip())
+    text = _read_text(file)
+    if text.lstrip().startswith("{"):
+        try:
+            names = list(_ssv2_classes(file))
+        except ManifestError as err:
+            raise ManifestError(f"classes file {file}: {err}") from None
+    else:
+        lines = [line for line in text.splitlines() if line.strip()]
+        header = [c.strip() for c in next(csv.reader([lines[0]]))] if lines else []
+        if {"id", "key"} <= set(header):
+            rows = [dict(zip(header, cells)) for cells in csv.reader(lines[1:])]
+            names = [r["key"] for r in sorted(rows, key=lambda r: int(r["id"]) if r["id"].strip().isdigit() else -1)]
+        else:
+            names = [line.strip() for line in lines]
+    if not names:
+        raise ManifestError(f"classes file {file} names no class: give one class name a line")
+    return head.strip(), names
+
+
+def _with_classes(manifest: Manifest, classes: dict[str, Sequence[str]]) -> Manifest:
+    heads, inferred, names = dict(manifest.heads), set(manifest.inferred), dict(manifest.class_names)
+    for head, given in classes.items():
+        if head not in heads:
+            continue
+        count = len(given)
+        if head not in inferred and heads[head] != count:
+            raise ManifestError(f"manifest {manifest.path} declares {heads[head]} classes for head {head}, --classes {count}: make them agree")
+        top = max((s.labels.get(head, -1) for s in manifest.segments), default=-1)
+        if top >= count:
+            raise ManifestError(f"manifest {manifest.path}: label:{head} {top} is out of range (--classes gives {count} classes): fix the labels or the classes file")
+        heads[head], names[head] = count, tuple(given)
+        inferred.discard(head)
+    return replace(manifest, heads=heads, inferred=frozenset(inferred), class_names=names)
+
+
+def cache_heads(manifests: Sequence[Manifest], stored: dict[str, int] | None = None) -> dict[str, int]:
+    """The heads of a cache holding these files: declared counts must agree and inferred ones (largest label + 1)
+    fit under them. Files added to a stored table bring no new head and no other count (teachers' logits are sized by it)."""
+    heads = dict(stored or {})
+    order = list(dict.fromkeys(h for m in manifests for h in m.heads))
+    for head in order:
+        declared = {m.heads[head]: m for m in manifests if head in m.heads and head not in m.inferred}
+        inferred = [(m.heads[head], m) for m in manifests if head in m.inferred]
+        if stored is not None and head not in stored:
+            m = next(m for m in manifests if head in m.heads)
+            raise ManifestError(f"manifest {m.path} has head {head}, which the cache's segments table lacks (it has: "
+                                f"{', '.join(stored) or 'none'}): a cache's heads are set by its first manifests; use a new --cache")
+        if stored is not None:
+            declared.setdefault(stored[head], None)
+        if len(declared) > 1:
+            (c1, m1), (c2, m2) = list(declared.items())[:2]
+            where = " and ".join(f"{m.path} {c}" if m else f"the cache {c}" for c, m in ((c1, m1), (c2, m2)))
+            raise ManifestError(f"head {head} has different class counts ({where}): declare one count for every file "
+                                f"(a header label:{head}:N, or --classes {head}=FILE)")
+        count = next(iter(declared)) if declared else max(c for c, _ in inferred)
+        too_many = [(c, m) for c, m in inferred if c > count]
+        if too_many:
+            c, m = too_many[0]
+            raise ManifestError(f"manifest {m.path}: head {head} has {c} classes, the cache {count}: declare one count for "
+                                f"every file (a header label:{head}:N, or --classes {head}=FILE)")
+        heads[head] = count
+    return heads
+
+
+def cache_manifests(location: str, manifests: Sequence[Manifest], storage_options: dict | None = None) -> tuple[list[Manifest], list[Manifest], dict[str, int]]:
+    """(every file the cache will hold, in cache order; those of `manifests` it does not hold yet; its heads),
+    reading the cache without writing (a missing cache holds nothing yet)."""
+    from egodistill.cache.catalog import open_cache
+    from egodistill.cache.store import is_url
+
+    if not is_url(location) and not Path(location, "zarr.json").exists():
+        return list(manifests), list(manifests), cache_heads(manifests)
+    try:
+        target = open_cache(location, mode="r", storage_options=storage_options)
+    except CacheError:
+        if not is_url(location):
+            raise
+        # A remote cache that is not there yet holds nothing; were it unreadable, the write reports why.
+        return list(manifests), list(manifests), cache_heads(manifests)
+    if not target.has_segments:
+        return list(manifests), list(manifests), cache_heads(manifests)
+    return _partition(target, manifests)
+
+
+def _held(manifest: Manifest, index: dict[str, tuple[int, Manifest]]) -> bool:
+    """Whether the cache holds this file already (every id, in one file, in order); a partial overlap is refused."""
+    hits = [index.get(s.id) for s in manifest.segments]
+    found = [h for h in hits if h is not None]
+    if not found:
+        return False
+    first = next(s for s, h in zip(manifest.segments, hits) if h is not None)
+    other = index[first.id][1]
+    whole = len(found) == len(hits) and all(m is other for _, m in found) and [i for i, _ in found] == list(range(found[0][0], found[0][0] + len(found)))
+    if not whole or len(other.segments) != len(found):
+        raise ManifestError(f"segment id '{first.id}' of {manifest.path} is already in the cache, from {other.path}: a manifest is added "
+                            "whole and once; put new segments in a file of their own")
+    return True
+
+
+def stored_manifests(target) -> list[Manifest]:
+    """The files a cache's segments table was read from, rebuilt from the table (one Manifest per file)."""
+    table = target.segments
+    info = target.segments_info
+    out = []
+    for entry in info["files"]:
+        a, b = entry["segments"]
+        segments = [Segment(str(table.ids[i]), str(table.videos[i]), float(table.start_sec[i]), float(table.stop_sec[i]), str(table.split[i]),
+                            {h: int(v[i]) for h, v in table.labels.items()}) for i in range(a, b)]
+        out.append(Manifest(path=str(entry.get("manifest", "")), format=str(entry.get("format", "generic")), segments=segments, heads=dict(table.heads)))
+    return out
+
+
+def add_manifests(target, manifests: Sequence[Manifest]) -> list[Manifest]:
+    """Write the files the cache does not hold yet into its segments table (append-only); returns them."""
+    if not target.has_segments:
+        heads = cache_heads(manifests)
+        whole = combine(manifests, heads)
+        names = {h: list(n) for m in reversed(manifests) for h, n in m.class_names.items() if len(n) == heads.get(h)}
+        target.write_segments(segment_table(whole, heads), _source(manifests[0]), _files(manifests, 0), names)
+        return list(manifests)
+    _, new, heads = _partition(target, manifests)
+    if new:
+        start = int(target.segments_info["count"])
+        target.append_segments(segment_table(combine(new, heads), heads), _files(new, start))
+    return new
+
+
+def _partition(target, manifests: Sequence[Manifest]) -> tuple[list[Manifest], list[Manifest], dict[str, int]]:
+    """(stored files + new ones, the new ones, the stored heads); new files are checked against the stored heads."""
+    stored = stored_manifests(target)
+    heads = {h: int(c) for h, c in target.segments_info["heads"].items()}
+    index = {s.id: (i, m) for m in stored for i, s in enumerate(m.segments)}
+    new = [m for m in manifests if not _held(m, index)]
+    cache_heads(new, heads)
+    return stored + new, new, heads
+
+
+def combine(manifests: Sequence[Manifest], heads: dict[str, int] | None = None) -> Manifest:
+    """The files as one Manifest, in order (what `extract` plans over); format "mixed" when they differ."""
+    formats = {m.format for m in manifests}
+    return Manifest(path=", ".join(m.path for m in manifests), format=formats.pop() if len(formats) == 1 else "mixed",
+                    segments=[s for m in manifests for s in m.segments], heads=dict(heads if heads is not None else cache_heads(manifests)))
+
+
+def _source(manifest: Manifest) -> dict:
+    return {"format": manifest.format, "manifest": str(manifest.path)}
+
+
+def _files(manifests: Sequence[Manifest], start: int) -> list[dict]:
+    files = []
+    for m in manifests:
+        split = sorted({s.split for s in m.segments})
+        files.append({**_source(m), "split": split[0] if len(split) == 1 else split, "segments": [start, start + len(m.segments)]})
+        start += len(m.segments)
+    return files
+
+
+def init_cache(manifest_paths: Sequence[str | os.PathLike], location: str, classes: dict[str, Sequence[str]] | None = None,
+               storage_options: dict | None = None) -> tuple[list[Manifest], int]:
+    """`cache init`: write the manifests' segments table alone into the cache at `location` (created if absent).
+    Files the cache holds already are checked and skipped; new ones are appended. Features can then be imported
+    without any video. Returns (the files added, the cache's segment count)."""
     from egodistill.cache.catalog import open_cache
 
-    manifest = read_manifest(manifest_path)
+    manifests = read_manifests(manifest_paths, classes)
     target = open_cache(location, mode="a", storage_options=storage_options)
-    target.write_segments(segment_table(manifest), {"format": manifest.format, "manifest": str(manifest.path)})
-    return manifest
+    added = add_manifests(target, manifests)
+    return added, int(target.segments_info["count"])
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -189,6 +391,7 @@ def _read_epic(file: Path, header: list[str], rows: Iterator[tuple[int, list[str
 def _read_generic(file: Path, header: list[str], rows: Iterator[tuple[int, list[str]]]) -> Manifest:
     col = {name: i for i, name in enumerate(header)}
     label_cols = _label_columns(file, header)
+    declared = {head: count for head, (_, count) in label_cols.items() if count is not None}
     segments: list[Segment] = []
     seen: dict[str, int] = {}
     for line, cells in rows:
@@ -204,27 +407,34 @@ def _read_generic(file: Path, header: list[str], rows: Iterator[tuple[int, list[
         split = cells[col["split"]].strip()
         if not split:
             raise ManifestError(f"{where}: split is empty: write train, val, test or another name")
-        labels = {head: _class_index(where, f"{LABEL_PREFIX}{head}", cells[i], None) for head, i in label_cols.items()}
+        labels = {head: _class_index(where, f"{LABEL_PREFIX}{head}", cells[i], declared.get(head)) for head, (i, _) in label_cols.items()}
         segments.append(Segment(segment_id, video, start, stop, split, labels))
-    heads = {head: max([1] + [s.labels[head] + 1 for s in segments]) for head in label_cols}
-    return _manifest(file, "generic", segments, heads)
+    heads = {head: declared.get(head) or max([1] + [s.labels[head] + 1 for s in segments]) for head in label_cols}
+    manifest = _manifest(file, "generic", segments, heads)
+    return replace(manifest, inferred=frozenset(h for h in heads if h not in declared))
 
 
-def _label_columns(file: Path, header: list[str]) -> dict[str, int]:
-    """label:<head> columns -> their index, in header order; any other unknown column is refused."""
-    label_cols: dict[str, int] = {}
+def _label_columns(file: Path, header: list[str]) -> dict[str, tuple[int, int | None]]:
+    """label:<head>[:<classes>] columns -> (their index, the declared number of classes or None), in header order;
+    any other unknown column is refused."""
+    label_cols: dict[str, tuple[int, int | None]] = {}
     for i, name in enumerate(header):
         if header.index(name) != i:
             raise ManifestError(f"{file}: header column '{name}' appears twice: keep one")
         if name in GENERIC_COLUMNS:
             continue
-        head = name[len(LABEL_PREFIX):].strip() if name.startswith(LABEL_PREFIX) else ""
+        head, _, count = (name[len(LABEL_PREFIX):] if name.startswith(LABEL_PREFIX) else "").partition(":")
+        head, count = head.strip(), count.strip()
         if not head:
             raise ManifestError(
                 f"{file}: header column '{name}' is not understood: a generic CSV has "
-                f"{','.join(GENERIC_COLUMNS)} and label:<head> columns; rename or remove it"
+                f"{','.join(GENERIC_COLUMNS)} and label:<head> or label:<head>:<classes> columns; rename or remove it"
             )
-        label_cols[head] = i
+        if count and not (count.isascii() and count.isdigit() and int(count) > 0):
+            raise ManifestError(f"{file}: header column '{name}' declares '{count}' classes: write a positive integer, e.g. label:{head}:97")
+        if head in label_cols:
+            raise ManifestError(f"{file}: head '{head}' has two label columns: keep one")
+        label_cols[head] = (i, int(count) if count else None)
     return label_cols
 
 
@@ -254,7 +464,8 @@ def _read_ssv2(file: Path, text: str) -> Manifest:
         if label is None:
             raise ManifestError(f"{where} (id {segment_id}): template '{template}' is not in {labels_file}: use the labels file of the same SSv2 release")
         segments.append(Segment(segment_id, segment_id, 0.0, math.nan, split, {SSV2_HEAD: label}))
-    return _manifest(file, "ssv2", segments, {SSV2_HEAD: len(classes)})
+    manifest = _manifest(file, "ssv2", segments, {SSV2_HEAD: len(classes)})
+    return replace(manifest, class_names={SSV2_HEAD: tuple(sorted(classes, key=classes.get))})
 
 
 def _labels_beside(file: Path) -> Path:

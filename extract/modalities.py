@@ -4,24 +4,30 @@ Each entry names its default backbone, its own options (`--flow`, `--flow-stack`
 command line takes them from here), its input channels and the preprocessing settings it derives
 from the options and the backbone's data config (timm's, or a torchvision video preset's). Those settings are both what `make_inputs` uses
 and what the cache stores as provenance, so the two cannot drift apart. Adding a modality is one
-`register_modality` call in this file. A modality with `has_model=False` (frames) runs through the
-same driver, but its `make_inputs` output is written as the rows themselves (uint8 frames).
+`register_modality` call in this file. Every modality runs through the one driver (extract/run.py,
+extract/worker.py `run_task`), which asks it for each task's rows (extract/tasks.py `TaskRows`):
+by default from decoded video through the backbone; with `has_model=False` (frames) its `make_inputs`
+output is written as the rows themselves (uint8 frames); with `rows` (layout) from a source of its own.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from egodistill.common import ExtractError, MediaError, file_sha256
 from egodistill.extract.decode import Video, open_video, read_audio_track
+
+if TYPE_CHECKING:
+    from egodistill.extract.tasks import TaskRows
+    from egodistill.extract.worker import SegmentJob, TaskSpec
 
 FLOW_BOUND_PX = 20.0  # EPIC's released flow: clipped to +-20 px and scaled to [-1, 1]
 AUDIO_RATE = 24000
@@ -75,8 +81,12 @@ class Modality:
     settings: Callable[[dict, dict], dict]            # (options, timm data config) -> preprocessing
     make_inputs: Callable[[MediaSource, np.ndarray, dict], np.ndarray]  # -> float32 [T, C, H, W]; without a model: the rows
     options: tuple[Option, ...] = ()
-    run: Callable | None = None  # a modality without a model (layout) writes its own rows: (cfg, plan, on_progress, log) -> Summary
-    has_model: bool = True  # False (frames): no backbone is built or run; make_inputs gives uint8 [T, H, W, 3] rows to store
+    has_model: bool = True  # False: no backbone is built or run; the rows are make_inputs' uint8 [T, H, W, 3] frames, or `rows`'
+    row_shape: Callable[[dict], tuple[int, ...]] | None = None  # without a model: settings -> one row's shape, (D,) or (H, W, 3)
+    # Rows from a source of the modality's own instead of decoded video (layout: the box file), and the video
+    # names in that source, matched to the manifest's by extract/names.py (each job's `name`).
+    rows: Callable[[TaskSpec, list[SegmentJob], str], TaskRows] | None = None
+    names: Callable[[dict, dict], Iterable[str]] | None = None  # (options, settings) -> the source's video names
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Every option of this modality, the given ones checked, the others at their defaults."""
@@ -107,10 +117,6 @@ def get_modality(name: str) -> Modality:
     if name not in _REGISTRY:
         raise ExtractError(f"--modality {name!r} is unknown: choose one of {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
-
-
-def modality_names() -> list[str]:
-    return sorted(_REGISTRY)
 
 
 def options_help() -> str:
@@ -256,7 +262,7 @@ def _frames_settings(options: dict, data_cfg: dict) -> dict:
             "dtype": "uint8", "channels": "RGB"}
 
 
-register_modality(Modality("frames", "none", lambda o: 3, _frames_settings, _rgb_frames, has_model=False, options=(
+register_modality(Modality("frames", "none", lambda o: 3, _frames_settings, _rgb_frames, has_model=False, row_shape=lambda s: (*s["input_size"], 3), options=(
     Option("frame_size", DEFAULT_FRAME_SIZE, "stored frames are S x S: short side resized to S (area when shrinking, bilinear when enlarging), "
            "centre-cropped square; keep S above the student's crop (112 -> 128) for random crops", _at_least_one),
 )))
@@ -406,21 +412,24 @@ register_modality(Modality("audio", "resnet18", lambda o: 1, _audio_settings, _a
 )))
 
 
-# --- layout (boxes, no model: extract/layout.py) ---------------------------------------
+# --- layout (boxes, no model: extract/boxes.py) ----------------------------------------
 
-def _layout_unused(*_args):
-    raise ExtractError("--modality layout runs no model: its rows come from --boxes")
+def _layout_inputs(*_args):
+    raise ExtractError("--modality layout decodes no video: its rows come from --boxes")
 
 
 def _register_layout() -> None:
-    from egodistill.extract import layout
+    from egodistill.extract import boxes
 
-    register_modality(Modality("layout", "none", lambda o: 0, _layout_unused, _layout_unused, run=layout.run_layout, options=(
-        Option("boxes", None, "box annotations: Something-Else JSON or a CSV video,time_sec|frame,x1,y1,x2,y2,category[,score]"),
-        Option("max_boxes", layout.DEFAULT_MAX_BOXES, "boxes per frame (K); fewer are padded", _at_least_one),
-        Option("box_fps", layout.SOMETHING_ELSE_FPS, "rate of the box file's 1-based frame numbers (Something-Else: 12)", _positive),
-        Option("frame_size", None, "WIDTHxHEIGHT dividing the coordinates (default: the box file's width/height, else the video's header)", layout.parse_frame_size),
-    )))
+    register_modality(Modality(
+        "layout", "boxes", lambda o: 0, lambda options, _: boxes.layout_settings(options), _layout_inputs, has_model=False,
+        row_shape=boxes.box_row_shape, rows=boxes.box_rows, names=boxes.box_names, options=(
+            Option("boxes", None, "box annotations: Something-Else JSON or a CSV video,time_sec|frame,x1,y1,x2,y2,category[,score]"),
+            Option("max_boxes", boxes.DEFAULT_MAX_BOXES, "boxes per frame (K); fewer are padded", _at_least_one),
+            Option("box_fps", boxes.SOMETHING_ELSE_FPS, "rate of the box file's 1-based frame numbers (Something-Else: 12)", _positive),
+            Option("frame_size", None, "WIDTHxHEIGHT dividing the coordinates (default: the box file's width/height, else the video's header)", boxes.parse_frame_size),
+        ),
+    ))
 
 
 _register_layout()

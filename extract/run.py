@@ -1,4 +1,6 @@
-"""The extraction driver: plan the rows, create or resume the teacher, run tasks on Dask, summarise."""
+"""The extraction driver, one for every modality: plan the rows, create or resume the teacher under its lease,
+run the tasks not recorded yet (or failed ones, with --retry-failed) on Dask or here, summarise from the ledger.
+What a modality contributes is its settings, its row shape and each task's rows (extract/tasks.py)."""
 
 from __future__ import annotations
 
@@ -13,19 +15,22 @@ from pathlib import Path
 import numpy as np
 
 from egodistill import cache
+from egodistill.cache.records import SamplingPolicy
 from egodistill.common import EgodistillError, ExtractError, check_number, check_plain_name, first_line, pick_device
-from egodistill.backbones import BackboneSpec, clip_backbone_names, clip_output, clip_preset, create_backbone, head_id, is_clip_backbone, weights_id
-from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos, segment_table
-from egodistill.extract.modalities import get_modality
+from egodistill.backbones import BackboneSpec, backbone_family, clip_backbone_names, create_backbone, head_id, resolve_precision, weights_id
+from egodistill.extract.manifests import Manifest, add_manifests, cache_manifests, combine, read_manifests, resolve_videos
+from egodistill.extract.modalities import Modality, get_modality
+from egodistill.extract.names import match_names, mismatch_note
 from egodistill.extract.sampling import clip_policy, frames_for, rows_from_frames, sampling_policy
-from egodistill.extract.worker import SegmentJob, TaskSpec, Timings, resolve_precision, run_task
+from egodistill.extract.tasks import TaskResult, Timings
+from egodistill.extract.worker import SegmentJob, TaskSpec, run_task
 
 
 @dataclass
 class ExtractConfig:
     """Every setting of one `egodistill extract` run; the CLI fills it in."""
 
-    manifest: str
+    manifest: str | list[str]  # one file, or each file of a dataset as released (train, validation, test), each its own split
     videos: str
     cache: str
     modality: str = "rgb"
@@ -47,19 +52,24 @@ class ExtractConfig:
     seed: int = 0
     segments_per_task: int | None = None
     retry_failed: bool = False
-    dry_run: bool = False
     storage_options: dict = field(default_factory=dict)
+    classes: dict[str, list[str]] = field(default_factory=dict)  # head -> class names (`--classes HEAD=FILE`)
+
+    @property
+    def manifests(self) -> list[str]:
+        return [self.manifest] if isinstance(self.manifest, str) else list(self.manifest)
 
 
 @dataclass
 class Plan:
-    manifest: Manifest
+    manifest: Manifest  # every segment of the cache once this run wrote the new files: the stored files, then `added`
     video_paths: dict[str, Path | None]
-    policy: dict
+    policy: SamplingPolicy
     rows_per_segment: np.ndarray
     offsets: np.ndarray
     layout: cache.Layout
     frames_per_segment: np.ndarray | None = None  # sampled frames (differs from rows for clip backbones)
+    added: list[Manifest] = field(default_factory=list)  # the files given that the cache does not hold yet
 
     @property
     def missing_videos(self) -> list[str]:
@@ -75,7 +85,6 @@ class Summary:
     failed: int = 0
     rows: int = 0
     seconds: float = 0.0
-    forward_seconds: float = 0.0
     working: tuple[float, float] | None = None  # first task start to last task end, models loaded
     timings: Timings = field(default_factory=Timings)  # decode, preprocess, forward, write, wait (model idle) over all tasks
     mode: str = ""  # how the tasks ran: "in process", "local Dask, N workers" or "Dask at ADDRESS"
@@ -105,29 +114,42 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
     """Read the manifest, find the videos and lay out rows; decodes nothing unless --fps needs durations."""
     check_options(cfg)
     policy = _sampling(cfg)
-    manifest = read_manifest(cfg.manifest)
-    video_paths = resolve_videos(manifest, cfg.videos)
+    files, added, heads = cache_manifests(cfg.cache, read_manifests(cfg.manifests, cfg.classes), cfg.storage_options)
+    manifest = combine(files, heads)
+    video_paths: dict[str, Path | None] = {}
+    for file in files:  # each file's videos are found the way its format names them
+        video_paths.update({v: p for v, p in resolve_videos(file, cfg.videos).items() if video_paths.get(v) is None})
     frames = np.array([_planned_frames(policy, s, video_paths.get(s.video)) for s in manifest.segments], dtype=np.int64)
     rows = np.array([rows_from_frames(policy, int(n)) for n in frames], dtype=np.int64)
     offsets, layout = cache.plan_layout(rows, cfg.segments_per_task)
-    return Plan(manifest, video_paths, policy, rows, offsets, layout, frames)
+    return Plan(manifest, video_paths, policy, rows, offsets, layout, frames, added)
 
 
-def _sampling(cfg: ExtractConfig) -> dict:
+def write_plan_segments(target: cache.Cache, cfg: ExtractConfig, plan: Plan) -> None:
+    """Append the plan's new files to the cache's segments table; the table must then be the plan's segments."""
+    add_manifests(target, read_manifests(cfg.manifests, cfg.classes))
+    if target.segments_info["count"] != len(plan.manifest.segments):
+        raise ExtractError(f"the segments table of {cfg.cache} changed while this run was planned ({target.segments_info['count']} segments, "
+                           f"the plan {len(plan.manifest.segments)}): run the command again")
+
+
+def _sampling(cfg: ExtractConfig) -> SamplingPolicy:
     """The sampling policy; for a clip backbone with its windows: the --clip-frames/--clip-stride given, else
     the --frames as one clip, else the clip length of the model's weights preset."""
-    backbone = cfg.backbone or get_modality(cfg.modality).default_backbone
-    if not is_clip_backbone(backbone):
+    modality = get_modality(cfg.modality)
+    backbone = cfg.backbone or modality.default_backbone
+    family = backbone_family(backbone) if modality.has_model else None  # frames run no model
+    if family is None or not family.takes_clips:
         if cfg.clip_frames is not None or cfg.clip_stride is not None:
             raise ExtractError(f"--clip-frames/--clip-stride need a clip backbone ({', '.join(clip_backbone_names())}); {backbone} reads single frames")
         return sampling_policy(cfg.frames, cfg.fps)
-    preset_frames = clip_preset(backbone)["clip_frames"]
+    preset_frames = family.preset(backbone, 3)["clip_frames"]  # the clip length does not depend on the channels
     given = cfg.frames is not None or cfg.fps is not None
     policy = sampling_policy(cfg.frames if given else (cfg.clip_frames or preset_frames), cfg.fps)
-    clip_frames = cfg.clip_frames or policy.get("frames", preset_frames)
+    clip_frames = cfg.clip_frames or (policy.frames if policy.frames is not None else preset_frames)
     if clip_frames < 1:
         raise ExtractError(f"--clip-frames must be at least 1, got {clip_frames}")
-    steps, _ = clip_output(backbone, clip_frames)
+    steps = family.output_steps(backbone, clip_frames)
     return clip_policy(policy, clip_frames, clip_frames if cfg.clip_stride is None else cfg.clip_stride, steps)
 
 
@@ -138,7 +160,7 @@ def check_options(cfg: ExtractConfig) -> None:
     if not modality.has_model:
         given = [flag for flag, value in (("--backbone", cfg.backbone), ("--weights", cfg.weights), ("--head", cfg.head)) if value is not None]
         if given:
-            raise ExtractError(f"{'/'.join(given)}: --modality {cfg.modality} runs no model (it stores the sampled frames): drop {'them' if len(given) > 1 else 'it'}")
+            raise ExtractError(f"{'/'.join(given)}: --modality {cfg.modality} runs no model: drop {'them' if len(given) > 1 else 'it'}")
     check_number(ExtractError, "--batch-size", cfg.batch_size, at_least=1)
     check_number(ExtractError, "--segments-per-task", cfg.segments_per_task, at_least=1)
     check_number(ExtractError, "--workers", cfg.workers, at_least=0)
@@ -148,8 +170,8 @@ def check_options(cfg: ExtractConfig) -> None:
         raise ExtractError(f"videos folder {cfg.videos} {'is not a folder' if Path(cfg.videos).exists() else 'not found'}: check the --videos path")
 
 
-def _planned_frames(policy: dict, segment, path: Path | None) -> int:
-    if "frames" in policy or math.isfinite(segment.stop_sec):
+def _planned_frames(policy: SamplingPolicy, segment, path: Path | None) -> int:
+    if policy.frames is not None or math.isfinite(segment.stop_sec):
         return frames_for(policy, segment.start_sec, segment.stop_sec)
     # A whole-video segment at a fixed rate: its length is the video's.
     from egodistill.extract.decode import open_video
@@ -163,13 +185,14 @@ def _planned_frames(policy: dict, segment, path: Path | None) -> int:
         return 1  # the worker will fail it again and write the reason to the ledger
 
 
-def teacher_provenance(cfg: ExtractConfig, spec: BackboneSpec, settings: dict, policy: dict, precision: str | None) -> cache.Provenance:
-    """What the teacher's rows depend on; a modality without a model (frames) has no weights, head or precision."""
+def teacher_provenance(cfg: ExtractConfig, spec: BackboneSpec, settings: dict, policy: SamplingPolicy, precision: str | None) -> cache.Provenance:
+    """What the teacher's rows depend on; a modality without a model (frames, layout) has no weights, head or
+    precision (layout's settings hold its box file's sha256)."""
     if not get_modality(cfg.modality).has_model:
-        return cache.Provenance(modality=cfg.modality, backbone=spec.backbone, in_chans=spec.in_chans, preprocessing=settings, sampling=policy)
+        return cache.Provenance(modality=cfg.modality, backbone=spec.backbone, in_chans=spec.in_chans, preprocessing=settings, sampling=policy.to_json())
     return cache.Provenance(
         modality=cfg.modality, backbone=spec.backbone, weights=weights_id(spec), head=head_id(spec), in_chans=spec.in_chans,
-        preprocessing=settings, sampling=policy, precision=precision,
+        preprocessing=settings, sampling=policy.to_json(), precision=precision,
     )
 
 
@@ -178,8 +201,6 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     started = time.perf_counter()
     plan = plan or plan_extraction(cfg)
     modality = get_modality(cfg.modality)
-    if modality.run is not None:  # a modality without a model (layout) writes its own rows
-        return modality.run(cfg, plan, on_progress, log)
     options = modality.resolve_options(cfg.options)
     spec = BackboneSpec(backbone=cfg.backbone or modality.default_backbone, in_chans=modality.in_chans(options), weights=cfg.weights, head=cfg.head, seed=cfg.seed)
     heads = plan.manifest.heads
@@ -189,18 +210,20 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
         device = str(pick_device(cfg.device))
         precision: str | None = resolve_precision(cfg.precision, device)
         feature_dim, frame_shape = backbone.feature_dim, None
-    else:  # frames: nothing to build; the workers store the preprocessed frames as rows
+    else:  # frames, layout: nothing to build; the rows are the modality's own
         settings = modality.settings(options, {})
         device, precision = "cpu", None
-        feature_dim, frame_shape = 0, (*settings["input_size"], 3)
+        shape = modality.row_shape(settings)
+        feature_dim, frame_shape = (shape[0], None) if len(shape) == 1 else (0, shape)
+    names = _source_names(modality, options, settings, plan, cfg.videos, log)  # before any work: a mismatch is said first
     provenance = teacher_provenance(cfg, spec, settings, plan.policy, precision)
 
     target = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
-    target.write_segments(segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
+    write_plan_segments(target, cfg, plan)
     key = target.key_for(provenance, cfg.name)  # a teacher extracted before, by any egodistill version, resumes
     with target.lease(key) as renew:
         teacher, resumed = target.create_teacher(key, provenance, feature_dim, plan.offsets, plan.layout, heads if spec.head else {}, frame_shape)
-        summary = _run_tasks(cfg, plan, spec, settings, device, precision, teacher, resumed, heads, on_progress, renew, log)
+        summary = _run_tasks(cfg, plan, spec, settings, options, names, device, precision, teacher, resumed, heads, on_progress, renew, log)
     # A fresh handle: the workers wrote the records, and a remote store's listings may be cached.
     summary.ledger = cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options).teacher(teacher.key).ledger()
     summary.failed = len(summary.ledger)
@@ -208,8 +231,32 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     return summary
 
 
-def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: BackboneSpec, settings: dict, device: str, precision: str | None,
-               teacher: cache.Teacher, resumed: bool, heads: dict[str, int], on_progress, renew, log) -> Summary:
+def _source_names(modality: Modality, options: dict, settings: dict, plan: Plan, videos_root: str, log) -> dict[str, str]:
+    """A modality with a source of its own (layout's box file): manifest video -> its name there, by id, file stem
+    or relative path (extract/names.py); one line when most segments find none."""
+    if modality.names is None:
+        return {}
+    names = list(modality.names(options, settings))
+    relative = {v: _relative(p, videos_root) for v, p in plan.video_paths.items()}
+    matched = match_names(names, plan.video_paths, relative)
+    source = modality.options[0].flag if modality.options else f"--modality {modality.name}'s source"  # the source is its first option
+    note = mismatch_note(f"name in {source}", names, plan.video_paths, matched, [s.video for s in plan.manifest.segments])
+    if note:
+        log(note)
+    return matched
+
+
+def _relative(path: Path | None, videos_root: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.resolve().relative_to(Path(videos_root).resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: BackboneSpec, settings: dict, options: dict, names: dict[str, str], device: str,
+               precision: str | None, teacher: cache.Teacher, resumed: bool, heads: dict[str, int], on_progress, renew, log) -> Summary:
     """Run every task of the teacher that has no record yet (or failed segments, with --retry-failed)."""
     key, layout = teacher.key, teacher.layout
     records = teacher.records()
@@ -219,14 +266,14 @@ def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: BackboneSpec, settings: dic
     if cfg.retry_failed:  # a retried task rewrites its record; until then its segments must not look done
         teacher.drop_records([t for t in todo if t in records])
 
-    workers = _default_workers(device) if cfg.workers is None else cfg.workers
+    workers = cfg.workers if cfg.workers is not None else 0 if get_modality(cfg.modality).rows else _default_workers(device)  # a source of its own: no decode to spread
     task_spec = TaskSpec(
         cache=cfg.cache, teacher_key=key, backbone=spec, modality=cfg.modality, settings=settings, policy=plan.policy,
         heads=heads if spec.head else {}, device=device, precision=precision, batch_size=cfg.batch_size,
         threads=cfg.threads or (max(1, (os.cpu_count() or 1) // max(workers, 1)) if cfg.scheduler is None else 1),
-        storage_options=cfg.storage_options,
+        storage_options=cfg.storage_options, options=options,
     )
-    tasks = [(t, _jobs(plan, layout, t)) for t in todo]
+    tasks = [(t, _jobs(plan, layout, t, names)) for t in todo]
     summary.mode = f"Dask at {cfg.scheduler}" if cfg.scheduler else "in process" if workers == 0 else f"local Dask, {workers} workers"
     if tasks and workers == 0 and not cfg.scheduler:
         _run_in_process(task_spec, tasks, summary, _renewing(on_progress, renew))
@@ -243,13 +290,13 @@ def _renewing(on_progress, renew):
     return progress
 
 
-def _jobs(plan: Plan, layout: cache.Layout, task: int) -> list[SegmentJob]:
+def _jobs(plan: Plan, layout: cache.Layout, task: int, names: dict[str, str]) -> list[SegmentJob]:
     jobs = []
     for i in layout.task_segments(task):
         s = plan.manifest.segments[i]
         path = plan.video_paths.get(s.video)
         frames = int(plan.frames_per_segment[i]) if plan.frames_per_segment is not None else None
-        jobs.append(SegmentJob(i, s.id, str(path) if path else None, s.start_sec, s.stop_sec, int(plan.rows_per_segment[i]), frames))
+        jobs.append(SegmentJob(i, s.id, str(path) if path else None, s.start_sec, s.stop_sec, int(plan.rows_per_segment[i]), frames, names.get(s.video)))
     return jobs
 
 
@@ -273,14 +320,13 @@ def _run_in_process(spec: TaskSpec, tasks: list[tuple[int, list[SegmentJob]]], s
             on_progress(done, summary.segments)
 
 
-def _account(summary: Summary, result: dict) -> None:
-    if not result["skipped"]:
-        summary.extracted += result["segments"] - result["failed"]
-        summary.rows += result["rows"]
-        summary.forward_seconds += result["forward_seconds"]
-        summary.timings.add(result["timings"])
-        summary.fallbacks.extend(result["fallbacks"])
-        start, end = result["working"]
+def _account(summary: Summary, result: TaskResult) -> None:
+    if not result.skipped:
+        summary.extracted += result.segments - result.failed
+        summary.rows += result.rows
+        summary.timings.add(result.timings)
+        summary.fallbacks.extend(result.fallbacks)
+        start, end = result.working
         summary.working = (min(start, summary.working[0]), max(end, summary.working[1])) if summary.working else (start, end)
 
 

@@ -1,11 +1,14 @@
-"""What runs on a Dask worker: one task = a range of segments, decoded, embedded and written.
+"""What runs on a Dask worker: one task = a range of segments, made into rows by its modality and written.
 
-The model is built once per worker process and kept in `_BACKBONES`; only the small
-`TaskSpec` travels in the graph. Decoding and preprocessing of the next segments run in a pool
+`run_task` is the one path every modality takes: skip a recorded task, ask the modality for the
+task's rows (`TaskRows`, extract/tasks.py), write them with their record and ledger. Rows from video
+come from `decoded_rows`: the model is built once per worker process and kept in `_BACKBONES`; only
+the small `TaskSpec` travels in the graph. Decoding and preprocessing of the next segments run in a pool
 of threads while the model computes on the current batch (the decoders, OpenCV, PIL's resize and
 numpy release the GIL); segments are taken as they finish, not in order, so one slow video does not
 stall the batch. Each task reports where its time went (`Timings`). A modality without a model (frames)
-takes the same path minus the model: its preprocessed uint8 frames are the rows written.
+takes the same path minus the model: its preprocessed uint8 frames are the rows written. A modality with
+a source of its own (layout: the box file) gives its rows through `Modality.rows` instead.
 """
 
 from __future__ import annotations
@@ -16,18 +19,20 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from egodistill import cache
+from egodistill.cache.records import SamplingPolicy
 from egodistill.common import EgodistillError
 from egodistill.backbones import Backbone, BackboneSpec, create_backbone, pooled_logits
 from egodistill.extract.decode import decode_clock
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.sampling import clip_windows, sample_indices, step_times
+from egodistill.extract.tasks import TaskResult, TaskRows, Timings
 
 PREFETCH_SEGMENTS = 4  # segments decoded ahead per decode thread: bounds memory
 _BACKBONES: dict[tuple, Backbone] = {}
@@ -42,30 +47,14 @@ class TaskSpec:
     backbone: BackboneSpec
     modality: str
     settings: dict
-    policy: dict
+    policy: SamplingPolicy
     heads: dict[str, int]
     device: str = "cpu"
     precision: str | None = "fp32"  # None: the modality runs no model
     batch_size: int = 64
     threads: int = 1
     storage_options: dict = field(default_factory=dict)
-
-
-@dataclass
-class Timings:
-    """Where a run's time went, in seconds. decode and preprocess are summed over the decode threads (they
-    overlap the forward); forward, write and wait are the task's own thread; wait is the model idle,
-    blocked on a segment not decoded yet."""
-
-    decode: float = 0.0
-    preprocess: float = 0.0
-    forward: float = 0.0
-    write: float = 0.0
-    wait: float = 0.0
-
-    def add(self, other: Timings) -> None:
-        for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
+    options: dict = field(default_factory=dict)  # the modality's resolved options (layout: where --boxes is)
 
 
 def decode_threads(device: str, threads: int) -> int:
@@ -85,23 +74,7 @@ class SegmentJob:
     stop: float
     rows: int
     frames: int | None = None   # frames sampled from the segment (clip backbones read them in windows); None = rows
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """bf16 on CUDA and on CPUs with native bf16; fp32 elsewhere (emulated bf16 is slower)."""
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_bf16() else "fp32"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    name: str | None = None     # the segment's video as the modality's own source names it (a box file's key), matched by extract/names.py
 
 
 def worker_device(device: str) -> str:
@@ -131,7 +104,7 @@ def get_backbone(spec: TaskSpec, device: str) -> Backbone:
 def embed(backbone: Backbone, batch: np.ndarray, device: str, precision: str) -> np.ndarray:
     """Features as float32: [B, D] for images, [B, T', D] for clips [B, C, T, H, W]; halves the batch on out-of-memory."""
     x = torch.from_numpy(batch).to(device, non_blocking=True)
-    if x.ndim == 4 and (precision == "bf16" or device.startswith("cuda")):
+    if not backbone.clip and (precision == "bf16" or device.startswith("cuda")):
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     try:
@@ -177,14 +150,14 @@ def _inputs(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) ->
     indices = sample_indices(spec.policy, job.rows if job.frames is None else job.frames, job.start, job.stop, video.fps, video.num_frames)
     make_inputs = get_modality(spec.modality).make_inputs
     fallback = f"{job.video}: {video.fallback_reason}" if video.fallback_reason else None
-    clip = spec.policy.get("clip")
+    clip = spec.policy.clip
     if clip is None:
         return make_inputs(source, indices, spec.settings), video.frame_times(indices).astype(np.float32), fallback
     windows = clip_windows(len(indices), clip)  # [W, K] positions into the sampled frames
     used, where = np.unique(windows, return_inverse=True)  # overlapping windows decode each frame once
     frames = make_inputs(source, indices[used], spec.settings)  # [U, C, H, W]
     inputs = np.ascontiguousarray(frames[where.reshape(windows.shape)].transpose(0, 2, 1, 3, 4))  # [W, C, K, H, W]
-    times = step_times(video.frame_times(indices)[windows], clip["steps"])
+    times = step_times(video.frame_times(indices)[windows], clip.steps)
     return inputs, times.astype(np.float32), fallback
 
 
@@ -222,14 +195,29 @@ def _prefetched(jobs: list[SegmentJob], spec: TaskSpec, threads: int) -> Iterato
             source.close()
 
 
-def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
-    """Extract one task's segments and write them; a task already recorded as done is a no-op."""
+def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> TaskResult:
+    """Make one task's rows by its modality and write them; a task already recorded as done is a no-op."""
     started = time.perf_counter()
     teacher = cache.open_cache(spec.cache, mode="r+", storage_options=spec.storage_options).teacher(spec.teacher_key)
     if teacher.task_done(task):
-        return {"task": task, "skipped": True, "segments": len(jobs), "failed": 0}
+        return TaskResult(task, skipped=True, segments=len(jobs))
     torch.set_num_threads(spec.threads)
     device = worker_device(spec.device)
+    rows = (get_modality(spec.modality).rows or decoded_rows)(spec, jobs, device)
+    t0 = time.perf_counter()
+    teacher.write_task(
+        task, rows.features, rows.times, rows.logits, failed=rows.failed, worker=os.uname().nodename, device=device,
+        seconds=round(time.perf_counter() - started, 3), lock=_dask_lock,
+    )
+    rows.timings.write += time.perf_counter() - t0
+    return TaskResult(
+        task, skipped=False, segments=len(jobs), failed=len(rows.failed), rows=len(rows.times),
+        timings=rows.timings, fallbacks=tuple(sorted(rows.fallbacks)), working=(rows.working_since, time.time()),
+    )
+
+
+def decoded_rows(spec: TaskSpec, jobs: list[SegmentJob], device: str) -> TaskRows:
+    """Rows from each segment's decoded video: the backbone's features (and logits), or without a model the frames."""
     starts = np.cumsum([0] + [j.rows for j in jobs])  # row offsets within this task
     if get_modality(spec.modality).has_model:
         backbone: Backbone | None = get_backbone(spec, device)
@@ -252,7 +240,7 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
         t0 = time.perf_counter()
         out = embed(backbone, np.concatenate([inputs for _, inputs in batch]), device, spec.precision)
         timings.forward += time.perf_counter() - t0
-        steps = out.shape[1] if out.ndim == 3 else 1  # a clip's output time steps, one row each
+        steps = out.shape[1] if backbone.clip else 1  # a clip's output time steps, one row each
         out = out.reshape(-1, out.shape[-1])
         cursor = 0
         for pos, inputs in batch:
@@ -290,20 +278,10 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
             features[starts[pos]: starts[pos + 1]] = inputs
             continue
         batch.append((pos, inputs))
-        if sum(len(i) * (i.shape[2] if i.ndim == 5 else 1) for _, i in batch) >= spec.batch_size:  # frames per forward
+        if sum(len(i) * (i.shape[2] if backbone.clip else 1) for _, i in batch) >= spec.batch_size:  # frames per forward
             flush()
     flush()
-    t0 = time.perf_counter()
-    teacher.write_task(
-        task, features if backbone is None else features.astype(np.float16), timestamps, logits, failed=failed, worker=os.uname().nodename, device=device,
-        seconds=round(time.perf_counter() - started, 3), lock=_dask_lock,
-    )
-    timings.write += time.perf_counter() - t0
-    return {
-        "task": task, "skipped": False, "segments": len(jobs), "failed": len(failed), "rows": int(starts[-1]),
-        "seconds": time.perf_counter() - started, "forward_seconds": timings.forward, "fallbacks": sorted(fallbacks),
-        "working": (working_since, time.time()), "timings": timings,
-    }
+    return TaskRows(features if backbone is None else features.astype(np.float16), timestamps, logits, failed, sorted(fallbacks), timings, working_since)
 
 
 def _dask_lock(name: str):

@@ -1,38 +1,32 @@
 """Inference cost per segment (parameters, FLOPs) of the student and of each teacher it learned from.
 
-A cached teacher's cost is its backbone's forward per row times its rows per segment (backbone
-read from the provenance, counted with torch.utils.flop_counter on the meta device: no weights,
-no compute), plus, for a fitted teacher, its head over the source teachers' rows. The student
-pays for its own inputs' backbones at `frames` rows per segment, plus its head. FLOPs count a
-multiply-add as 2.
+A cached teacher's cost is its backbone's forward per row (a clip backbone: per window) times its
+rows (windows) per segment, as its backbone family counts it (egodistill.backbones: on the meta
+device, no weights, no compute), plus, for a fitted teacher, its head over the source teachers'
+rows. A head student pays for its own inputs' backbones at `frames` rows per segment, plus its
+head; an end-to-end student for its network (student/network.py). FLOPs count a multiply-add as 2.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from egodistill import cache
+from egodistill.backbones import backbone_family
+from egodistill.cache.records import SamplingPolicy
 from egodistill.student.model import ModelConfig, Student, parameter_count
+from egodistill.student.network import FramesStudent, network_cost
 
 
-@functools.lru_cache(maxsize=32)
-def backbone_cost(backbone: str, in_chans: int, height: int, width: int) -> tuple[int, int] | None:
-    """(params, FLOPs per image) of a timm backbone without its classifier; None if timm lacks it."""
-    import timm
-
+def backbone_cost(backbone: str, in_chans: int, height: int, width: int, frames: int = 1) -> tuple[int, int] | None:
+    """(params, FLOPs) of `frames` frames through a backbone (a clip backbone: one clip of them), as its family
+    counts it; None where no family knows the name or the model cannot be counted on the meta device."""
     try:
-        with torch.device("meta"):
-            model = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=in_chans)
-            image = torch.zeros(1, in_chans, height, width)
-        with FlopCounterMode(display=False) as counter:
-            model(image)
-    except Exception:  # an unknown name or a model that cannot trace on meta: report it as unknown
+        return backbone_family(backbone).cost(backbone, in_chans, height, width, frames)
+    except Exception:  # an unknown name (features imported from elsewhere) or a model that cannot trace on meta
         return None
-    return parameter_count(model), int(counter.get_total_flops())
 
 
 def head_cost(model: Student) -> tuple[int, int]:
@@ -48,9 +42,9 @@ def head_cost(model: Student) -> tuple[int, int]:
 
 
 def rows_per_segment(teacher: cache.Teacher) -> float:
-    sampling = teacher.provenance.sampling
-    if "frames" in sampling:
-        return float(sampling["frames"])
+    frames = SamplingPolicy.from_json(teacher.provenance.sampling).frames
+    if frames is not None:
+        return float(frames)
     offsets = teacher.offsets
     return float(np.diff(offsets).mean()) if len(offsets) > 1 else 0.0
 
@@ -60,10 +54,12 @@ def extractor_cost(teacher: cache.Teacher, rows: float) -> dict:
     provenance does not say what the backbone read (features brought in by `cache import-h5`)."""
     p = teacher.provenance
     size = p.preprocessing.get("input_size")
-    found = None if size is None or p.in_chans is None else backbone_cost(str(p.backbone), int(p.in_chans), int(size[0]), int(size[1]))
+    clip = p.sampling.get("clip")  # a clip backbone: windows of clip["frames"] frames, clip["steps"] rows each
+    frames = int(clip["frames"]) if clip else 1
+    found = None if size is None or p.in_chans is None else backbone_cost(str(p.backbone), int(p.in_chans), int(size[-2]), int(size[-1]), frames)
     if found is None:
         return {"backbone": p.backbone, "params": None, "flops": None}
-    return {"backbone": p.backbone, "params": found[0], "flops": found[1] * rows}
+    return {"backbone": p.backbone, "params": found[0], "flops": found[1] * (rows / int(clip["steps"]) if clip else rows)}
 
 
 def teacher_cost(root, key: str) -> dict:
@@ -84,8 +80,12 @@ def teacher_cost(root, key: str) -> dict:
     return {"teacher": key, **_total(parts), "parts": parts}
 
 
-def student_cost(root, model: Student, input_keys: list[str]) -> dict:
-    """The deployed student: its inputs' backbones at `frames` rows per segment plus its head."""
+def student_cost(root, model: Student | FramesStudent, input_keys: list[str]) -> dict:
+    """The deployed student: its inputs' backbones at `frames` rows per segment plus its head; or its network."""
+    if isinstance(model, FramesStudent):
+        params, flops = network_cost(model.cfg)
+        part = {"backbone": model.cfg.backbone, "params": params, "flops": flops}
+        return {"teacher": "student", **_total([part]), "parts": [part]}
     parts = [extractor_cost(root.teacher(k), model.cfg.frames) for k in input_keys]
     params, flops = head_cost(model)
     parts.append({"backbone": "student head", "params": params, "flops": flops})

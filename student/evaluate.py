@@ -17,10 +17,11 @@ from egodistill import cache
 from egodistill.common import EgodistillError, first_line, pick_device, write_json
 from egodistill.student import rundir
 from egodistill.student.cost import student_cost, teacher_cost
-from egodistill.student.data import CacheLoader, load_windows, present_inputs, teacher_logit_table
+from egodistill.student.data import Augment, CacheLoader, load_windows, present_inputs, teacher_logit_table
 from egodistill.student.losses import dataset_weights, ensemble_logits
 from egodistill.student.metrics import head_metrics, reliability
 from egodistill.student.model import ModelConfig, Student
+from egodistill.student.network import FramesStudent, NetworkConfig, eval_crop_fraction, student_logits
 from egodistill.student.plots import reliability_diagram, subset_bars
 from egodistill.student.probe import fit_probe, pooled_inputs, probe_logits
 
@@ -45,12 +46,16 @@ def input_subsets(count: int) -> list[tuple[int, ...]]:
     return [c for size in range(count, 0, -1) for c in itertools.combinations(range(count), size)]
 
 
-def load_student(run: str) -> tuple[dict, Student]:
-    """The run's config record and its model at the last step (the one rule every arm is scored by)."""
+def load_student(run: str) -> tuple[dict, Student | FramesStudent]:
+    """The run's config record and its model at the last step (the one rule every arm is scored by): a head,
+    or an end-to-end network (built without its starting weights: the checkpoint holds every weight)."""
     record = rundir.read_run_config(run)
     ckpt = rundir.load_checkpoint(run, rundir.LAST)
     try:
-        model = Student(ModelConfig(**ckpt["model_config"]))
+        if "network_config" in ckpt:
+            model = FramesStudent(NetworkConfig(**ckpt["network_config"]))
+        else:
+            model = Student(ModelConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError) as err:  # a checkpoint of another student model version
         raise EvaluateError(f"{Path(run) / rundir.LAST} does not fit this egodistill's student model ({first_line(err, 160)}): train the run again with train-student") from err
@@ -70,9 +75,15 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len(segments) == 0:
         splits = ", ".join(sorted(set(table.split.tolist())))
         raise EvaluateError(f"no {cfg.split!r} segments with the student's inputs in the cache (splits: {splits}): pass another --split")
+    network = isinstance(model, FramesStudent)
+    if network and cfg.baseline:
+        raise EvaluateError(f"--baseline fits a probe on cached features; {cfg.run} is an end-to-end student on frames: evaluate it without --baseline")
     device = pick_device(cfg.device)
     model = model.to(device)
-    loader = CacheLoader(root, input_keys, segments, table.labels, batch_size=cfg.batch_size, frames=model.cfg.frames, train=False, present=present)
+    # A network is scored on the centred crop its backbone's preprocessing takes (its teachers' view).
+    augment = Augment(eval_fraction=eval_crop_fraction(model.cfg.backbone)) if network else None
+    loader = CacheLoader(root, input_keys, segments, table.labels, batch_size=cfg.batch_size, frames=model.cfg.frames, train=False, present=present,
+                         augment=augment, pin_memory=device.type == "cuda")
     subsets = input_subsets(len(input_keys))
     outputs = {s: {h: [] for h in table.heads} for s in subsets}
     order = []
@@ -82,7 +93,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         for s in subsets:
             keep = torch.zeros(len(input_keys), dtype=torch.bool, device=device)
             keep[list(s)] = True
-            for h, v in model(batch.features, batch.present & keep).items():
+            for h, v in student_logits(model, batch, batch.present & keep).items():
                 outputs[s][h].append(v.float().cpu().numpy())
     order = np.concatenate(order)
     labels = {h: y[order] for h, y in table.labels.items()}

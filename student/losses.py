@@ -18,7 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-SCHEMES = ("uniform", "per-sample", "dataset")
+from egodistill.student.step import SCHEMES
+
 HIGH_TEMPERATURE = 8.0
 
 

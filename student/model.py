@@ -15,6 +15,16 @@ transformer adds what pooling loses. See docs/training.md for the measurements b
 A missing input (absent from the cache for a segment, or masked in training) is replaced by learned
 stand-ins of its own (a pooled vector, and a token for the transformer), so one model serves every
 subset of its inputs (KARMMA).
+
+The late-early feature of one row does not exist: it is a learned stand-in per input, not zero
+(zero moved every demo student to ~10 % at one test frame). In training, each sample is pooled from
+one random row of its window with probability `single_row` (default 0.2): the stand-in is learned,
+and so is a mean that drifts with where a single row sits in time, so the head stays sane at any
+row count (issue 15 §6).
+
+Standardising then pooling equals pooling then standardising (both are affine per feature), so
+the pooled path also takes rows pooled once (`pool`, then `pooled_logits`): fit-teachers pools a
+dataset's rows once and fits on those (student/fit.py).
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ class ModelConfig:
     num_heads: int = 4
     dropout: float = 0.1                   # inside the transformer
     input_dropout: float = 0.5             # on the pooled features: the head's main regulariser
+    single_row: float = 0.2                # training: probability a sample's late-early is its one-row stand-in
     extra: dict = field(default_factory=dict)  # room for later options without breaking old checkpoints
 
     def to_dict(self) -> dict:
@@ -97,32 +108,93 @@ class Student(nn.Module):
         self.standardise = nn.ModuleList(Standardise(d) for d in cfg.input_dims)
         # Zeros: an absent input starts as the training mean, i.e. "no evidence".
         self.missing_pooled = nn.Parameter(torch.zeros(2 * sum(cfg.input_dims)))
-        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        # The late-early of one row (standardised units), per input; zeros: the value a head saved before it had one used.
+        self.single_row = nn.Parameter(torch.zeros(sum(cfg.input_dims)))
         self.heads = nn.ModuleDict({h: nn.Linear(2 * sum(cfg.input_dims), c) for h, c in cfg.heads.items()})
         self.temporal = TemporalTransformer(cfg) if cfg.depth > 0 else None
         self.temporal_heads = nn.ModuleDict({h: nn.Linear(cfg.dim, c) for h, c in cfg.heads.items()}) if cfg.depth > 0 else None
         for head in (self.temporal_heads or {}).values():
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+        self.register_load_state_dict_pre_hook(_without_single_row)
 
     def set_statistics(self, statistics: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Per input (mean [D], std [D]) of the training segments' features."""
         for standardise, (mean, std) in zip(self.standardise, statistics):
             standardise.set_statistics(mean, std)
 
-    def forward(self, features: list[torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
-        """features: per input [B, T, D_m]; present: bool [B, inputs] -> {head: logits [B, C]}."""
+    def pool(self, features: list[torch.Tensor], present: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per input [B, 2D] rows pooled as they are (mean, late - early; `pool_rows`), zero where absent, and
+        bool [B] `moving`: late - early exists. In training, samples drawn by `draw_single_rows` are pooled from one row."""
         dtype = self.missing_pooled.dtype
         # Absent inputs are zeroed first: garbage (NaN rows of a failed segment) must not reach any gradient.
-        standardised = [s(torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0)) for m, (s, x) in enumerate(zip(self.standardise, features))]
-        pooled = torch.cat([pool_rows(z) for z in standardised], dim=1)
+        features = [torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0) for m, x in enumerate(features)]
+        pooled = [pool_rows(x) for x in features]
+        rows = features[0].shape[1]
+        single, row = self.draw_single_rows(len(present), rows, generator, present.device)
+        if single is None:
+            return pooled, torch.full((len(present),), rows > 1, dtype=torch.bool, device=present.device)
+        picked = torch.arange(len(present), device=present.device)
+        return with_single_rows(pooled, [x[picked, row] for x in features], single), ~single
+
+    def draw_single_rows(self, batch: int, rows: int, generator: torch.Generator | None,
+                         device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Training only: bool [B] samples to pool from one row (probability cfg.single_row) and long [B] which row."""
+        if not (self.training and self.cfg.single_row > 0 and rows > 1):
+            return None, None
+        single = self._draw((batch,), generator, device) < self.cfg.single_row
+        row = (self._draw((batch,), generator, device) * rows).long().clamp(max=rows - 1)
+        return single, row
+
+    def pooled_logits(self, pooled: list[torch.Tensor], present: torch.Tensor, moving: torch.Tensor,
+                      generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The pooled head on rows pooled by `pool`: standardise, stand-ins (absent input; late - early where not
+        `moving`), input dropout, a linear map per head. `generator` draws the dropout (default: torch's global one)."""
+        dtype = self.missing_pooled.dtype
+        parts, at = [], 0
+        for m, (standardise, p) in enumerate(zip(self.standardise, pooled)):
+            d = standardise.mean.numel()
+            p = torch.where(present[:, m:m + 1], p.to(dtype), 0.0)
+            parts.append((p[:, :d] - standardise.mean) / standardise.std)
+            parts.append(torch.where(moving.view(-1, 1), p[:, d:] / standardise.std, self.single_row[at:at + d]))
+            at += d
+        pooled = torch.cat(parts, dim=1)
         per_input = torch.cat([present[:, m:m + 1].expand(-1, 2 * d) for m, d in enumerate(self.cfg.input_dims)], dim=1)
-        pooled = self.input_dropout(torch.where(per_input, pooled, self.missing_pooled))
-        logits = {h: head(pooled) for h, head in self.heads.items()}
+        pooled = torch.where(per_input, pooled, self.missing_pooled)
+        if self.training and self.cfg.input_dropout > 0:
+            keep = self._draw(pooled.shape, generator, pooled.device) >= self.cfg.input_dropout
+            pooled = pooled * keep / (1 - self.cfg.input_dropout)
+        return {h: head(pooled) for h, head in self.heads.items()}
+
+    @staticmethod
+    def _draw(shape: tuple, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        if generator is None:
+            return torch.rand(shape, device=device)
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+    def forward(self, features: list[torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
+        """features: per input [B, T, D_m]; present: bool [B, inputs] -> {head: logits [B, C]}."""
+        pooled, moving = self.pool(features, present)
+        logits = self.pooled_logits(pooled, present, moving)
         if self.temporal is not None:
+            dtype = self.missing_pooled.dtype
+            standardised = [s(torch.where(present[:, m].view(-1, 1, 1), x.to(dtype), 0.0)) for m, (s, x) in enumerate(zip(self.standardise, features))]
             encoded = self.temporal(standardised, present)
             logits = {h: v + self.temporal_heads[h](encoded) for h, v in logits.items()}
         return logits
+
+
+def with_single_rows(pooled: list[torch.Tensor], one_row: list[torch.Tensor], single: torch.Tensor) -> list[torch.Tensor]:
+    """Pooled inputs where `single` samples keep one row ([B, D] each) as their mean (their late - early is then absent)."""
+    return [torch.where(single.view(-1, 1), torch.cat([r.to(p.dtype), torch.zeros_like(r, dtype=p.dtype)], dim=1), p) for p, r in zip(pooled, one_row)]
+
+
+def _without_single_row(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """A head saved before the single-row stand-in existed loads with zeros there (its behaviour then)."""
+    key = prefix + "single_row"
+    if key not in state_dict and prefix + "missing_pooled" in state_dict:
+        state_dict[key] = torch.zeros_like(module.single_row)
 
 
 def mask_modalities(present: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -141,7 +213,7 @@ def mask_modalities(present: torch.Tensor, prob: float, generator: torch.Generat
     return kept
 
 
-NO_DECAY = ("modality_embedding", "time_embedding", "missing_token", "missing_pooled")
+NO_DECAY = ("modality_embedding", "time_embedding", "missing_token", "missing_pooled", "single_row")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

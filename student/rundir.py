@@ -87,9 +87,13 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
-def truncate_metrics(out: str | os.PathLike, epochs: int) -> None:
-    """Keep the lines of the first `epochs` epochs: a run killed after writing a line but before
-    saving last.pt would otherwise log that epoch twice when resumed."""
-    lines = [m for m in read_metrics(out) if m["epoch"] < epochs]
-    atomic_write(Path(out) / METRICS, "".join(dumps(m) + "\n" for m in lines))
+def truncate_metrics(out: str | os.PathLike, epochs: int, step: int) -> None:
+    """Keep only the lines a checkpoint at (`epochs` epochs finished, `step` steps) had already written.
 
+    A run killed after writing a line but before saving last.pt would otherwise log that stretch twice
+    when resumed; a run killed before its first checkpoint starts again from (0, 0), with an empty log."""
+    path = Path(out) / METRICS
+    if not path.exists():
+        return
+    lines = [m for m in read_metrics(out) if m["epoch"] < epochs and m["step"] <= step]
+    atomic_write(path, "".join(dumps(m) + "\n" for m in lines))

@@ -49,7 +49,7 @@ def _resolve(opened: cache.Cache, name: str, what: str, wanted, option: str) -> 
         return matches[0]
     if not matches:
         have = sorted({t.modality for t in teachers.values() if wanted(t)})
-        hint = "run `egodistill fit-teachers` first" if what == "logits" else "run `egodistill extract` for it first"
+        hint = {"logits": "run `egodistill fit-teachers` first", "frames": "run `egodistill extract --modality frames` first"}.get(what, "run `egodistill extract` for it first")
         raise SourceError(f"{option} {name!r}: no teacher of that key or modality with {what} in the cache (modalities with {what}: {', '.join(have) or 'none'}): {hint}")
     raise SourceError(f"{option} {name!r} is ambiguous, the cache has several teachers of that modality with {what}: {', '.join(matches)}: pass one key instead")
 
@@ -60,6 +60,17 @@ def resolve_inputs(opened: cache.Cache, names: list[str], option: str = "--input
         raise SourceError(f"{option} is empty: name at least one modality or teacher key")
     keys = [_resolve(opened, n, "features", lambda t: t.has_features, option) for n in names]
     return _unique(keys, option)
+
+
+def resolve_frames(opened: cache.Cache, names: list[str]) -> str | None:
+    """The key of the frames teacher an end-to-end student reads, when `--inputs` names frames ("frames",
+    or the key of a teacher that stores frames); None when the inputs are features."""
+    stored = {t.key: t for t in opened.teachers()}
+    if not any(n == "frames" or (n in stored and stored[n].has_frames) for n in names):
+        return None
+    if len(names) > 1:
+        raise SourceError(f"--inputs {','.join(names)}: an end-to-end student reads frames alone; pass --inputs frames, or feature inputs without frames")
+    return _resolve(opened, names[0], "frames", lambda t: t.has_frames, "--inputs")
 
 
 def resolve_teachers(opened: cache.Cache, names: list[str], heads: dict[str, int]) -> list[str]:

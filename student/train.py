@@ -1,6 +1,8 @@
 """`train-student`: the training loop, read top to bottom (data, model, optimiser, then the loop).
 
-Each step: mask inputs, forward, distillation loss, backward, clip, AdamW step, log. The budget
+Each step: mask inputs, forward, distillation loss, backward (over `accumulate` batches), clip, AdamW step, log.
+The model is a head on cached features (student/model.py) or, with `--inputs frames`, an end-to-end
+network trained on the cached frames (student/network.py); the same loop trains both. The budget
 is a number of optimiser steps (student/schedule.py); each pass over the data ends with one line in
 metrics.jsonl, and every tenth of the budget (and the end) with last.pt. The model evaluated is the
 one at the last step.
@@ -9,7 +11,9 @@ one at the last step.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -17,14 +21,17 @@ import numpy as np
 import torch
 
 from egodistill import cache
-from egodistill.common import EgodistillError, check_choice, check_number, pick_device
+from egodistill.backbones import TIMM_PRETRAINED, backbone_family, resolve_precision
+from egodistill.common import EgodistillError, check_choice, check_number, file_sha256, pick_device
 from egodistill.student import rundir
-from egodistill.student.data import CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table, teacher_views
+from egodistill.student.data import Augment, CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table, teacher_views
 from egodistill.student.folds import grouped_holdout, segment_groups
 from egodistill.student.losses import SCHEMES, dataset_weights, student_loss
 from egodistill.student.model import ModelConfig, Student, mask_modalities
-from egodistill.student.schedule import SCHEDULES, auto_steps, head_threads, lr_at, make_optimiser
-from egodistill.student.sources import resolve_inputs, resolve_teachers
+from egodistill.student.network import FramesStudent, NetworkConfig, eval_crop_fraction, student_logits
+from egodistill.student.schedule import auto_steps, head_threads, lr_at, make_optimiser
+from egodistill.student.sources import resolve_frames, resolve_inputs, resolve_teachers
+from egodistill.student.step import STATISTICS_SEGMENTS, StepConfig, optimiser_step
 
 
 class TrainError(EgodistillError):
@@ -32,8 +39,9 @@ class TrainError(EgodistillError):
 
 
 @dataclass
-class TrainConfig:
-    cache: str
+class TrainConfig(StepConfig):
+    """A student's run: the shared step settings (student/step.py) and the student's own."""
+
     inputs: list[str]
     teachers: list[str] = field(default_factory=list)
     out: str = "runs/student"
@@ -43,30 +51,32 @@ class TrainConfig:
     kd_weight: float = 1.0
     gt_weight: float = 1.0
     mask_prob: float = 0.0          # per-sample, per-input drop probability (never all inputs)
-    steps: int = 0                  # optimiser steps; 0 = schedule.auto_steps (100 passes, 1k-10k steps)
-    batch_size: int = 64
-    lr: float = 1e-2                # a head on frozen features; the paper's fine-tuning lr is 1e-4 (student/schedule.py)
-    weight_decay: float = 0.05
-    schedule: str = "cosine"        # cosine | linear decay after the warm-up
-    warmup: float = 0.05            # fraction of all steps spent warming up
-    clip: float = 1.0
-    frames: int = 8
-    dim: int = 64
     depth: int = 0                  # 0: pooled linear head; >= 1: plus a temporal transformer (student/model.py)
     num_heads: int = 4
     dropout: float = 0.1
     input_dropout: float = 0.5
     holdout: float = 0.0            # fraction of labelled training groups kept out (monitoring, dataset weights)
-    train_split: str = "train"
-    seed: int = 0
     buffer_blocks: int = 8
     save_every: int = 0             # also save last.pt every N steps (0: at epoch ends only)
-    device: str = "auto"
     in_memory: bool | None = None  # None: hold the features read once they fit in memory; True: read all first; False: stream
     prefetch: int = 4
+    # End-to-end students (--inputs frames, student/network.py)
+    backbone: str | None = None     # a timm model or a torchvision clip model; default: the --init-from teacher's
+    weights: str | None = None      # its starting weights: a file, "timm", or None (random init with --seed)
+    init_from: str | None = None    # start from this teacher's backbone and weights (its file, checked by sha256)
+    image_size: int = 0             # crop side the backbone reads; 0: its data config's input size
+    crop_scale: float = 0.35        # smallest area share of a training crop (random resized crop)
+    flip: bool | None = None        # left-right flips in training; None: where the dataset allows (not SSv2)
+    accumulate: int = 1             # batches per optimiser step (gradient accumulation)
+    precision: str = "auto"         # end-to-end: auto (bf16 autocast + channels_last where native) | fp32 | bf16
 
 
-STATISTICS_SEGMENTS = 2048  # standardisation statistics from at most this many training segments
+END_TO_END_LR = 1e-4  # the paper's fine-tuning lr, the CLI's default for --inputs frames (heads: TrainConfig.lr)
+PRECISIONS = ("auto", "fp32", "bf16")
+SSV2 = "ssv2"  # the segments table's source format whose labels say left and right: no flips
+FLIP_FORMATS = ("epic100",)  # formats whose classes are known not to name a direction: flips by default
+
+
 
 
 @dataclass
@@ -82,9 +92,11 @@ class Setup:
     train_segments: np.ndarray
     holdout_segments: np.ndarray
     weights: dict[str, torch.Tensor] | None
-    model: ModelConfig
+    model: ModelConfig | NetworkConfig
     steps: int
     views: tuple[float, ...] | None  # the teachers' view placements: logits are then [N, K, V, C]
+    network: FramesStudent | None = None  # the end-to-end student, built (with its starting weights) before any work
+    augment: Augment | None = None
 
     def record(self, cfg: TrainConfig) -> dict:
         return {"config": asdict(cfg), "input_keys": self.input_keys, "teacher_keys": self.teacher_keys, "model": self.model.to_dict(), "steps": self.steps}
@@ -92,18 +104,17 @@ class Setup:
 
 def check_numbers(cfg: TrainConfig) -> None:
     """Every number of the config in its range, before the cache is opened; raises TrainError naming the option."""
+    cfg.check(TrainError)
     for option, value, bounds in (
-        ("--steps", cfg.steps, {"at_least": 0}), ("--batch-size", cfg.batch_size, {"at_least": 1}), ("--lr", cfg.lr, {"above": 0}),
         ("--mask-prob", cfg.mask_prob, {"at_least": 0, "below": 1}), ("--temperature", cfg.temperature, {"at_least": 0.05, "at_most": 100}),
         ("--tau", cfg.tau, {"at_least": 0}), ("--kd-weight", cfg.kd_weight, {"at_least": 0}), ("--gt-weight", cfg.gt_weight, {"at_least": 0}),
-        ("--frames", cfg.frames, {"at_least": 1}), ("--dim", cfg.dim, {"at_least": 1}), ("--depth", cfg.depth, {"at_least": 0}),
-        ("num_heads", cfg.num_heads, {"at_least": 1}), ("dropout", cfg.dropout, {"at_least": 0, "below": 1}),
-        ("input_dropout", cfg.input_dropout, {"at_least": 0, "below": 1}),
-        ("holdout", cfg.holdout, {"at_least": 0, "below": 1}), ("warmup", cfg.warmup, {"at_least": 0, "at_most": 1}),
-        ("--clip", cfg.clip, {"above": 0}), ("--weight-decay", cfg.weight_decay, {"at_least": 0}), ("save_every", cfg.save_every, {"at_least": 0}),
+        ("--depth", cfg.depth, {"at_least": 0}), ("num_heads", cfg.num_heads, {"at_least": 1}), ("dropout", cfg.dropout, {"at_least": 0, "below": 1}),
+        ("input_dropout", cfg.input_dropout, {"at_least": 0, "below": 1}), ("holdout", cfg.holdout, {"at_least": 0, "below": 1}),
+        ("save_every", cfg.save_every, {"at_least": 0}), ("--accumulate", cfg.accumulate, {"at_least": 1}),
+        ("--image-size", cfg.image_size, {"at_least": 0}), ("--crop-scale", cfg.crop_scale, {"above": 0, "at_most": 1}),
     ):
         check_number(TrainError, option, value, **bounds)
-    check_choice(TrainError, "--schedule", cfg.schedule, SCHEDULES)
+    check_choice(TrainError, "--precision", cfg.precision, PRECISIONS)
     if cfg.depth and cfg.dim % cfg.num_heads:
         raise TrainError(f"--dim {cfg.dim} is not a multiple of the {cfg.num_heads} attention heads: give e.g. --dim {cfg.num_heads * max(1, round(cfg.dim / cfg.num_heads))}")
 
@@ -120,7 +131,10 @@ def setup(cfg: TrainConfig) -> Setup:
     table = root.segments
     if not table.heads:
         raise TrainError("the cache has no label heads, so the student has no outputs: extract a manifest with label columns")
-    input_keys = resolve_inputs(root, cfg.inputs)
+    frames_key = resolve_frames(root, cfg.inputs)
+    if frames_key is None and (cfg.backbone or cfg.init_from or cfg.weights):
+        raise TrainError("--backbone, --weights and --init-from train an end-to-end student on frames: pass --inputs frames (after `egodistill extract --modality frames`)")
+    input_keys = [frames_key] if frames_key else resolve_inputs(root, cfg.inputs)
     teacher_keys = resolve_teachers(root, cfg.teachers, table.heads) if cfg.teachers else []
     if not teacher_keys and cfg.weighting != "uniform":
         raise TrainError(f"--weighting {cfg.weighting} needs --teachers")
@@ -137,6 +151,11 @@ def setup(cfg: TrainConfig) -> Setup:
     needs_labels = cfg.gt_weight > 0 or cfg.weighting != "uniform" or not teacher_keys
     if len(labelled) == 0 and needs_labels:
         raise TrainError(f"the cache has no labels for its {cfg.train_split!r} segments: train with --gt-weight 0 --weighting uniform and --teachers, or extract a labelled manifest")
+    labelled_per_head = {h: int((table.labels[h][candidates] >= 0).sum()) for h in table.heads}
+    for head, count in labelled_per_head.items():
+        if count == 0 and not teacher_keys:  # nothing would ever train that head
+            raise TrainError(f"head {head!r} has no labelled {cfg.train_split!r} segments with inputs (labelled per head: "
+                             f"{', '.join(f'{h} {c}' for h, c in labelled_per_head.items())}): give --teachers with logits for it, or extract a labelled manifest")
     held = grouped_holdout(segment_groups(table.videos[candidates]), cfg.holdout, cfg.seed)
     holdout, train_segments = candidates[held], candidates[~held]
     weights = None
@@ -144,19 +163,96 @@ def setup(cfg: TrainConfig) -> Setup:
         # Training segments' teacher logits are out-of-fold (fit-teachers cross-fits them), so each
         # teacher's CE over them is already a held-out score; a --holdout narrows it to the holdout.
         scored = holdout if len(holdout) else labelled
+        for head in table.heads:
+            if not (table.labels[head][scored] >= 0).any():
+                raise TrainError(f"--weighting dataset scores teachers on labelled {'held-out' if len(holdout) else cfg.train_split!r} segments, "
+                                 f"and head {head!r} has none of {len(scored)}: raise --holdout, or use --weighting uniform")
         centred = teacher_logit_table(root, teacher_keys, list(table.heads)) if views else logits
         weights = {h: dataset_weights(torch.from_numpy(v[scored]), torch.from_numpy(table.labels[h][scored].astype(np.int64)), cfg.tau) for h, v in centred.items()}
+    steps = cfg.steps or auto_steps(len(train_segments), cfg.batch_size * cfg.accumulate)
+    if frames_key:
+        network, augment = frames_network(cfg, root, frames_key, teacher_keys, bool(views))
+        return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, network.cfg, steps,
+                     views[1] if views else None, network, augment)
     dims = [root.teacher(k).feature_dim for k in input_keys]
     model = ModelConfig(dims, dict(table.heads), frames=cfg.frames, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                         dropout=cfg.dropout, input_dropout=cfg.input_dropout)
-    steps = cfg.steps or auto_steps(len(train_segments), cfg.batch_size)
     return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, model, steps, views[1] if views else None)
 
 
-def loaders(cfg: TrainConfig, s: Setup) -> tuple[CacheLoader, CacheLoader | None]:
+def frames_network(cfg: TrainConfig, root: cache.Cache, frames_key: str, teacher_keys: list[str], views: bool) -> tuple[FramesStudent, Augment]:
+    """The end-to-end student for `--inputs frames`, built with its starting weights, and its training views.
+
+    Refuses, in one line: more --frames than stored, flips on SSv2, an unknown backbone, weights that do not
+    fit it, and an --init-from file other than the one the teacher was extracted with."""
+    frames = root.teacher(frames_key)
+    stored = np.diff(frames.offsets)[frames.usable_segments()]
+    if len(stored) and cfg.frames > int(stored.max()):
+        raise TrainError(f"--frames {cfg.frames} is more than the {int(stored.max())} frames per segment that {frames_key} stores: "
+                         f"pass --frames {int(stored.max())} or fewer, or extract frames again with --frames {cfg.frames}")
+    if views:  # the teachers' logits are per window of their source rows: the frames must be those rows
+        for key in teacher_keys:
+            for source in root.teacher(key).provenance.source_teachers:
+                if not np.array_equal(root.teacher(source).offsets, frames.offsets):
+                    raise TrainError(f"teacher {key} has views over the rows of {source}, and {frames_key} stores other rows per segment: "
+                                     f"extract frames with the same --frames/--fps as {source}, so the student sees its teachers' frames")
+    source_format = root.segments_info["source"].get("format")
+    if cfg.flip and source_format == SSV2:
+        raise TrainError("--flip on a Something-Something v2 cache: its labels name left and right, so a mirrored clip has another label; train without --flip")
+    backbone, weights, seed = starting_point(cfg, root)
+    backbone_family(backbone)  # a one-line error for an unknown name, before anything is built
+    torch.manual_seed(cfg.seed)
+    network = FramesStudent(NetworkConfig(backbone, dict(root.segments.heads), frames=cfg.frames, image_size=cfg.image_size), weights=weights, seed=seed)
+    # Unknown classes (a generic CSV) may name left and right, as the demo's do: no flips unless asked.
+    flip = source_format in FLIP_FORMATS if cfg.flip is None else cfg.flip
+    return network, Augment(scale=(cfg.crop_scale, 1.0), flip=flip, eval_fraction=eval_crop_fraction(backbone))
+
+
+def views_note(cfg: TrainConfig, s: Setup) -> str:
+    """The end-to-end student's training views in one line, said at the start of a run: a flip chosen by
+    default on a manifest whose classes might name left and right is worth seeing."""
+    why = "as asked" if cfg.flip is not None else "on for EPIC-KITCHENS, off elsewhere: pass --flip when no class names a direction"
+    return (f"training views: random resized crop (area {s.augment.scale[0]:g}-1 of the stored frame) to {s.network.size} px, "
+            f"left-right flips {'on' if s.augment.flip else 'off'} ({why})")
+
+
+def starting_point(cfg: TrainConfig, root: cache.Cache) -> tuple[str, str | None, int]:
+    """(backbone, weights, seed) the end-to-end student starts from: as given, or an --init-from teacher's own,
+    read from its provenance (a weights file is checked against the sha256 recorded there)."""
+    if not cfg.init_from:
+        if not cfg.backbone:
+            raise TrainError("--inputs frames needs --backbone NAME (a timm model or a torchvision clip model such as swin3d_t), or --init-from rgb")
+        return cfg.backbone, cfg.weights, cfg.seed
+    key = resolve_inputs(root, [cfg.init_from], "--init-from")[0]
+    p = root.teacher(key).provenance
+    if p.in_chans != 3:
+        raise TrainError(f"--init-from {cfg.init_from}: teacher {key} reads {p.in_chans} channels, the student reads RGB frames: start from an RGB teacher")
+    if cfg.backbone and cfg.backbone != p.backbone:
+        raise TrainError(f"--backbone {cfg.backbone} and --init-from {cfg.init_from} (a {p.backbone}) disagree: drop --backbone, or start from another teacher")
+    recorded = str(p.weights)
+    if recorded.startswith("random-init:"):  # the teacher's own random init: the same seed builds the same weights
+        if cfg.weights:
+            raise TrainError(f"--init-from {cfg.init_from}: teacher {key} was a random init ({recorded}), not a weights file: drop --weights")
+        return p.backbone, None, int(recorded.split(":", 1)[1])
+    if recorded.startswith("timm-pretrained:"):
+        return p.backbone, TIMM_PRETRAINED, cfg.seed
+    if not recorded.startswith("sha256:"):
+        raise TrainError(f"--init-from {cfg.init_from}: teacher {key} has weights {recorded}, not a backbone's: start from an extracted RGB teacher")
+    if not cfg.weights:
+        raise TrainError(f"--init-from {cfg.init_from}: teacher {key} was extracted with the weights file {recorded[:19]}...: pass that file with --weights")
+    have = file_sha256(cfg.weights) if Path(cfg.weights).is_file() else None
+    if have is None:
+        raise TrainError(f"--weights {cfg.weights} not found: give the weights file teacher {key} was extracted with")
+    if have != recorded:
+        raise TrainError(f"--weights {cfg.weights} is {have[:19]}..., teacher {key} was extracted with {recorded[:19]}...: give that teacher's own weights file")
+    return p.backbone, cfg.weights, cfg.seed
+
+
+def loaders(cfg: TrainConfig, s: Setup, pin_memory: bool = False, share: tuple[int, int] = (0, 1)) -> tuple[CacheLoader, CacheLoader | None]:
+    """The training loader (under torchrun: this rank's share of every global batch) and the held-out one."""
     common = dict(teacher_logits=s.teacher_logits, frames=cfg.frames, seed=cfg.seed, buffer_blocks=cfg.buffer_blocks,
-                  prefetch=cfg.prefetch, in_memory=cfg.in_memory, present=s.present, views=s.views)
-    train = CacheLoader(s.root, s.input_keys, s.train_segments, s.table.labels, batch_size=cfg.batch_size, train=True, **common)
+                  prefetch=cfg.prefetch, in_memory=cfg.in_memory, present=s.present, views=s.views, augment=s.augment, pin_memory=pin_memory)
+    train = CacheLoader(s.root, s.input_keys, s.train_segments, s.table.labels, batch_size=cfg.batch_size, train=True, share=share, **common)
     held = CacheLoader(s.root, s.input_keys, s.holdout_segments, s.table.labels, batch_size=max(cfg.batch_size, 256), train=False, **common) if len(s.holdout_segments) else None
     return train, held
 
@@ -173,11 +269,46 @@ def training_statistics(cfg: TrainConfig, s: Setup) -> list[tuple[torch.Tensor, 
     return row_statistics(features, present)
 
 
+def world() -> tuple[int, int]:
+    """(rank, processes) under `torchrun` (its RANK and WORLD_SIZE variables), else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def join_process_group(device_name: str) -> None:
+    """Under torchrun: join the process group once (NCCL on CUDA, gloo on CPU), each rank on its own GPU."""
+    import torch.distributed as dist
+
+    if world()[1] == 1 or dist.is_initialized():
+        return
+    cuda = pick_device(device_name).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if cuda else "gloo")
+
+
 def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[Setup, bool]:
     """Check everything that can be wrong before any work: the cache, the names, the run dir.
-    Returns the setup and whether there is a checkpoint to resume from."""
+    Returns the setup and whether there is a checkpoint to resume from. Under torchrun, rank 0 claims
+    the run dir and tells the others (its one-line error, if any, is every rank's)."""
     s = setup(cfg)
-    return s, rundir.claim_run_dir(cfg.out, s.record(cfg), resume)
+    rank, processes = world()
+    if processes == 1:
+        return s, rundir.claim_run_dir(cfg.out, s.record(cfg), resume)
+    if cfg.batch_size % processes:
+        raise TrainError(f"--batch-size {cfg.batch_size} is the global batch of {processes} processes: give a multiple of {processes}")
+    import torch.distributed as dist
+
+    join_process_group(cfg.device)
+    answer: list = [None]
+    if rank == 0:
+        try:
+            answer[0] = rundir.claim_run_dir(cfg.out, s.record(cfg), resume)
+        except EgodistillError as err:
+            answer[0] = str(err)
+    dist.broadcast_object_list(answer, src=0)
+    if isinstance(answer[0], str):
+        raise TrainError(answer[0])
+    return s, bool(answer[0])
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
@@ -191,21 +322,44 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     been killed right after a checkpoint. started_run is what start_run returned."""
     s, resuming = started_run or start_run(cfg, resume)
     device = pick_device(cfg.device)
-    with head_threads(device):
+    if device.type == "cuda" and world()[1] > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    with head_threads(device) if s.network is None else contextlib.nullcontext():  # a network uses every core
         return _train(cfg, s, resuming, device, log, on_step, stop_after)
+
+
+def accumulation_group(batch: int, batches: int, accumulate: int) -> tuple[int, int]:
+    """(first batch, batches) of the optimiser step that batch `batch` of an epoch of `batches` belongs to.
+    The epoch's last step takes what is left, so a checkpoint at an epoch end never holds half a gradient."""
+    first = batch // accumulate * accumulate
+    return first, min(accumulate, batches - first)
 
 
 def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log: Callable[[str], None],
            on_step: Callable[[int, int, float, float], None] | None, stop_after: int | None) -> list[dict]:
     torch.manual_seed(cfg.seed)
-    train_loader, held_loader = loaders(cfg, s)
-    model = Student(s.model)
-    if not resuming:  # a resumed model brings its statistics in its state dict
+    rank, processes = world()
+    train_loader, held_loader = loaders(cfg, s, pin_memory=device.type == "cuda", share=(rank, processes))
+    model = s.network if s.network is not None else Student(s.model)
+    if s.network is not None:
+        log(views_note(cfg, s))
+    if s.network is None and not resuming:  # a resumed model brings its statistics in its state dict
         model.set_statistics(training_statistics(cfg, s))
+    # Heads: bf16 on CUDA. Networks: bf16 autocast and channels_last on CUDA and on CPUs with native bf16.
+    bf16 = device.type == "cuda" if s.network is None else resolve_precision(cfg.precision, device.type) == "bf16"
+    if s.network is not None and bf16:
+        model.to_channels_last()
     model = model.to(device)
+    net = model  # what the steps call: under torchrun, DDP around the model (gradients averaged over the ranks)
+    if processes > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda" and s.network is not None:  # batch statistics over the global batch, as one process has them
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimiser = make_optimiser(model, cfg.lr, cfg.weight_decay)
     masking = torch.Generator().manual_seed(cfg.seed + 1)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     total_steps = s.steps
     state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "seen": 0}
     if resuming:
@@ -217,17 +371,25 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
         masking.set_state(ckpt["rng"]["masking"])
         if device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        rundir.truncate_metrics(cfg.out, state["epoch"])
+        if rank == 0:
+            rundir.truncate_metrics(cfg.out, state["epoch"], state["step"])
         log(f"resuming {cfg.out} at epoch {state['epoch']}, batch {state['batch']} (step {state['step']} of {total_steps})")
+    elif rank == 0:  # a run killed before its first checkpoint starts over: its lines go too
+        rundir.truncate_metrics(cfg.out, 0, 0)
     loss_args = dict(scheme=cfg.weighting, tau=cfg.tau, temperature=cfg.temperature, kd_weight=cfg.kd_weight,
                      gt_weight=cfg.gt_weight, weights=None if s.weights is None else {h: w.to(device) for h, w in s.weights.items()})
     log_every = max(1, total_steps // 10)
 
     def checkpoint() -> None:
+        if rank:  # rank 0 writes the run dir; every rank holds the same weights
+            return
         rng = {"torch": torch.get_rng_state(), "masking": masking.get_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
-        rundir.save_checkpoint(cfg.out, rundir.LAST, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": dict(state), "rng": rng, "model_config": s.model.to_dict()})
+        kind = "network_config" if s.network is not None else "model_config"
+        rundir.save_checkpoint(cfg.out, rundir.LAST, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": dict(state), "rng": rng, kind: s.model.to_dict()})
+
+    batches = len(train_loader)
 
     while state["step"] < total_steps:
         model.train()
@@ -235,20 +397,20 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
         for batch in train_loader.epoch(state["epoch"], state["batch"]):
             batch = batch.to(device)
             present = mask_modalities(batch.present, cfg.mask_prob, masking)
-            for group in optimiser.param_groups:
-                group["lr"] = lr_at(state["step"], total_steps, cfg.lr, cfg.warmup, cfg.schedule)
             with autocast():
-                logits = model(batch.features, present)
+                logits = student_logits(net, batch, present)
             loss = student_loss(logits, batch.labels, batch.teacher_logits, **loss_args)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimiser.step()
-            state["step"] += 1
+            first, group_size = accumulation_group(state["batch"], batches, cfg.accumulate)
             state["batch"] += 1
+            ends_step = state["batch"] == first + group_size  # gradient accumulation: the step's final batch
+            # A batch with nothing to learn from adds nothing (student/step.py).
+            optimiser_step(model, optimiser, loss, state["step"], total_steps, cfg, share=1.0 / group_size, last=ends_step)
             state["loss_sum"] += loss.detach().item() * len(batch)
             state["seen"] += len(batch)
             seen_now += len(batch)
+            if not ends_step:
+                continue
+            state["step"] += 1
             if on_step:
                 on_step(state["step"], total_steps, loss.detach().item(), seen_now / max(time.perf_counter() - started, 1e-9))
             if cfg.save_every and state["step"] % cfg.save_every == 0:
@@ -264,10 +426,11 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
         last = state["step"] >= total_steps
         if held_loader is not None and (last or state["step"] // log_every > logged_before):
             line.update(held_out(model, held_loader, device, autocast, loss_args))
-        rundir.append_metrics(cfg.out, line)
         boundary = last or state["step"] // log_every > logged_before
-        if boundary:
-            log(_summary(line, total_steps))
+        if rank == 0:  # the line's loss and rate are rank 0's share of each batch
+            rundir.append_metrics(cfg.out, line)
+            if boundary:
+                log(_summary(line, total_steps))
         state.update(epoch=state["epoch"] + 1, batch=0, loss_sum=0.0, seen=0)
         if boundary:  # ten checkpoints a run and the last: small data makes hundreds of passes
             checkpoint()
@@ -275,7 +438,7 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
 
 
 @torch.no_grad()
-def held_out(model: Student, loader: CacheLoader | None, device, autocast, loss_args: dict) -> dict:
+def held_out(model: Student | FramesStudent, loader: CacheLoader | None, device, autocast, loss_args: dict) -> dict:
     """Loss and top-1 per head on the held-out training segments (all inputs present as cached)."""
     if loader is None:
         return {}
@@ -284,7 +447,7 @@ def held_out(model: Student, loader: CacheLoader | None, device, autocast, loss_
     for batch in loader.epoch(0):
         batch = batch.to(device)
         with autocast():
-            logits = model(batch.features, batch.present)
+            logits = student_logits(model, batch, batch.present)
         loss_sum += float(student_loss(logits, batch.labels, batch.teacher_logits, **loss_args)) * len(batch)
         count += len(batch)
         for h, out in logits.items():

@@ -49,3 +49,26 @@ def teacher_key_of(location, modality: str) -> str:
 
     [key] = [t.key for t in cache.open_cache(location).teachers() if t.modality == modality]
     return key
+
+
+def in_process_cli(capsys):
+    """`egodistill ...` in this process (a subprocess costs seconds of imports), for a test's `capsys`: the returned
+    function gives stderr's one line when the command fails (fails=True), else None; a traceback, a second line
+    or an unexpected exit code fails the test."""
+    from egodistill.cli import main
+
+    def call(*args, fails: bool = False):
+        import pytest
+
+        with pytest.raises(SystemExit) as done:
+            main([str(a) for a in args])
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        if not fails:
+            assert done.value.code in (0, None), captured.err
+            return captured.out
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert done.value.code == 1 and len(lines) == 1 and lines[0].startswith("error: "), captured.err
+        return lines[0]
+
+    return call

@@ -81,7 +81,12 @@ def world(tmp_path_factory) -> dict[str, str]:
     torch.save([1, 2, 3], d / "list.pt")
     torch.save({"fc9.weight": torch.zeros(3, 3)}, d / "wrong.pt")
     torch.save({"action.weight": torch.zeros(5, 8), "action.bias": torch.zeros(5)}, d / "head.pt")
-    return {"tmp": str(d), "syn": str(syn), "run": str(run), "videos": str(videos), "manifest": str(manifest),
+    # Thin data: rgb features of one labelled training segment only (the others failed), and no labels at all.
+    build_synthetic_cache(str(d / "thin.zarr"), SyntheticSpec(segments=SEGMENTS, feature_dim=8, segments_per_task=8, failed={"rgb": list(range(1, 17))},
+                                                             modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    build_synthetic_cache(str(d / "unlabelled.zarr"), SyntheticSpec(segments=SEGMENTS, feature_dim=8, segments_per_task=8, unlabelled=1.0,
+                                                                   modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    return {"thin": str(d / "thin.zarr"), "unlabelled": str(d / "unlabelled.zarr"), "tmp": str(d), "syn": str(syn), "run": str(run), "videos": str(videos), "manifest": str(manifest),
             "features": str(d / "features.h5"), "rgb_key": keys["rgb"], "none": str(d / "none.zarr")}
 
 
@@ -152,6 +157,9 @@ BAD = [
     ([*FIT, "--depths", "0,x"], "--depths '0,x'"),
     ([*FIT, "--frames", "-1"], "--frames -1 is out of range"),
     ([*FIT, "--steps", "ten"], "Invalid value for '--steps'"),
+    (["fit-teachers", "--cache", "{thin}", "--modalities", "rgb", "--folds", "2", "--device", "cpu"], "1 of the 17 labelled 'train' segments have its input features"),
+    (["fit-teachers", "--cache", "{unlabelled}", "--modalities", "rgb", "--device", "cpu"], "no labelled 'train' segments"),
+    (["train-student", "--cache", "{unlabelled}", "--inputs", "rgb", "--out", "{tmp}/never", "--device", "cpu"], "no labels for its 'train' segments"),
     # train-student
     ([*TRAIN, "--cache", "{none}"], "not found"),
     ([*TRAIN, "--inputs", "lidar"], "--inputs 'lidar'"),
@@ -160,7 +168,7 @@ BAD = [
     ([*TRAIN, "--teachers", "{rgb_key}"], "has no logits"),
     ([*TRAIN, "--weighting", "best"], "Invalid value for '--weighting'"),
     ([*TRAIN, "--teachers", "rgb", "--weighting", "dataset", "--steps", "-1"], "--steps -1 is out of range"),
-    ([*TRAIN, "--schedule", "step"], "--schedule 'step' is unknown"),
+    ([*TRAIN, "--schedule", "step"], "Invalid value for '--schedule'"),
     ([*TRAIN, "--temperature", "1000"], "--temperature 1000.0 is out of range"),
     ([*TRAIN, "--lr", "0"], "--lr 0.0 is out of range: give a number > 0"),
     ([*TRAIN, "--lr", "-1e-3"], "--lr -0.001 is out of range"),

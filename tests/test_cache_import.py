@@ -249,3 +249,36 @@ def test_lmdb_keys_of_another_layout_are_one_line(world, tmp_path):
     env.close()
     line = one_line_error(egodistill("cache", "import", tmp_path / "db", "--format", "lmdb", "--cache", world["cache"], "--modality", "rgb", "--fps", "30"))
     assert "is not <video>_frame_<number>.jpg" in line
+
+
+def test_h5_keyed_by_video_id_imports_against_a_manifest_naming_files(tmp_path):
+    """The names match the manifest's videos by file stem (v00000 for v00000.mp4); when most segments find no
+    rows, the import says so in one line, with an example of each side's names."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("segment_id,video,start_sec,stop_sec,split,label:verb\n"
+                        + "".join(f"s{v}_{s},v{v:05d}.mp4,{2 * s},{2 * s + 2},train,{s}\n" for v in range(2) for s in range(2)))
+    location = tmp_path / "cache.zarr"
+    egodistill("cache", "init", "--manifest", manifest, "--cache", location, check=0)
+    rng = np.random.default_rng(6)
+    per_video = {f"v{v:05d}": rng.normal(size=(20, D)).astype(np.float32) for v in range(2)}
+    with h5py.File(tmp_path / "feats.h5", "w") as f:
+        for video, values in per_video.items():
+            f[video] = values
+            f[video].attrs["fps"] = 5.0
+    out = egodistill("cache", "import", tmp_path / "feats.h5", "--cache", location, "--modality", "rgb", check=0).stdout
+    assert "find no name" not in out
+    teacher = _only_teacher(location)
+    assert not teacher.ledger() and teacher.usable_segments().all()
+    np.testing.assert_array_equal(teacher.read_rows(*teacher.offsets[2:4])[0], per_video["v00001"][:10].astype(np.float16))  # s1_0: 0-2 s
+
+    with h5py.File(tmp_path / "half.h5", "w") as f:  # one of two videos, under a name of another form
+        f["elsewhere/v00000"] = per_video["v00000"]
+        f["elsewhere/v00000"].attrs["fps"] = 5.0
+        f["w00001"] = per_video["v00001"]
+        f["w00001"].attrs["fps"] = 5.0
+        f["w00002"] = per_video["v00001"]
+        f["w00002"].attrs["fps"] = 5.0
+    out = egodistill("cache", "import", tmp_path / "half.h5", "--cache", location, "--modality", "rgb", "--name", "half", env={"COLUMNS": "400"}, check=0).stdout
+    [line] = [line for line in out.splitlines() if "find no name" in line]
+    assert "2 of 4 segments find no name in half.h5" in line and "v00001.mp4" in line and "w00001" in line
+    assert [f.id for f in cache.open_cache(location).teacher("half").ledger()] == ["s1_0", "s1_1"]

@@ -7,7 +7,7 @@ import numpy as np
 from egodistill import cache
 from egodistill.demo.boxes import MISS, clip_boxes, write_demo_boxes
 from egodistill.demo.data import DemoSpec, _draw_scene, clip_id, clip_labels, split_label
-from egodistill.extract.layout import read_boxes
+from egodistill.extract.boxes import read_boxes
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 
 SPEC = DemoSpec(clips_train=24, clips_val=12)

@@ -14,6 +14,7 @@ from egodistill.common import ExtractError
 from egodistill.backbones import BackboneSpec, create_backbone
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
+from egodistill.cache.records import SamplingPolicy
 from egodistill.extract.sampling import sample_indices
 from egodistill.extract.worker import embed
 
@@ -63,7 +64,7 @@ def test_rgb_features_match_a_direct_model_call(dataset):
     settings = stored.provenance.preprocessing
     for i, (name, start, stop) in enumerate([("h264_aac.mp4", 0.0, 1.0), ("h264_aac.mp4", 1.0, 2.0), ("vp9_opus.webm", 0.2, 1.8)]):
         source = MediaSource(videos / name)
-        indices = sample_indices({"frames": 4}, 4, start, stop, source.video.fps, source.video.num_frames)
+        indices = sample_indices(SamplingPolicy(frames=4), 4, start, stop, source.video.fps, source.video.num_frames)
         direct = embed(backbone, get_modality("rgb").make_inputs(source, indices, settings), "cpu", "fp32")
         features, times = stored.read_rows(offsets[i], offsets[i + 1])
         np.testing.assert_allclose(features.astype(np.float32), direct, rtol=2e-3, atol=2e-3)  # float16 storage
@@ -235,6 +236,28 @@ def test_raft_flow_from_a_local_weights_file(dataset, tmp_path):
     assert settings["weights"].startswith("sha256:")
     x = flow.make_inputs(MediaSource(videos / "h264_aac.mp4"), np.array([2, 9]), settings)
     assert x.shape == (2, 2, 48, 48) and np.isfinite(x).all() and np.abs(x).max() <= 1.0
+
+
+@pytest.mark.parametrize("modality", ["rgb", "flow", "audio"])
+def test_retry_failed_rewrites_a_fixed_video_and_only_with_the_flag(dataset, modality):
+    """A video that is broken at first and then fixed: a rerun leaves its ledger entry, --retry-failed writes its
+    rows (the same rows as the same clip elsewhere) and empties the ledger."""
+    tmp_path, _, videos = dataset
+    (videos / "later.mp4").write_bytes(b"not a video yet" * 50)
+    manifest = write_manifest(tmp_path / "retry.csv", [("ok", "h264_aac.mp4", 0.0, 1.0, "train"), ("later", "later.mp4", 0.0, 1.0, "train")])
+    cfg = config(tmp_path, manifest, videos, modality=modality, segments_per_task=1)
+    first = run_extraction(cfg, log=lambda _: None)
+    assert [f.id for f in first.ledger] == ["later"]
+    shutil.copy(videos / "h264_aac.mp4", videos / "later.mp4")
+    again = run_extraction(cfg, log=lambda _: None)
+    assert again.extracted == 0 and [f.id for f in again.ledger] == ["later"]
+    retried = run_extraction(ExtractConfig(**{**cfg.__dict__, "retry_failed": True}), log=lambda _: None)
+    assert retried.ok and retried.extracted == 1 and retried.done_before == 1 and not retried.ledger
+    teacher = teacher_of(cfg.cache, first.teacher_key)
+    assert teacher.segment_status().tolist() == [1, 1]
+    ok, later = teacher.read_rows(0, 4), teacher.read_rows(4, 8)
+    np.testing.assert_array_equal(later[0], ok[0])
+    np.testing.assert_array_equal(later[1], ok[1])
 
 
 def test_summary_says_where_the_time_went(dataset):

@@ -138,3 +138,73 @@ def test_fit_teachers_refuses_bad_requests(tmp_path):
     build_synthetic_cache(unlabelled, SyntheticSpec(segments=12, feature_dim=8, unlabelled=1.0, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
     with pytest.raises(FitError, match="no labelled 'train' segments"):
         fit_teachers(FitConfig(cache=unlabelled, modalities=["rgb"]), log=QUIET)
+
+
+def test_thin_data_is_refused_in_one_line_naming_the_counts(tmp_path):
+    # As a box file matching few videos leaves it: audio features for 2 of the 28 labelled training segments.
+    path = str(tmp_path / "thin.zarr")
+    build_synthetic_cache(path, SyntheticSpec(segments=40, feature_dim=8, segments_per_task=10, failed={"audio": list(range(2, 28))},
+                                              modalities={"rgb": ("resnet18", 3, 64, 1.0), "audio": ("resnet18", 1, 64, 1.0)}))
+    with pytest.raises(FitError) as err:
+        fit_teachers(FitConfig(cache=path, modalities=["rgb", "audio"], fusion=True, folds=3, steps=2, device="cpu"), log=QUIET)
+    message = str(err.value)
+    assert "\n" not in message and "audio teacher" in message and "2 of the 28 labelled 'train' segments" in message
+    assert "verb 2, noun 2" in message and "--folds 3" in message
+    with pytest.raises(FitError, match="fold 0 leaves no labelled segment"):  # both usable segments are in one video, so in one fold
+        fit_teachers(FitConfig(cache=path, modalities=["audio"], folds=2, steps=2, device="cpu"), log=QUIET)
+    [rgb] = fit_teachers(FitConfig(cache=path, modalities=["rgb"], folds=3, steps=2, device="cpu"), log=QUIET)  # rgb is whole: it fits
+    assert np.isfinite(rgb.logits["verb"]).all()
+
+
+def test_fits_side_by_side_write_the_same_teachers_as_fits_one_at_a_time(tmp_path):
+    spec = SyntheticSpec(segments=60, feature_dim=8, segments_per_task=10, modalities={"rgb": ("resnet18", 3, 64, 1.0), "audio": ("resnet18", 1, 64, 0.5)})
+    teachers = {}
+    for workers in (1, 2):
+        path = str(tmp_path / f"w{workers}.zarr")
+        build_synthetic_cache(path, spec)
+        done = []
+        teachers[workers] = fit_teachers(FitConfig(cache=path, modalities=["rgb", "audio"], fusion=True, folds=3, steps=30, workers=workers, device="cpu"),
+                                         log=QUIET, on_fit=lambda d, t: done.append((d, t)))
+        assert done == [(i, 12) for i in range(1, 13)]  # 3 teachers x (3 folds + the all-train model), each reported once
+    for one, two in zip(teachers[1], teachers[2]):
+        assert one.key == two.key and np.array_equal(one.logits["noun"], two.logits["noun"], equal_nan=True)
+
+
+def test_a_head_fitted_on_rows_pooled_once_is_the_student_on_its_rows(tmp_path):
+    from egodistill.student.fit import pool_features
+
+    path = str(tmp_path / "c.zarr")
+    keys = build_synthetic_cache(path, SyntheticSpec(segments=40, feature_dim=8, segments_per_task=10, offset=5.0, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    cfg = FitConfig(cache=path, modalities=["rgb"], steps=50, device="cpu")
+    features, present = load_features(cache.open_cache(path), [keys["rgb"]], cfg)
+    labels = cache.open_cache(path).segments.labels
+    model = fit_head(features, present, labels, np.arange(28), cfg, {"verb": 4, "noun": 6}, depth=0, seed=0)
+    every = np.arange(40)
+    pooled = predict_head(model, features, present, every, cfg, pooled=pool_features(features, present))
+    rows = predict_head(model, features, present, every, cfg)  # Student.forward on the rows, in fp32
+    assert np.abs(pooled["noun"] - rows["noun"]).max() < 0.05 * np.abs(rows["noun"]).max()
+    assert (pooled["noun"].argmax(1) == rows["noun"].argmax(1)).mean() > 0.95
+
+
+def test_cli_defaults_and_choices_are_the_packages():
+    from dataclasses import MISSING, fields
+
+    import typer
+
+    from egodistill.cli import Schedule, Weighting, app
+    from egodistill.student.step import SCHEDULES, SCHEMES, StepConfig
+
+    commands = {c.name: c for c in typer.main.get_command(app).commands.values()}
+
+    def check(command: str, config) -> int:
+        options, compared = {p.name: p for p in commands[command].params}, 0
+        for f in fields(config):
+            if f.name in options and f.default is not MISSING:
+                shown = options[f.name].default
+                assert getattr(shown, "value", shown) == (",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default), (command, f.name)
+                compared += 1
+        return compared
+
+    assert check("fit-teachers", FitConfig) >= 8 and check("train-student", StepConfig) >= 8
+    assert {p.name: p for p in commands["fit-teachers"].params}["depths"].default == "0"  # once "0,1" in the CLI and (0,) in FitConfig
+    assert tuple(m.value for m in Schedule) == SCHEDULES and tuple(m.value for m in Weighting) == SCHEMES

@@ -13,6 +13,7 @@ from egodistill import cache, testing
 from egodistill.cache.verify import verify_cache
 from egodistill.extract.decode import open_video
 from egodistill.extract.run import ExtractConfig, run_extraction
+from egodistill.cache.records import SamplingPolicy
 from egodistill.extract.sampling import sample_indices
 from tests.helpers import egodistill, one_line_error
 
@@ -47,7 +48,7 @@ def direct_frames(path, policy, rows, start, stop, size) -> tuple[np.ndarray, np
     """What the docs promise, computed here without the modality code: short side to `size` (INTER_AREA when
     shrinking, bilinear when enlarging), centre `size` x `size` crop; and the frames' times."""
     with open_video(path) as video:
-        indices = sample_indices(policy, rows, start, stop, video.fps, video.num_frames)
+        indices = sample_indices(SamplingPolicy.from_json(policy), rows, start, stop, video.fps, video.num_frames)
         out = []
         for frame in video.frames(indices):
             h, w = frame.shape[:2]

@@ -15,6 +15,7 @@ from egodistill.common import EgodistillError, TeacherError
 from egodistill.backbones import BackboneSpec, create_backbone
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
+from egodistill.cache.records import SamplingPolicy
 from egodistill.extract.sampling import sample_indices
 from egodistill.testing import make_video
 from helpers import egodistill, one_line_error
@@ -48,7 +49,7 @@ def extract(tmp_path, videos, rows, **settings):
 def sampled_frames(videos, name, policy, frames, start, stop, settings, modality="rgb"):
     """The segment's frames as the extraction samples and preprocesses them: [T, C, H, W] and their times."""
     source = MediaSource(videos / name)
-    indices = sample_indices(policy, frames, start, stop, source.video.fps, source.video.num_frames)
+    indices = sample_indices(SamplingPolicy.from_json(policy), frames, start, stop, source.video.fps, source.video.num_frames)
     return get_modality(modality).make_inputs(source, indices, settings), source.video.frame_times(indices)
 
 
@@ -172,7 +173,7 @@ def test_clip_options_are_checked_before_any_work(tmp_path, videos):
     with pytest.raises(EgodistillError, match="--clip-stride must be at least 1"):
         plan_extraction(ExtractConfig(**base, backbone="r3d_18", clip_frames=8, clip_stride=0))
     plan = plan_extraction(ExtractConfig(**base, backbone="swin3d_t"))  # the preset's 32-frame clip, one per segment
-    assert plan.policy == {"frames": 32, "clip": {"frames": 32, "stride": 32, "steps": 16}} and plan.rows_per_segment.tolist() == [16]
+    assert plan.policy.to_json() == {"frames": 32, "clip": {"frames": 32, "stride": 32, "steps": 16}} and plan.rows_per_segment.tolist() == [16]
 
 
 def test_flow_and_audio_through_clip_backbones(tmp_path, videos):

@@ -4,7 +4,7 @@ As the object-detection teacher of Radevski et al. (after STLT): each frame's bo
 score and a category embedding) attend to each other around a frame token (spatial encoder), the
 frame tokens with time embeddings attend over time around a class token (temporal encoder), and a
 linear map per head reads the class token. Padding slots (valid 0) are masked out of the spatial
-attention. Rows are read as extract/layout.py writes them: K boxes x [x1, y1, x2, y2, category,
+attention. Rows are read as extract/boxes.py writes them: K boxes x [x1, y1, x2, y2, category,
 score, valid]. It has the Student's interface (`model(features, present)`, `heads`, `cfg`,
 `set_statistics`), so fit-teachers cross-fits it like its other heads.
 """
@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from egodistill.cache.records import BOX_FIELDS
 from egodistill.student.model import ModelConfig
 
-BOX_VALUES = 7        # x1, y1, x2, y2, category, score, valid
+BOX_VALUES = len(BOX_FIELDS)  # x1, y1, x2, y2, category, score, valid: the row extract writes (cache/records.py BoxRow)
 LAYOUT_MAX_LR = 3e-3  # fit-teachers' peak rate for this model: at the pooled head's 1e-2 about one fit in six never left chance
 MAX_CATEGORIES = 64   # 0 padding, 1 hand, 2 + N object placeholder N; larger ids share the last embedding
 

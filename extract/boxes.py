@@ -14,8 +14,13 @@ A row (one per sampled time; the nearest annotated frame within the segment) is 
 the box file, else --frame-size WxH, else the video's header; pixels are never decoded), category 1
 for a hand and 2 + N for object placeholder N, score 1 when the file has none, valid 1; the rest of
 the K slots are zeros (valid 0). Hands come first, then objects by placeholder, each by score.
-Its timestamp is the annotated frame's time. Segments whose video has no boxes, or whose span
-holds no annotated frame, go to the ledger.
+Its timestamp is the annotated frame's time. The row's format is `BoxRow` (cache/records.py), recorded
+in the teacher's provenance as preprocessing["row"]. The box file's video keys match the manifest's
+videos by id, file stem or relative path (extract/names.py). Segments whose video has no boxes, or
+whose span holds no annotated frame, go to the ledger.
+
+`box_rows` is this modality's side of the one extraction driver (extract/tasks.py): it gives a
+task's rows; planning, lease, records, ledger and resume are the driver's.
 """
 
 from __future__ import annotations
@@ -24,17 +29,20 @@ import csv
 import json
 import math
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from egodistill import cache
+from egodistill.cache.records import BOX_FIELDS, BoxRow, Failure, SamplingPolicy
 from egodistill.common import ExtractError, MediaError, file_sha256
+from egodistill.extract.tasks import TaskRows
 
-BOX_FIELDS = ("x1", "y1", "x2", "y2", "category", "score", "valid")
+if TYPE_CHECKING:
+    from egodistill.extract.worker import SegmentJob, TaskSpec
+
 HAND = 1
 OBJECT_BASE = 2
 DEFAULT_MAX_BOXES = 14   # Radevski et al.'s layout teacher: at most 14 boxes per frame
@@ -171,21 +179,21 @@ def _read_csv(file: Path, text: str, box_fps: float) -> dict[str, VideoBoxes]:
 def frame_row(frame: Frame, size: tuple[float, float], max_boxes: int) -> np.ndarray:
     """K x [x1, y1, x2, y2, category, score, valid], flattened; coordinates divided by (width, height)."""
     w, h = size
-    row = np.zeros((max_boxes, len(BOX_FIELDS)), np.float32)
+    row = np.zeros((max_boxes, len(BOX_FIELDS)), np.float32)  # BoxRow(max_boxes), flattened below
     boxes = sorted(frame.boxes, key=lambda b: (b.category, -b.score))[:max_boxes]
     for k, b in enumerate(boxes):
         row[k] = (b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h, b.category, b.score, 1.0)
     return row.reshape(-1)
 
 
-def sample_times(policy: dict, rows: int, start: float, stop: float) -> np.ndarray:
+def sample_times(policy: SamplingPolicy, rows: int, start: float, stop: float) -> np.ndarray:
     """The times of a segment's rows: centres of `frames` equal bins, or start + (k + 0.5) / fps."""
-    if "frames" in policy:
+    if policy.frames is not None:
         return start + (np.arange(rows) + 0.5) * (stop - start) / rows
-    return start + (np.arange(rows) + 0.5) / policy["fps"]
+    return start + (np.arange(rows) + 0.5) / policy.fps
 
 
-def segment_rows(boxes: VideoBoxes | None, policy: dict, rows: int, start: float, stop: float, size, max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
+def segment_rows(boxes: VideoBoxes | None, policy: SamplingPolicy, rows: int, start: float, stop: float, size, max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
     """A segment's rows and their times; MediaError (a ledger entry) when it has no boxes."""
     if boxes is None or not boxes.frames:
         raise MediaError("no boxes for this video in --boxes")
@@ -221,7 +229,7 @@ def video_size(path: Path | None) -> tuple[float, float] | None:
         return None
 
 
-# --- the modality's options and its model-free run ------------------------------------------
+# --- the modality's options and its rows ------------------------------------------------------
 
 def parse_frame_size(value) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(value))
@@ -237,55 +245,42 @@ def layout_settings(options: dict) -> dict:
         "boxes": file_sha256(options["boxes"]) if Path(options["boxes"]).is_file() else options["boxes"],
         "max_boxes": options["max_boxes"], "box_fps": options["box_fps"],
         "frame_size": list(options["frame_size"]) if options["frame_size"] else "box file, else video header",
-        "row": f"{options['max_boxes']} x [{', '.join(BOX_FIELDS)}]", "categories": {"padding": 0, "hand": HAND, "object N": f"{OBJECT_BASE} + N"},
+        "row": BoxRow(options["max_boxes"]).to_json(), "categories": {"padding": 0, "hand": HAND, "object N": f"{OBJECT_BASE} + N"},
     }
 
 
-def run_layout(cfg, plan, on_progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print):
-    """`extract --modality layout`: rows from the box file, written task by task (resumable); returns the run's Summary."""
-    from egodistill.extract.manifests import segment_table
-    from egodistill.extract.modalities import get_modality
-    from egodistill.extract.run import Summary
+def box_row_shape(settings: dict) -> tuple[int]:
+    return (BoxRow(settings["row"]["max_boxes"]).width,)
 
-    started = time.perf_counter()
-    options = get_modality("layout").resolve_options(cfg.options)
-    settings = layout_settings(options)
-    videos = read_boxes(options["boxes"], options["box_fps"])
-    provenance = cache.Provenance(modality=cfg.modality, backbone="boxes", weights=settings["boxes"], preprocessing=settings,
-                                  sampling=plan.policy, precision="fp32")
-    target = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
-    target.write_segments(segment_table(plan.manifest), {"format": plan.manifest.format, "manifest": str(plan.manifest.path)})
-    key = target.key_for(provenance, cfg.name)
-    dim = options["max_boxes"] * len(BOX_FIELDS)
-    sizes: dict[str, tuple[float, float] | None] = {}
-    with target.lease(key) as renew:
-        teacher, resumed = target.create_teacher(key, provenance, dim, plan.offsets, plan.layout, {})
-        layout, records = teacher.layout, teacher.records()
-        todo = [t for t in range(layout.tasks) if t not in records or (cfg.retry_failed and records[t].failed)]
-        summary = Summary(teacher_key=key, segments=layout.segments, done_before=sum(len(layout.task_segments(t)) for t in records if t not in todo))
-        log(f"teacher {key}: {'resuming' if resumed else 'new'}, {len(todo)} of {layout.tasks} tasks to run (boxes, no model)")
-        done = summary.done_before
-        for task in todo:
-            features, times, failed = [], [], []
-            for i in layout.task_segments(task):
-                s, rows = plan.manifest.segments[i], int(plan.rows_per_segment[i])
-                if s.video not in sizes:
-                    sizes[s.video] = tuple(options["frame_size"]) if options["frame_size"] else video_size(plan.video_paths.get(s.video))
-                try:
-                    f, t = segment_rows(videos.get(s.video), plan.policy, rows, s.start_sec, s.stop_sec, sizes[s.video], options["max_boxes"])
-                except MediaError as err:
-                    failed.append(cache.Failure(i, s.id, s.video, str(err), expected_rows=rows))
-                    f, t = np.full((rows, dim), np.nan, np.float32), np.full(rows, np.nan, np.float32)
-                features.append(f)
-                times.append(t)
-            teacher.write_task(task, np.concatenate(features).astype(np.float16), np.concatenate(times), {}, failed=failed, worker="layout", device="cpu")
-            summary.extracted += len(layout.task_segments(task)) - len(failed)
-            summary.rows += sum(len(t) for t in times)
-            done += len(layout.task_segments(task))
-            renew()
-            if on_progress:
-                on_progress(done, layout.segments)
-    summary.ledger = cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options).teacher(key).ledger()
-    summary.failed = len(summary.ledger)
-    summary.seconds = time.perf_counter() - started
-    return summary
+
+@lru_cache(maxsize=1)
+def _boxes_file(path: str, box_fps: float, sha256: str) -> dict[str, VideoBoxes]:
+    """The box file read once per process (the driver to match names, each worker for its tasks); the sha256
+    keys the cache so a changed file is read again."""
+    return read_boxes(path, box_fps)
+
+
+def box_names(options: dict, settings: dict) -> list[str]:
+    """The box file's video keys, to match to the manifest's videos (extract/names.py)."""
+    return list(_boxes_file(options["boxes"], options["box_fps"], settings["boxes"]))
+
+
+def box_rows(spec: TaskSpec, jobs: list[SegmentJob], device: str) -> TaskRows:
+    """One task's rows from the box file (the job's `name` is its video's key there); a segment without boxes
+    is failed, its rows NaN."""
+    options = spec.options
+    videos = _boxes_file(options["boxes"], options["box_fps"], spec.settings["boxes"])
+    dim = BoxRow(options["max_boxes"]).width
+    sizes: dict[str | None, tuple[float, float] | None] = {}
+    features, times, failed = [], [], []
+    for job in jobs:
+        if job.video not in sizes:
+            sizes[job.video] = tuple(options["frame_size"]) if options["frame_size"] else video_size(Path(job.video) if job.video else None)
+        try:
+            f, t = segment_rows(videos.get(job.name) if job.name else None, spec.policy, job.rows, job.start, job.stop, sizes[job.video], options["max_boxes"])
+        except MediaError as err:
+            failed.append(Failure(job.index, job.segment_id, job.video, str(err), expected_rows=job.rows))
+            f, t = np.full((job.rows, dim), np.nan, np.float32), np.full(job.rows, np.nan, np.float32)
+        features.append(f)
+        times.append(t)
+    return TaskRows(np.concatenate(features).astype(np.float16), np.concatenate(times), failed=failed)
