@@ -239,7 +239,7 @@ def decoders_figures(args, work: Path) -> None:
             codec, fps = c.streams.video[0].codec_context.name, float(c.streams.video[0].average_rate)
         reference = _sequential(path)
         n = len(reference)
-        segments = [sample_indices({"frames": 8}, 8, a, a + 1.0, fps, n) for a in np.arange(0, n / fps - 1.0 + 1e-9, 0.5)]
+        segments = [sample_indices(SamplingPolicy(frames=8), 8, a, a + 1.0, fps, n) for a in np.arange(0, n / fps - 1.0 + 1e-9, 0.5)]
         segments.append(np.arange(max(0, n - 8), n))  # the last frames, where decord fails MPEG-4 Part 2
         t0 = time.perf_counter()
         readers = _readers(path)

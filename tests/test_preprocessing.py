@@ -21,6 +21,7 @@ from PIL import Image
 from egodistill import cache
 from egodistill import testing as media
 from egodistill.backbones import BackboneSpec, create_backbone
+from egodistill.cache.records import SamplingPolicy
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.run import ExtractConfig, run_extraction
 from egodistill.extract.sampling import sample_indices
@@ -81,7 +82,7 @@ def test_timm_rows_equal_create_transform_on_pil_frames(tmp_path):
     assert teacher.provenance.preprocessing["crop_pct"] == 0.95  # resnet18's own, floor(224 / 0.95) = 235
     for i, (name, start, stop) in enumerate(segments):
         with MediaSource(videos / name).video as video:
-            indices = sample_indices({"frames": FRAMES}, FRAMES, start, stop, video.fps, video.num_frames)
+            indices = sample_indices(SamplingPolicy(frames=FRAMES), FRAMES, start, stop, video.fps, video.num_frames)
         decoded = _sequential(videos / name, int(indices.max()))
         expected = torch.stack([reference(Image.fromarray(decoded[j])) for j in indices]).numpy()
         got = get_modality("rgb").make_inputs(MediaSource(videos / name), indices, teacher.provenance.preprocessing)
@@ -103,7 +104,7 @@ def test_torchvision_video_rows_equal_the_weights_preset(tmp_path):
     backbone = create_backbone(BackboneSpec("r2plus1d_18", in_chans=3), {})
     for i, (name, start, stop) in enumerate(segments):
         with MediaSource(videos / name).video as video:
-            indices = sample_indices({"frames": frames}, frames, start, stop, video.fps, video.num_frames)
+            indices = sample_indices(SamplingPolicy(frames=frames), frames, start, stop, video.fps, video.num_frames)
         decoded = _sequential(videos / name, int(indices.max()))
         clip = torch.from_numpy(np.stack([decoded[j] for j in indices])).permute(0, 3, 1, 2)
         expected = preset(clip).numpy()  # [C, T, H, W]
