@@ -64,7 +64,7 @@ def extract(
     clip_frames: Annotated[Optional[int], typer.Option(help="Clip backbones: sampled frames per window (default: the --frames as one clip; without --frames/--fps the clip length of the model's weights preset).")] = None,
     clip_stride: Annotated[Optional[int], typer.Option(help="Clip backbones: sampled frames between window starts (default: --clip-frames, no overlap).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Teacher key (default: <modality>-<backbone>-<provenance hash>).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Local Dask workers (default: one per GPU, else one per core; 0 = no cluster, run here).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local Dask workers (default 0 = no cluster, run here, on a CPU or one GPU; one per GPU when there are several).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler, e.g. tcp://head:8786.")] = None,
     device: Annotated[Device, typer.Option(help="Where teachers run.")] = Device.auto,
     precision: Annotated[Precision, typer.Option(help="bf16 autocast (+channels_last) or fp32; auto = bf16 where the hardware has it.")] = Precision.auto,
@@ -74,6 +74,7 @@ def extract(
     retry_failed: Annotated[bool, typer.Option(help="Rerun tasks whose ledger has failed segments.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Read the manifest, find videos, show the planned rows and shards; run no model.")] = False,
     classes: Annotated[Optional[list[str]], typer.Option(help="HEAD=FILE: the head's classes (one name a line, EPIC's classes CSV or SSv2's labels JSON) sizing a generic CSV's head; repeatable.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary (counts, timings, ledger) as JSON on stdout; progress goes to stderr.")] = False,
 ) -> None:
     """Run one teacher over a dataset's segments into the cache (resumable: rerun to finish).
 
@@ -88,11 +89,15 @@ def extract(
         segments_per_task=segments_per_task, retry_failed=retry_failed, classes=_classes(classes),
     )
     plan = plan_extraction(cfg)
-    _print_plan(plan, needs_videos=get_modality(modality).rows is None)
+    if not as_json:  # stdout holds the JSON alone
+        _print_plan(plan, needs_videos=get_modality(modality).rows is None)
     if dry_run:
         return
-    summary = _run_with_progress(run_extraction, cfg, plan)
-    _print_summary(summary)
+    summary = _run_with_progress(run_extraction, cfg, plan, errors if as_json else console)
+    if as_json:
+        print(dumps(summary.to_json(), indent=2))
+    else:
+        _print_summary(summary)
     if not summary.ok:
         raise typer.Exit(EXIT_FAILED_SEGMENTS)
 
@@ -120,10 +125,10 @@ def _modality_options(args: list[str]) -> dict[str, str]:
     return options
 
 
-def _run_with_progress(run, cfg, plan):
+def _run_with_progress(run, cfg, plan, out: Console = console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("segments"), TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as progress:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("segments"), TimeElapsedColumn(), TimeRemainingColumn(), console=out, transient=False) as progress:
         bar = progress.add_task(f"extract {cfg.modality}", total=plan.layout.segments)
         return run(cfg, plan, on_progress=lambda done, total: progress.update(bar, completed=done), log=progress.console.print)
 
@@ -147,12 +152,22 @@ def _print_plan(plan, needs_videos: bool = True) -> None:
     )
 
 
+def _time_rows(summary) -> list[tuple[str, str]]:
+    """Where the time went: decode and preprocess summed over the decode threads (they overlap the model),
+    forward and write on the model's thread, wait = the model idle for want of decoded segments."""
+    t, working = summary.timings, summary.working_seconds
+    share = (lambda v: f" ({100 * v / working:.0f} % of {working:.1f} s working)") if working else (lambda v: "")
+    return [("decode (threads)", f"{t.decode:.1f} s"), ("preprocess (threads)", f"{t.preprocess:.1f} s"),
+            ("model forward", f"{t.forward:.1f} s{share(t.forward)}"), ("write", f"{t.write:.1f} s"),
+            ("model idle (wait)", f"{t.wait:.1f} s{share(t.wait)}")]
+
+
 def _print_summary(summary) -> None:
     table = Table(title=f"teacher {summary.teacher_key}", show_header=False)
     for label, value in (
         ("segments", summary.segments), ("done before this run", summary.done_before), ("extracted now", summary.extracted),
         ("failed (ledger)", summary.failed), ("rows written", summary.rows), ("wall time", f"{summary.seconds:.1f} s"),
-        ("model forward time", f"{summary.forward_seconds:.1f} s"),
+        ("ran", summary.mode), *_time_rows(summary),
     ):
         table.add_row(label, str(value))
     console.print(table)

@@ -1,9 +1,12 @@
 """Extraction benchmarks (issue 2): overlap, against the common per-video loop, scaling, footprint;
 (issue 11, --breakeven) the whole command against a sequential per-segment loop, 2 workers against 1,
-and the segment counts where each starts to win.
+and the segment counts where each starts to win; (issue 17, --modes) in process against local Dask with
+1 and 2 workers, whole commands, with the summary's decode/preprocess/forward/write/wait breakdown.
 
     python bench/bench_extract.py [--videos 6] [--seconds 12] [--backbone resnet18]
     python bench/bench_extract.py --breakeven [--precision auto|fp32|bf16]
+    python bench/bench_extract.py --modes [--every-sec 0.25 --segment-sec 1 --frames 2 ...]
+    python bench/bench_extract.py --decoders [--real ../shared/real/videos]
 
 Same videos, same model, same cores in one run; prints figures and ratios. The videos look like
 EPIC-KITCHENS' common release (456x256, 50 fps, H.264) with 2 s segments every 3 s.
@@ -82,6 +85,7 @@ def common_practice(manifest: Path, videos: Path, backbone: str, frames: int, ou
     spec = get_modality("rgb")
     teacher = create_backbone(BackboneSpec(backbone, in_chans=3), {})
     settings = spec.settings(spec.resolve_options({}), teacher.data_config)
+    settings["resize_short"] = int(min(settings["input_size"]) / settings["crop_pct"])  # timm's floor
     mean, std = np.asarray(settings["mean"]) * 255, np.asarray(settings["std"]) * 255
     torch.set_num_threads(os.cpu_count() or 1)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,7 +141,7 @@ def per_segment_loop(manifest: Path, videos: Path, backbone: str, frames: int, p
     for i, seg in enumerate(plan.manifest.segments):
         job = SegmentJob(i, seg.id, str(plan.video_paths[seg.video]), seg.start_sec, seg.stop_sec, int(plan.rows_per_segment[i]), int(plan.frames_per_segment[i]))
         sources: dict = {}
-        inputs, _, _ = _prepare(job, task, sources)
+        (inputs, _, _), _ = _prepare(job, task, sources)
         np.save(out / f"{seg.id}.npy", embed(teacher, inputs, "cpu", precision))
         for source in sources.values():
             source.close()
@@ -171,6 +175,93 @@ def breakeven_figures(args, work: Path, manifest: Path, videos: Path) -> None:
           f"break-even {breakeven(f1, c1, f2, c2)}")
 
 
+def modes_figures(args, work: Path, manifest: Path, videos: Path) -> None:
+    """The run modes on one machine, whole commands (start-up included), in one run: compare as ratios."""
+    from egodistill.extract.worker import resolve_precision
+
+    precision = resolve_precision(args.precision, "cpu")
+    n = len(segments_of(manifest))
+    rows = []
+    for label, workers in (("in process (--workers 0)", 0), ("local Dask, 1 worker", 1), ("local Dask, 2 workers", 2)):
+        wall, s = extract(manifest, videos, work / f"modes-{workers}.zarr", args.backbone, args.frames, workers=workers, precision=precision)
+        rows.append((label, wall, s))
+    base = rows[0][1]
+    print(f"| mode ({n} segments x {args.frames} frames, {args.backbone}, {precision}) | whole command | vs in process | working | "
+          f"decode | preprocess | forward | write | wait (model idle) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, wall, s in rows:
+        t = s.timings
+        print(f"| {label} | {wall:.1f} s | {base / wall:.2f}x | {s.working_seconds:.1f} s | {t.decode:.1f} s | {t.preprocess:.1f} s | "
+              f"{t.forward:.1f} s | {t.write:.1f} s | {t.wait:.1f} s |")
+
+
+def _sequential(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def _readers(path: Path) -> dict:
+    """Each decoder as a function of sorted unique frame indices -> uint8 [K, H, W, 3], opened once per video."""
+    import decord
+    from torchcodec.decoders import VideoDecoder
+
+    from egodistill.extract.decode import _PyAVFrames
+
+    readers = {}
+    try:
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        readers["decord"] = lambda idx: vr.get_batch(idx.tolist()).asnumpy()
+    except Exception as err:  # noqa: BLE001 - a decoder that cannot open the file is a result
+        readers["decord"] = f"cannot open: {str(err).splitlines()[0][:60]}"
+    pyav = _PyAVFrames(path)
+    readers["pyav"] = pyav.read
+    for mode in ("exact", "approximate"):
+        dec = VideoDecoder(str(path), seek_mode=mode, dimension_order="NHWC", num_ffmpeg_threads=0)
+        readers[f"torchcodec-{mode}"] = lambda idx, dec=dec: dec.get_frames_at(idx.tolist()).data.numpy()
+    return readers
+
+
+def decoders_figures(args, work: Path) -> None:
+    """decord, PyAV and torchcodec on each codec: frames equal to a sequential decode, and read speed over
+    1 s segments every 0.5 s, 8 frames each, in manifest order (what a task reads). Opening is timed apart."""
+    videos = [media.make_video(work / "h264.mp4", seconds=12, fps=50, size=(456, 256), seed=1),
+              media.make_video(work / "vp9.webm", seconds=12, fps=50, size=(456, 256), codec="vp9", seed=2)]
+    real = Path(args.real)
+    videos += sorted(real.iterdir()) if real.is_dir() else []
+    print("| video | codec | decoder | open | read (segments) | frames equal to sequential |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    import av
+
+    for path in videos:
+        with av.open(str(path)) as c:
+            codec, fps = c.streams.video[0].codec_context.name, float(c.streams.video[0].average_rate)
+        reference = _sequential(path)
+        n = len(reference)
+        segments = [sample_indices(SamplingPolicy(frames=8), 8, a, a + 1.0, fps, n) for a in np.arange(0, n / fps - 1.0 + 1e-9, 0.5)]
+        segments.append(np.arange(max(0, n - 8), n))  # the last frames, where decord fails MPEG-4 Part 2
+        t0 = time.perf_counter()
+        readers = _readers(path)
+        opened = time.perf_counter() - t0
+        for name, read in readers.items():
+            if isinstance(read, str):
+                print(f"| {path.name} | {codec} | {name} | {read} | | |")
+                continue
+            t0 = time.perf_counter()
+            worst, error = 0, None
+            try:
+                for idx in segments:
+                    idx = np.unique(idx)
+                    got = read(idx)
+                    worst = max(worst, max(int(np.abs(got[k].astype(np.int16) - reference[i]).max()) for k, i in enumerate(idx)))
+            except Exception as err:  # noqa: BLE001 - a failing decoder is a result
+                error = f"fails: {str(err).splitlines()[0][:60]}"
+            took = time.perf_counter() - t0
+            print(f"| {path.name} | {codec} | {name} | {opened:.2f} s (all) | {took:.2f} s ({len(segments)}) | "
+                  f"{error or ('yes' if worst == 0 else f'no: max diff {worst}')} |")
+
+
 def tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -184,10 +275,18 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--breakeven", action="store_true", help="only the issue 11 figures: command vs per-segment loop, 2 workers vs 1, break-even")
-    parser.add_argument("--precision", default="auto", help="for --breakeven: auto (bf16 where the CPU has it), fp32 or bf16")
+    parser.add_argument("--decoders", action="store_true", help="only the decoder figures: decord, PyAV, torchcodec per codec")
+    parser.add_argument("--real", default=str(Path(__file__).resolve().parents[2] / "shared" / "real" / "videos"), help="real videos for --decoders")
+    parser.add_argument("--modes", action="store_true", help="only the issue 17 figures: in process vs local Dask with 1 and 2 workers")
+    parser.add_argument("--precision", default="auto", help="for --breakeven/--modes: auto (bf16 where the CPU has it), fp32 or bf16")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    if args.decoders:
+        try:
+            return decoders_figures(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     try:
         manifest = make_dataset(work, args.videos, args.seconds, args.segment_sec, args.every_sec)
         videos = work / "videos"
@@ -198,11 +297,14 @@ def main() -> None:
         if args.breakeven:
             breakeven_figures(args, work, manifest, videos)
             return
+        if args.modes:
+            modes_figures(args, work, manifest, videos)
+            return
 
         fwd = forward_only(manifest, videos, args.backbone, args.frames, 64)
         wall_inproc, s0 = extract(manifest, videos, work / "inproc.zarr", args.backbone, args.frames, workers=0)
         print(f"1. overlap: extraction wall {wall_inproc:.2f} s (one process, all cores) / forward alone {fwd:.2f} s "
-              f"= {wall_inproc / fwd:.2f}  (target <= 1.25); model time inside the run {s0.forward_seconds:.2f} s")
+              f"= {wall_inproc / fwd:.2f}  (target <= 1.25); model time inside the run {s0.timings.forward:.2f} s")
 
         loop = common_practice(manifest, videos, args.backbone, args.frames, work / "npy")
         wall2, s2 = extract(manifest, videos, work / "two.zarr", args.backbone, args.frames, workers=2)

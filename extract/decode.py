@@ -11,7 +11,10 @@ over, so a caller can log it once per run. Every problem with a file is raised a
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -38,6 +41,29 @@ DECORD_UNRELIABLE = {
     # frame differs from a sequential decode by up to 254 grey levels; PyAV's matches it exactly.
     "mpeg4": "decord returns wrong frames near the end of MPEG-4 Part 2 streams (packed B-frames)",
 }
+
+
+_CLOCK = threading.local()
+
+
+def decode_clock() -> float:
+    """Seconds this thread has spent opening videos and decoding frames or audio: the difference of two
+    readings is the decode time of the work in between (the extract summary's "decode")."""
+    return getattr(_CLOCK, "seconds", 0.0)
+
+
+def _timed(fn):
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        depth = getattr(_CLOCK, "depth", 0)
+        if depth:  # inside another timed call (frames -> frames): counted there
+            return fn(*args, **kwargs)
+        started, _CLOCK.depth = time.perf_counter(), 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CLOCK.seconds, _CLOCK.depth = decode_clock() + time.perf_counter() - started, 0
+    return timed
 
 
 def _short(err: BaseException) -> str:
@@ -250,6 +276,7 @@ class Video:
         """Seconds from the start of the video of each frame (index / fps), float64."""
         return np.asarray(indices, dtype=np.float64) / self.fps
 
+    @_timed
     def frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 [K, H, W, 3] RGB frames at `indices` (any order, repeats allowed)."""
         wanted = np.asarray(indices)
@@ -297,6 +324,7 @@ def _open_decord(path: Path):
     return reader, fps, count
 
 
+@_timed
 def open_video(path: str | Path, prefer: str = "decord") -> Video:
     """Open a video for reading frames: decord unless it cannot (then PyAV, with `fallback_reason` set)."""
     if prefer not in ("decord", "pyav"):
@@ -359,6 +387,7 @@ def _pyav_audio(path: Path, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
 
 
+@_timed
 def read_audio_track(path: str | Path, sample_rate: int = 24000) -> np.ndarray:
     """The whole audio track as mono float32 at `sample_rate` (decord, else PyAV)."""
     path = _check_file(path)

@@ -12,6 +12,7 @@ output is written as the rows themselves (uint8 frames); with `rows` (layout) fr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -181,21 +182,65 @@ def _centre_crop(image: np.ndarray, size: list[int]) -> np.ndarray:
 
 
 # --- rgb -------------------------------------------------------------------------------
+# The model's own reference transform, applied as the library defines it, not re-implemented: for a timm
+# backbone `timm.data.create_transform` (eval) on PIL frames; for a torchvision video model its weights
+# preset. An OpenCV look-alike (round() for floor, area for PIL's antialiased bicubic, crop_mode ignored)
+# put rows at cosine 0.993 from the reference on real frames (issue 17); these give 1.0.
 
 def _rgb_settings(options: dict, data_cfg: dict) -> dict:
-    return {**_geometry(data_cfg), "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
+    if "preset" in data_cfg:  # a torchvision video model: its weights preset's transform
+        return {**_geometry(data_cfg), "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"]), "transform": "torchvision preset"}
+    _, h, w = data_cfg["input_size"]
+    return {"input_size": [h, w], "interpolation": data_cfg.get("interpolation", "bilinear"), "crop_pct": float(data_cfg.get("crop_pct", 1.0)),
+            "crop_mode": data_cfg.get("crop_mode", "center"), "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"]),
+            "transform": "timm.data.create_transform"}
+
+
+@lru_cache(maxsize=8)
+def _reference_transform(key: str) -> Callable:
+    """The model's own eval transform for rgb settings (as JSON, to be hashable): PIL image -> [3, H, W] tensor
+    (timm), or uint8 [T, C, H, W] tensor -> [C, T, H, W] (a torchvision preset)."""
+    import json
+
+    settings = json.loads(key)
+    if settings["transform"] == "torchvision preset":
+        from torchvision.models import video
+
+        enum, member = settings["preset"].split(".")
+        return getattr(getattr(video, enum), member).transforms()
+    import timm.data
+
+    return timm.data.create_transform(
+        input_size=(3, *settings["input_size"]), interpolation=settings["interpolation"], crop_pct=settings["crop_pct"],
+        crop_mode=settings["crop_mode"], mean=tuple(settings["mean"]), std=tuple(settings["std"]), is_training=False,
+    )
+
+
+def rgb_preprocess(frames: np.ndarray, settings: dict) -> np.ndarray:
+    """Decoded uint8 [T, H, W, 3] frames -> the model's input, float32 [T, 3, h, w], by its reference transform."""
+    import json
+
+    import torch
+    from PIL import Image
+
+    transform = _reference_transform(json.dumps(settings, sort_keys=True))
+    with torch.inference_mode():
+        if settings["transform"] == "torchvision preset":
+            out = transform(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)).transpose(0, 1)
+        else:
+            out = torch.stack([transform(Image.fromarray(f)) for f in frames])
+    return np.ascontiguousarray(out.numpy(), dtype=np.float32)
 
 
 def _rgb_frames(source: MediaSource, indices: np.ndarray, settings: dict) -> np.ndarray:
-    """The decoded frames resized and centre-cropped to settings["input_size"]: uint8 [T, H, W, 3] (rgb and frames)."""
+    """The frames modality's rows: the decoded frames resized (OpenCV: area when shrinking) and centre-cropped
+    to settings["input_size"], uint8 [T, H, W, 3]. They are pixels a student trains on, not a teacher's input,
+    so they keep OpenCV's geometry (fast, and what the stored bytes have always been)."""
     return np.stack([_centre_crop(_resize(f, settings), settings["input_size"]) for f in source.video.frames(indices)])
 
 
 def _rgb_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> np.ndarray:
-    mean = np.asarray(settings["mean"], dtype=np.float32) * 255.0
-    std = np.asarray(settings["std"], dtype=np.float32) * 255.0
-    out = (_rgb_frames(source, indices, settings).astype(np.float32) - mean) / std
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+    return rgb_preprocess(source.video.frames(indices), settings)
 
 
 register_modality(Modality("rgb", "resnet50", lambda o: 3, _rgb_settings, _rgb_inputs))
@@ -244,24 +289,25 @@ def _flow_settings(options: dict, data_cfg: dict) -> dict:
     return settings
 
 
+# One OpenCV flow object per decode thread: they keep state between calls, and sharing one across the
+# worker's decode threads crashes the process.
+_FLOW_OBJECTS = threading.local()
+
+
+def _per_thread(name: str, create: Callable):
+    if not hasattr(_FLOW_OBJECTS, name):
+        setattr(_FLOW_OBJECTS, name, create())
+    return getattr(_FLOW_OBJECTS, name)
+
+
 def _dis(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-    return _dis_instance().calc(prev, nxt, None)
-
-
-@lru_cache(maxsize=1)
-def _dis_instance():
-    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return _per_thread("dis", lambda: cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)).calc(prev, nxt, None)
 
 
 def _tvl1(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
     if not hasattr(cv2, "optflow"):
         raise ExtractError("--flow tvl1 needs opencv-contrib: pip install opencv-contrib-python-headless, or use --flow dis")
-    return _tvl1_instance().calc(prev, nxt, None)
-
-
-@lru_cache(maxsize=1)
-def _tvl1_instance():
-    return cv2.optflow.DualTVL1OpticalFlow_create()
+    return _per_thread("tvl1", cv2.optflow.DualTVL1OpticalFlow_create).calc(prev, nxt, None)
 
 
 @lru_cache(maxsize=2)

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from egodistill.extract.manifests import Manifest, add_manifests, cache_manifest
 from egodistill.extract.modalities import Modality, get_modality
 from egodistill.extract.names import match_names, mismatch_note
 from egodistill.extract.sampling import clip_policy, frames_for, rows_from_frames, sampling_policy
-from egodistill.extract.tasks import TaskResult
+from egodistill.extract.tasks import TaskResult, Timings
 from egodistill.extract.worker import SegmentJob, TaskSpec, run_task
 
 
@@ -85,8 +85,9 @@ class Summary:
     failed: int = 0
     rows: int = 0
     seconds: float = 0.0
-    forward_seconds: float = 0.0
     working: tuple[float, float] | None = None  # first task start to last task end, models loaded
+    timings: Timings = field(default_factory=Timings)  # decode, preprocess, forward, write, wait (model idle) over all tasks
+    mode: str = ""  # how the tasks ran: "in process", "local Dask, N workers" or "Dask at ADDRESS"
     crashed_tasks: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
     ledger: list[cache.Failure] = field(default_factory=list)
@@ -98,6 +99,15 @@ class Summary:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.crashed_tasks
+
+    def to_json(self) -> dict:
+        """The summary as `extract --json` prints it: counts, seconds and where they went, the ledger."""
+        return {
+            "teacher": self.teacher_key, "ok": self.ok, "mode": self.mode, "segments": self.segments, "done_before": self.done_before,
+            "extracted": self.extracted, "failed": self.failed, "rows": self.rows, "seconds": round(self.seconds, 3),
+            "working_seconds": round(self.working_seconds, 3), "timings": {k: round(v, 3) for k, v in asdict(self.timings).items()},
+            "crashed_tasks": self.crashed_tasks, "fallbacks": self.fallbacks, "ledger": [asdict(f) for f in self.ledger],
+        }
 
 
 def plan_extraction(cfg: ExtractConfig) -> Plan:
@@ -264,6 +274,7 @@ def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: BackboneSpec, settings: dic
         storage_options=cfg.storage_options, options=options,
     )
     tasks = [(t, _jobs(plan, layout, t, names)) for t in todo]
+    summary.mode = f"Dask at {cfg.scheduler}" if cfg.scheduler else "in process" if workers == 0 else f"local Dask, {workers} workers"
     if tasks and workers == 0 and not cfg.scheduler:
         _run_in_process(task_spec, tasks, summary, _renewing(on_progress, renew))
     elif tasks:
@@ -290,14 +301,17 @@ def _jobs(plan: Plan, layout: cache.Layout, task: int, names: dict[str, str]) ->
 
 
 def _default_workers(device: str) -> int:
+    """0 (in process) on a CPU and on one GPU, one Dask worker per GPU when there are several. Measured
+    (bench/RESULTS.md, issue 17): a local cluster costs seconds to start and its single-thread workers
+    split the cores the model would use whole, so in process is fastest on one machine."""
     if device.startswith("cuda"):
         import torch
-        return max(1, torch.cuda.device_count())
-    return max(1, os.cpu_count() or 1)
+        return torch.cuda.device_count() if torch.cuda.device_count() > 1 else 0
+    return 0
 
 
 def _run_in_process(spec: TaskSpec, tasks: list[tuple[int, list[SegmentJob]]], summary: Summary, on_progress) -> None:
-    """--workers 0: no cluster, tasks one after another here (debugging, tiny jobs)."""
+    """--workers 0 (the default on one machine): no cluster, tasks one after another here."""
     done = summary.done_before
     for task, jobs in tasks:
         _account(summary, run_task(spec, task, jobs))
@@ -310,7 +324,7 @@ def _account(summary: Summary, result: TaskResult) -> None:
     if not result.skipped:
         summary.extracted += result.segments - result.failed
         summary.rows += result.rows
-        summary.forward_seconds += result.forward_seconds
+        summary.timings.add(result.timings)
         summary.fallbacks.extend(result.fallbacks)
         start, end = result.working
         summary.working = (min(start, summary.working[0]), max(end, summary.working[1])) if summary.working else (start, end)

@@ -8,11 +8,28 @@ Every modality (backbone teachers, stored frames, boxes) is one function behind 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from egodistill.cache.records import Failure
+
+
+@dataclass
+class Timings:
+    """Where a task's (or a run's) time went, in seconds. decode and preprocess are summed over the decode
+    threads (they overlap the forward); forward, write and wait are the task's own thread; wait is the
+    model idle, blocked on a segment not decoded yet."""
+
+    decode: float = 0.0
+    preprocess: float = 0.0
+    forward: float = 0.0
+    write: float = 0.0
+    wait: float = 0.0
+
+    def add(self, other: Timings) -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
 
 
 @dataclass
@@ -26,7 +43,7 @@ class TaskRows:
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     failed: list[Failure] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)   # videos PyAV decoded in decord's place, and why
-    forward_seconds: float = 0.0
+    timings: Timings = field(default_factory=Timings)    # decode, preprocess, forward, wait (run_task adds write)
     working_since: float = field(default_factory=time.time)  # after any model load: what throughput figures measure
 
 
@@ -39,6 +56,6 @@ class TaskResult:
     segments: int
     failed: int = 0
     rows: int = 0
-    forward_seconds: float = 0.0
+    timings: Timings = field(default_factory=Timings)
     fallbacks: tuple[str, ...] = ()
     working: tuple[float, float] | None = None   # wall-clock span of the task's work, models loaded

@@ -3,9 +3,11 @@
 `run_task` is the one path every modality takes: skip a recorded task, ask the modality for the
 task's rows (`TaskRows`, extract/tasks.py), write them with their record and ledger. Rows from video
 come from `decoded_rows`: the model is built once per worker process and kept in `_BACKBONES`; only
-the small `TaskSpec` travels in the graph. Decoding and preprocessing of the next segments run in
-threads while the model computes on the current batch. A modality without a model (frames) takes
-the same path minus the model: its preprocessed uint8 frames are the rows written. A modality with
+the small `TaskSpec` travels in the graph. Decoding and preprocessing of the next segments run in a pool
+of threads while the model computes on the current batch (the decoders, OpenCV, PIL's resize and
+numpy release the GIL); segments are taken as they finish, not in order, so one slow video does not
+stall the batch. Each task reports where its time went (`Timings`). A modality without a model (frames)
+takes the same path minus the model: its preprocessed uint8 frames are the rows written. A modality with
 a source of its own (layout: the box file) gives its rows through `Modality.rows` instead.
 """
 
@@ -13,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +29,12 @@ from egodistill import cache
 from egodistill.cache.records import SamplingPolicy
 from egodistill.common import EgodistillError
 from egodistill.backbones import Backbone, BackboneSpec, create_backbone, pooled_logits
+from egodistill.extract.decode import decode_clock
 from egodistill.extract.modalities import MediaSource, get_modality
 from egodistill.extract.sampling import clip_windows, sample_indices, step_times
-from egodistill.extract.tasks import TaskResult, TaskRows
+from egodistill.extract.tasks import TaskResult, TaskRows, Timings
 
-PREFETCH_SEGMENTS = 4
+PREFETCH_SEGMENTS = 4  # segments decoded ahead per decode thread: bounds memory
 _BACKBONES: dict[tuple, Backbone] = {}
 
 
@@ -52,6 +55,14 @@ class TaskSpec:
     threads: int = 1
     storage_options: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # the modality's resolved options (layout: where --boxes is)
+
+
+def decode_threads(device: str, threads: int) -> int:
+    """Decode/preprocess threads for one worker: the cores the model leaves free (on a GPU all but one),
+    at least 2 so that a slow video overlaps a fast one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    spare = cores - 1 if device.startswith("cuda") else cores - threads
+    return max(2, min(spare, 8))
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,24 @@ def embed(backbone: Backbone, batch: np.ndarray, device: str, precision: str) ->
         return np.concatenate([embed(backbone, batch[:half], device, precision), embed(backbone, batch[half:], device, precision)])
 
 
-def _prepare(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) -> tuple[np.ndarray, np.ndarray, str | None]:
+def _prepare(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) -> tuple[tuple[np.ndarray, np.ndarray, str | None], Timings]:
+    """(inputs, row times, fallback reason) of `_inputs`, and its decode and preprocess seconds; a failure
+    carries its timings too (`err.timings`), for the task's thread to ledger it and count them."""
+    started, decoded = time.perf_counter(), decode_clock()
+
+    def timings() -> Timings:
+        decode = decode_clock() - decoded
+        return Timings(decode=decode, preprocess=max(0.0, time.perf_counter() - started - decode))
+
+    try:
+        result = _inputs(job, spec, sources)
+    except Exception as err:
+        err.timings = timings()  # type: ignore[attr-defined]
+        raise
+    return result, timings()
+
+
+def _inputs(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) -> tuple[np.ndarray, np.ndarray, str | None]:
     """Model input ([T, C, H, W] frames, or [windows, C, K, H, W] clips), row timestamps and why PyAV stood in
     for decord (if it did)."""
     if job.video is None:
@@ -133,19 +161,38 @@ def _prepare(job: SegmentJob, spec: TaskSpec, sources: dict[str, MediaSource]) -
     return inputs, times.astype(np.float32), fallback
 
 
-def _prefetched(jobs: list[SegmentJob], spec: TaskSpec) -> Iterator[tuple[SegmentJob, Future]]:
-    """Yield (job, future of its inputs) with a bounded look-ahead, so memory stays small."""
-    sources: dict[str, MediaSource] = {}
-    # One thread: MediaSource is not shared across threads, and decode overlaps the forward pass.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-        pending: deque[tuple[SegmentJob, Future]] = deque()
-        for job in jobs:
-            pending.append((job, pool.submit(_prepare, job, spec, sources)))
-            if len(pending) > PREFETCH_SEGMENTS:
-                yield pending.popleft()
-        yield from pending
-    for source in sources.values():
-        source.close()
+def _prefetched(jobs: list[SegmentJob], spec: TaskSpec, threads: int) -> Iterator[tuple[SegmentJob, Future]]:
+    """Yield (job, finished future of `_prepare`) as segments finish decoding, in any order, with at most
+    PREFETCH_SEGMENTS per thread in flight so memory stays small. Each thread keeps its own open videos
+    (a decoder is not shared across threads); jobs go to the pool in manifest order, so a thread mostly
+    reads one video forward."""
+    local, opened, lock = threading.local(), [], threading.Lock()
+
+    def prepare(job: SegmentJob):
+        if not hasattr(local, "sources"):
+            local.sources = {}
+            with lock:
+                opened.append(local.sources)
+        return _prepare(job, spec, local.sources)
+
+    queue = iter(jobs)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+        pending: dict[Future, SegmentJob] = {}
+        for job in queue:
+            pending[pool.submit(prepare, job)] = job
+            if len(pending) >= threads * PREFETCH_SEGMENTS:
+                break
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = pending.pop(future)
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending[pool.submit(prepare, nxt)] = nxt
+                yield job, future
+    for sources in opened:
+        for source in sources.values():
+            source.close()
 
 
 def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> TaskResult:
@@ -157,13 +204,15 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> TaskResult:
     torch.set_num_threads(spec.threads)
     device = worker_device(spec.device)
     rows = (get_modality(spec.modality).rows or decoded_rows)(spec, jobs, device)
+    t0 = time.perf_counter()
     teacher.write_task(
         task, rows.features, rows.times, rows.logits, failed=rows.failed, worker=os.uname().nodename, device=device,
         seconds=round(time.perf_counter() - started, 3), lock=_dask_lock,
     )
+    rows.timings.write += time.perf_counter() - t0
     return TaskResult(
         task, skipped=False, segments=len(jobs), failed=len(rows.failed), rows=len(rows.times),
-        forward_seconds=rows.forward_seconds, fallbacks=tuple(sorted(rows.fallbacks)), working=(rows.working_since, time.time()),
+        timings=rows.timings, fallbacks=tuple(sorted(rows.fallbacks)), working=(rows.working_since, time.time()),
     )
 
 
@@ -181,17 +230,16 @@ def decoded_rows(spec: TaskSpec, jobs: list[SegmentJob], device: str) -> TaskRow
     logits = {h: np.full((len(jobs), c), np.nan, dtype=np.float32) for h, c in spec.heads.items()} if backbone and backbone.heads else {}
     failed: list[cache.Failure] = []
     fallbacks: set[str] = set()
-    forward_seconds = 0.0
+    timings = Timings()
 
     batch: list[tuple[int, np.ndarray]] = []  # (position in task, inputs)
 
     def flush() -> None:
-        nonlocal forward_seconds
         if not batch:
             return
         t0 = time.perf_counter()
         out = embed(backbone, np.concatenate([inputs for _, inputs in batch]), device, spec.precision)
-        forward_seconds += time.perf_counter() - t0
+        timings.forward += time.perf_counter() - t0
         steps = out.shape[1] if backbone.clip else 1  # a clip's output time steps, one row each
         out = out.reshape(-1, out.shape[-1])
         cursor = 0
@@ -207,11 +255,19 @@ def decoded_rows(spec: TaskSpec, jobs: list[SegmentJob], device: str) -> TaskRow
         batch.clear()
 
     positions = {job.index: pos for pos, job in enumerate(jobs)}
-    for job, future in _prefetched(jobs, spec):
+    prefetched = _prefetched(jobs, spec, decode_threads(device, spec.threads))
+    while True:
+        t0 = time.perf_counter()
+        job, future = next(prefetched, (None, None))
+        timings.wait += time.perf_counter() - t0  # the model idle: no decoded segment to take
+        if job is None:
+            break
         pos = positions[job.index]
         try:
-            inputs, times, fallback = future.result()
+            (inputs, times, fallback), spent = future.result()
+            timings.add(spent)
         except Exception as err:  # noqa: BLE001 - one bad segment must not sink its task: it goes to the ledger
+            timings.add(getattr(err, "timings", Timings()))
             reason = str(err) if isinstance(err, EgodistillError) else f"{type(err).__name__}: {str(err).strip()[:300]}"
             failed.append(cache.Failure(job.index, job.segment_id, job.video, reason, expected_rows=job.rows))
             continue
@@ -225,7 +281,7 @@ def decoded_rows(spec: TaskSpec, jobs: list[SegmentJob], device: str) -> TaskRow
         if sum(len(i) * (i.shape[2] if backbone.clip else 1) for _, i in batch) >= spec.batch_size:  # frames per forward
             flush()
     flush()
-    return TaskRows(features if backbone is None else features.astype(np.float16), timestamps, logits, failed, sorted(fallbacks), forward_seconds, working_since)
+    return TaskRows(features if backbone is None else features.astype(np.float16), timestamps, logits, failed, sorted(fallbacks), timings, working_since)
 
 
 def _dask_lock(name: str):

@@ -258,3 +258,31 @@ def test_retry_failed_rewrites_a_fixed_video_and_only_with_the_flag(dataset, mod
     ok, later = teacher.read_rows(0, 4), teacher.read_rows(4, 8)
     np.testing.assert_array_equal(later[0], ok[0])
     np.testing.assert_array_equal(later[1], ok[1])
+
+
+def test_summary_says_where_the_time_went(dataset):
+    """decode, preprocess, forward, write and wait are each counted (issue 17); in process is the default."""
+    tmp_path, manifest, videos = dataset
+    summary = run_extraction(config(tmp_path, manifest, videos, workers=None, cache=str(tmp_path / "timed.zarr")), log=lambda _: None)
+    t = summary.timings
+    assert summary.ok and summary.mode == "in process"
+    assert min(t.decode, t.preprocess, t.forward, t.write) > 0 and t.wait >= 0
+    assert t.forward + t.wait + t.write <= summary.seconds  # the model's own thread cannot exceed the wall
+    record = summary.to_json()
+    assert set(record["timings"]) == {"decode", "preprocess", "forward", "write", "wait"} and record["mode"] == "in process"
+
+
+def test_extract_json_is_strict_and_holds_the_timings(dataset):
+    from typer.testing import CliRunner
+
+    from egodistill.cli import app
+
+    tmp_path, manifest, videos = dataset
+    args = ["extract", "--manifest", str(manifest), "--videos", str(videos), "--cache", str(tmp_path / "json.zarr"), "--backbone", BACKBONE,
+            "--frames", "2", "--device", "cpu", "--precision", "fp32", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import json
+
+    record = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert record["ok"] and record["extracted"] == 4 and record["timings"]["forward"] > 0
