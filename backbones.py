@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egodistill.common import TeacherError, file_sha256, first_line
+from egodistill.common import TeacherError, cpu_has_bf16, file_sha256, first_line
 
 TIMM_PRETRAINED = "timm"  # --weights timm: timm's own pretrained weights, from its hub
 
@@ -457,12 +457,5 @@ def resolve_precision(precision: str, device: str) -> str:
         return precision
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_bf16() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -13,6 +13,7 @@ Below extract/, cache/ and student/ alike (each imports it; it imports none of t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -156,6 +157,18 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError(f"--device {name} asked for, but torch sees no CUDA GPU: use --device cpu or auto")
     return torch.device(name)
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 natively (avx512_bf16 or amx_bf16): bf16 matrix products are then ~3-4x fp32's,
+    while emulated bf16 is slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def file_sha256(path: str | os.PathLike) -> str:

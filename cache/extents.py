@@ -25,7 +25,7 @@ import zarr
 
 from egodistill.cache.layout import Layout
 from egodistill.cache.records import Failure, TaskRecord
-from egodistill.cache.teachers import ATTR, Teacher
+from egodistill.cache.teachers import ATTR, SegmentViews, Teacher
 from egodistill.common import CacheError
 
 PARTS = "parts"
@@ -93,7 +93,7 @@ class ExtentLayout:
         raise CacheError(f"task {task} is past the teacher's {self.tasks} tasks")
 
 
-class ExtendedTeacher:
+class ExtendedTeacher(SegmentViews):
     """A teacher whose extents do not match the cache's table one to one: read and written in cache indices.
 
     Everything that describes the teacher (key, provenance, heads, ...) is extent 0's."""
@@ -145,23 +145,6 @@ class ExtendedTeacher:
     def task_done(self, task: int) -> bool:
         extent, local = self.layout.locate_task(task)
         return extent.teacher.task_done(local)
-
-    def segment_status(self, records: dict[int, TaskRecord] | None = None) -> np.ndarray:
-        """Per segment of the cache: 1 written and usable, -1 failed, 0 not extracted yet (also: no extent yet)."""
-        status = np.zeros(self.layout.segments, dtype=np.int8)
-        for record in (self.records() if records is None else records).values():
-            a, b = record.segments
-            status[a:b] = 1
-            for failure in record.failed:
-                status[failure.segment] = -1
-        return status
-
-    def usable_segments(self) -> np.ndarray:
-        return self.segment_status() == 1
-
-    def ledger(self, records: dict[int, TaskRecord] | None = None) -> list[Failure]:
-        records = self.records() if records is None else records
-        return sorted((f for r in records.values() for f in r.failed), key=lambda f: f.segment)
 
     def write_task(self, task: int, features: np.ndarray, timestamps: np.ndarray, logits: dict[str, np.ndarray],
                    failed: Sequence[Failure] = (), **options) -> None:

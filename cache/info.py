@@ -5,7 +5,7 @@ from __future__ import annotations
 import zarr
 
 from egodistill.cache.catalog import Cache
-from egodistill.cache.teachers import Teacher
+from egodistill.cache.teachers import FAILED, WRITTEN, Teacher
 
 
 def describe(cache: Cache) -> dict:
@@ -32,8 +32,8 @@ def describe_teacher(teacher: Teacher) -> dict:
         "written_by": sorted({str(r.worker) for r in records.values() if r.worker}),
         "last_finished_at": finished[-1] if finished else None,
         "checksummed": bool(records) and all(r.checksums is not None for r in records.values()),
-        "segments_done": int((status == 1).sum()),
-        "segments_failed": int((status == -1).sum()),
+        "segments_done": int((status == WRITTEN).sum()),
+        "segments_failed": int((status == FAILED).sum()),
         "segments_pending": int((status == 0).sum()),
         "complete": bool((status != 0).all()),
         "arrays": arrays,

@@ -39,7 +39,23 @@ FRAME_CHUNK_BYTES = 1 << 20  # a frames chunk holds whole segments up to ~1 MiB 
 LockFactory = Callable[[str], AbstractContextManager]
 
 
-class Teacher:
+class SegmentViews:
+    """What a teacher's task records say per segment; a teacher class gives `records()` and `layout.segments`."""
+
+    def segment_status(self, records: dict[int, TaskRecord] | None = None) -> np.ndarray:
+        """Per segment: WRITTEN and usable, FAILED (see the ledger), or PENDING (not extracted yet)."""
+        return segment_status(self.layout.segments, self.records() if records is None else records)
+
+    def usable_segments(self) -> np.ndarray:
+        """bool [N]: the segment's task finished and the segment did not fail."""
+        return self.segment_status() == WRITTEN
+
+    def ledger(self, records: dict[int, TaskRecord] | None = None) -> list[Failure]:
+        """Every failed segment with its reason and expected vs written rows."""
+        return ledger(self.records() if records is None else records)
+
+
+class Teacher(SegmentViews):
     """A teacher as stored: read its rows, logits and records; write its tasks (caches opened for writing)."""
 
     def __init__(self, group: zarr.Group, local_path: Path | None = None) -> None:
@@ -142,25 +158,6 @@ class Teacher:
         tasks = self._group["tasks"]
         return task_name(task) in tasks and "record" in tasks[task_name(task)].attrs
 
-    def segment_status(self, records: dict[int, TaskRecord] | None = None) -> np.ndarray:
-        """Per segment: 1 written and usable, -1 failed (see the ledger), 0 not extracted yet."""
-        status = np.zeros(self.layout.segments, dtype=np.int8)
-        for record in (self.records() if records is None else records).values():
-            a, b = record.segments
-            status[a:b] = 1
-            for failure in record.failed:
-                status[failure.segment] = -1
-        return status
-
-    def usable_segments(self) -> np.ndarray:
-        """bool [N]: the segment's task finished and the segment did not fail."""
-        return self.segment_status() == 1
-
-    def ledger(self, records: dict[int, TaskRecord] | None = None) -> list[Failure]:
-        """Every failed segment with its reason and expected vs written rows."""
-        records = self.records() if records is None else records
-        return sorted((f for r in records.values() for f in r.failed), key=lambda f: f.segment)
-
     # --- writing ---------------------------------------------------------------------------
 
     def write_task(self, task: int, features: np.ndarray, timestamps: np.ndarray, logits: dict[str, np.ndarray],
@@ -210,6 +207,26 @@ class Teacher:
             guard = contextlib.nullcontext() if whole or lock is None else lock(f"{self._group.path}/{name}/shard-{a // shard}")
             with guard:
                 array[a:b] = values[a - r0: b - r0]
+
+
+# A segment's status in a teacher (`Teacher.segment_status`).
+PENDING, WRITTEN, FAILED = 0, 1, -1
+
+
+def segment_status(segments: int, records: dict[int, TaskRecord]) -> np.ndarray:
+    """int8 [segments] from task records: WRITTEN where a record covers the segment, FAILED where it names it, else PENDING."""
+    status = np.full(segments, PENDING, dtype=np.int8)
+    for record in records.values():
+        a, b = record.segments
+        status[a:b] = WRITTEN
+        for failure in record.failed:
+            status[failure.segment] = FAILED
+    return status
+
+
+def ledger(records: dict[int, TaskRecord]) -> list[Failure]:
+    """Every failure the records name, in segment order."""
+    return sorted((f for r in records.values() for f in r.failed), key=lambda f: f.segment)
 
 
 def task_name(task: int) -> str:

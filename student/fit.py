@@ -48,6 +48,11 @@ from egodistill.student.sources import resolve_inputs
 from egodistill.student.step import STATISTICS_SEGMENTS, FitConfig, autocast, optimiser_step
 
 
+# FittedTeacher.source_model beside fold numbers 0..K-1: a segment's logits came from the model fitted on
+# every labelled training segment (segments outside the folds), or from no model (no input to predict from).
+ALL_TRAIN_MODEL, NO_MODEL = -1, -2
+
+
 class FitError(EgodistillError):
     """fit-teachers cannot run on this cache with these options."""
 
@@ -58,7 +63,7 @@ class FittedTeacher:
     modality: str
     sources: list[str]
     logits: dict[str, np.ndarray]          # head -> [N, C] of the centred view; NaN where no input was present
-    source_model: np.ndarray               # int [N]: fold whose model made the logits, -1 = all-train model, -2 = none
+    source_model: np.ndarray               # int [N]: fold whose model made the logits, ALL_TRAIN_MODEL, or NO_MODEL
     view_logits: dict[str, np.ndarray] = field(default_factory=dict)  # head -> [N, V, C], every view
     depth: int = 0                         # the depth chosen on out-of-fold accuracy
     oof_accuracy: dict[int, float] = field(default_factory=dict)  # depth -> out-of-fold top-1 on the training segments
@@ -148,7 +153,7 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
         )
         key = root.key_for(provenance)
         failed = [cache.Failure(int(i), str(table.ids[i]), str(table.videos[i]), "no usable input features")
-                  for i in np.flatnonzero(fitted.source_model == -2)]
+                  for i in np.flatnonzero(fitted.source_model == NO_MODEL)]
         views = cache.Views(cfg.frames, placements, fitted.view_logits) if cfg.views > 1 else None
         root.create_logits_teacher(key, provenance, fitted.logits, failed=failed, views=views)
         fitted.key, fitted.modality, fitted.sources = key, modality, list(provenance.source_teachers)
@@ -263,7 +268,7 @@ def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads, lay
         runs[depth] = (logits, trained_on, _top1({h: v.mean(axis=1) for h, v in logits.items()}, labels, usable_train))
     depth = max(cfg.depths, key=lambda d: (runs[d][2], -d))
     logits, trained_on, _ = runs[depth]
-    source = np.full(n, -2, dtype=np.int64)
+    source = np.full(n, NO_MODEL, dtype=np.int64)
     for f in range(cfg.folds):
         predict = train[fold == f]
         source[predict[present[predict].any(axis=1)]] = f
@@ -271,8 +276,8 @@ def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads, lay
     rest = rest[present[rest].any(axis=1)]
     model = all_train if all_train is not None else fit_all(depth, {-1: train})[-1]
     predict_views(model, rest, logits)
-    source[rest] = -1
-    trained_on[-1] = train
+    source[rest] = ALL_TRAIN_MODEL
+    trained_on[ALL_TRAIN_MODEL] = train
     centre = int(np.argmin(np.abs(np.asarray(view_placements(cfg.views)) - 0.5)))
     return FittedTeacher(key="", modality="", sources=[], logits={h: v[:, centre] for h, v in logits.items()}, view_logits=logits,
                          source_model=source, depth=depth,

@@ -12,11 +12,10 @@ choices from here, and `egodistill --help` must not wait for torch.
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from egodistill.common import EgodistillError, check_choice, check_number
+from egodistill.common import EgodistillError, check_choice, check_number, cpu_has_bf16
 
 if TYPE_CHECKING:
     import torch
@@ -67,17 +66,6 @@ class FitConfig(StepConfig):
     depths: tuple[int, ...] = (0,)  # candidates kept by out-of-fold accuracy; (0, 1) also tries the transformer
     views: int = 1                  # windows per segment with logits of their own (consistent teaching); 1: the centred one
     workers: int = 0                # pooled-head fits side by side on CPU; 0: one per core torch may use
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """The CPU multiplies bf16 natively (avx512_bf16 or amx_bf16), so bf16 matrix products are ~4x fp32's."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -12,6 +12,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def write_manifest(path: Path, rows, heads=()) -> Path:
+    """A generic CSV manifest: rows of (segment_id, video, start_sec, stop_sec, split, *one label per head)."""
+    header = ["segment_id", "video", "start_sec", "stop_sec", "split", *[f"label:{h}" for h in heads]]
+    lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def egodistill(*args, env: dict | None = None, cwd=None, check: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     result = subprocess.run([sys.executable, "-m", "egodistill", *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)

@@ -18,14 +18,9 @@ from egodistill.cache.records import SamplingPolicy
 from egodistill.extract.sampling import sample_indices
 from egodistill.extract.worker import embed
 
+from helpers import write_manifest
+
 BACKBONE = "test_resnet"  # timm's tiny test model: real convolutions, random init, fast on CPU
-
-
-def write_manifest(path, rows, heads=()):
-    header = ["segment_id", "video", "start_sec", "stop_sec", "split", *[f"label:{h}" for h in heads]]
-    lines = [",".join(header)] + [",".join(str(v) for v in row) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture

@@ -15,15 +15,15 @@ from egodistill.extract.decode import open_video
 from egodistill.extract.run import ExtractConfig, run_extraction
 from egodistill.cache.records import SamplingPolicy
 from egodistill.extract.sampling import sample_indices
-from tests.helpers import egodistill, one_line_error
+
+from helpers import egodistill, one_line_error, write_manifest as write_generic_manifest
 
 SEGMENTS = [("a0", "h264_aac.mp4", 0.0, 1.0), ("a1", "h264_aac.mp4", 1.0, 2.0), ("b0", "vp9_opus.webm", 0.2, 1.8), ("c0", "no_audio.mp4", 0.0, 1.0)]
 
 
 def write_manifest(path, rows):
-    lines = ["segment_id,video,start_sec,stop_sec,split,label:action"] + [f"{i},{v},{a},{b},train,{n % 2}" for n, (i, v, a, b) in enumerate(rows)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """Training segments labelled 0, 1, 0, ... for head `action`."""
+    return write_generic_manifest(path, [(i, v, a, b, "train", n % 2) for n, (i, v, a, b) in enumerate(rows)], heads=("action",))
 
 
 @pytest.fixture
