@@ -304,7 +304,10 @@ def _match_by(entries: dict[str, Entry], table, by: str, path) -> tuple[str, dic
     """Whether the names are segment or video ids (the one more names match, for auto), and segment id or
     video -> entry name."""
     matches = {"segment": match_names(entries, map(str, table.ids)), "video": match_names(entries, map(str, table.videos))}
-    asked, by = by, max(matches, key=lambda k: len(matches[k])) if by == "auto" else by
+    # auto: the side more names match; on a tie the side matched by id rather than by stem (a name `v1.mp4`
+    # is video `v1.mp4` itself, not segment `v1` by its stem).
+    ranked = {k: (len(m), sum(key == name for key, name in m.items())) for k, m in matches.items()}
+    asked, by = by, max(matches, key=ranked.get) if by == "auto" else by
     if not matches[by]:
         raise CacheError(
             f"no name in {path} (e.g. {', '.join(list(entries)[:3])}) is a {asked if asked != 'auto' else 'segment or video'} id of the cache "
