@@ -7,7 +7,7 @@ holds storage only: errors, option checks, JSON and device choice live in `egodi
 
 from egodistill.cache.catalog import Cache, open_cache
 from egodistill.cache.info import describe
-from egodistill.cache.layout import Layout, plan_layout
+from egodistill.cache.shards import Layout, plan_layout
 from egodistill.cache.records import FEATURES_FORMAT, Failure, Provenance, TaskRecord, Views, egodistill_version
 from egodistill.cache.segments import SegmentTable
 from egodistill.cache.store import SCHEMA_VERSION

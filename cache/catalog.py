@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from egodistill.common import CacheError, check_plain_name
-from egodistill.cache.layout import Layout
+from egodistill.cache.shards import Layout
 from egodistill.cache.lease import current_holder, describe_holder, teacher_lease
 from egodistill.cache.records import Failure, Provenance, Views
 from egodistill.cache.extents import ExtendedTeacher, extend_teacher, open_extended

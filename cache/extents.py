@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from egodistill.cache.layout import Layout
+from egodistill.cache.shards import Layout
 from egodistill.cache.records import Failure, TaskRecord
 from egodistill.cache.teachers import ATTR, SegmentViews, Teacher
 from egodistill.common import CacheError

@@ -24,7 +24,7 @@ import numpy as np
 
 from egodistill.cache.catalog import open_cache
 from egodistill.common import CacheError, atomic_write, check_plain_name, dumps, file_sha256, first_line
-from egodistill.cache.layout import Layout
+from egodistill.cache.shards import Layout
 from egodistill.cache.records import Provenance, TaskRecord, egodistill_version, now
 from egodistill.cache.segments import SegmentTable
 from egodistill.cache.teachers import ATTR, Teacher

@@ -24,7 +24,7 @@ from zarr.codecs import BloscCodec
 from egodistill.cache.blocks import RowReader
 from egodistill.cache.checksums import task_checksums
 from egodistill.common import CacheError
-from egodistill.cache.layout import Layout
+from egodistill.cache.shards import Layout
 from egodistill.cache.records import Failure, Provenance, TaskRecord, now
 
 GROUP = "teachers"

@@ -13,7 +13,7 @@ from zarr.core.sync import sync
 from egodistill.cache.catalog import Cache
 from egodistill.cache.extents import ExtendedTeacher
 from egodistill.cache.checksums import ABSENT, digest, object_key, objects_along_rows, read_object, rows_digest
-from egodistill.cache.layout import Layout
+from egodistill.cache.shards import Layout
 from egodistill.cache.teachers import Teacher
 
 

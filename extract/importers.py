@@ -36,7 +36,7 @@ import numpy as np
 
 from egodistill.cache.catalog import open_cache
 from egodistill.common import CacheError, check_choice, check_number, check_plain_name, file_sha256, first_line
-from egodistill.cache.layout import plan_layout
+from egodistill.cache.shards import plan_layout
 from egodistill.cache.records import Failure, Provenance, SamplingPolicy
 from egodistill.extract.names import match_names, mismatch_note
 

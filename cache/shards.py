@@ -1,4 +1,4 @@
-"""How a teacher's rows are cut into chunks, shards and tasks; fixed when the teacher is created."""
+"""How a teacher's rows are cut into chunks, shards and tasks (its `Layout`); fixed when the teacher is created."""
 
 from __future__ import annotations
 
