@@ -72,6 +72,9 @@ class Teacher(SegmentViews):
         self.created_by: str | None = meta.get("created_by")
         self.created_at: str | None = meta.get("created_at")
         self.imported: dict | None = meta.get("imported")  # {"from", "sha256", "by", "at", ...} of `cache import-h5`
+        # {"params", "flops_per_row"} of the backbone that made the rows, counted at extraction (not part of the
+        # identity: a result, not a setting), so `evaluate` need not build models again; None where unknown.
+        self.cost: dict | None = meta.get("cost")
         # Teachers with per-view logits: where each view's window of `frames` rows sits in its segment
         # (0 = first rows, 0.5 = centred, 1 = last rows), as the student's loader places it.
         self.views: tuple[float, ...] | None = tuple(meta["views"]["placements"]) if "views" in meta else None
@@ -192,6 +195,11 @@ class Teacher(SegmentViews):
 
         self._group.attrs[ATTR] = {**self._group.attrs[ATTR], "imported": imported_note(path, sha256, source)}
         self.imported = self._group.attrs[ATTR]["imported"]
+
+    def record_cost(self, params: int, flops_per_row: float) -> None:
+        """Store the extracting backbone's parameters and FLOPs per row (`cost` of the teacher's attributes)."""
+        self._group.attrs[ATTR] = {**self._group.attrs[ATTR], "cost": {"params": int(params), "flops_per_row": float(flops_per_row)}}
+        self.cost = self._group.attrs[ATTR]["cost"]
 
     def drop_records(self, tasks: Sequence[int]) -> None:
         """Forget these tasks' records (to run them again): until rewritten, their segments are not data."""

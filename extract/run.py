@@ -223,12 +223,26 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
     key = target.key_for(provenance, cfg.name)  # a teacher extracted before, by any egodistill version, resumes
     with target.lease(key) as renew:
         teacher, resumed = target.create_teacher(key, provenance, feature_dim, plan.offsets, plan.layout, heads if spec.head else {}, frame_shape)
+        if modality.has_model and teacher.cost is None:
+            _record_cost(teacher, spec, settings, plan.policy)
         summary = _run_tasks(cfg, plan, spec, settings, options, names, device, precision, teacher, resumed, heads, on_progress, renew, log)
     # A fresh handle: the workers wrote the records, and a remote store's listings may be cached.
     summary.ledger = cache.open_cache(cfg.cache, mode="r", storage_options=cfg.storage_options).teacher(teacher.key).ledger()
     summary.failed = len(summary.ledger)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _record_cost(teacher: cache.Teacher, spec: BackboneSpec, settings: dict, policy: SamplingPolicy) -> None:
+    """Count the backbone's parameters and FLOPs per row once, here (on the meta device: no weights, no compute),
+    so evaluation reads them; a clip backbone's window of `clip.frames` frames gives `clip.steps` rows."""
+    height, width = settings["input_size"][-2:]
+    frames, steps = (policy.clip.frames, policy.clip.steps) if policy.clip else (1, 1)
+    try:
+        params, flops = backbone_family(spec.backbone).cost(spec.backbone, spec.in_chans, int(height), int(width), frames)
+    except Exception:  # noqa: BLE001 - a model that cannot be traced on the meta device: its cost stays unknown
+        return
+    teacher.record_cost(params, flops / steps)
 
 
 def _source_names(modality: Modality, options: dict, settings: dict, plan: Plan, videos_root: str, log) -> dict[str, str]:

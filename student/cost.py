@@ -50,9 +50,12 @@ def rows_per_segment(teacher: cache.Teacher) -> float:
 
 
 def extractor_cost(teacher: cache.Teacher, rows: float) -> dict:
-    """Backbone params and FLOPs for `rows` rows of a teacher that has features; None (unknown) where the
-    provenance does not say what the backbone read (features brought in by `cache import-h5`)."""
+    """Backbone params and FLOPs for `rows` rows of a teacher that has features: as counted at extraction, else
+    (teachers extracted before that) counted now from the provenance; None (unknown) where the provenance does
+    not say what the backbone read (features brought in by `cache import-h5`)."""
     p = teacher.provenance
+    if teacher.cost is not None:  # counted at extraction (extract/run.py)
+        return {"backbone": p.backbone, "params": teacher.cost["params"], "flops": teacher.cost["flops_per_row"] * rows}
     size = p.preprocessing.get("input_size")
     clip = p.sampling.get("clip")  # a clip backbone: windows of clip["frames"] frames, clip["steps"] rows each
     frames = int(clip["frames"]) if clip else 1

@@ -281,3 +281,19 @@ def test_extract_json_is_strict_and_holds_the_timings(dataset):
 
     record = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert record["ok"] and record["extracted"] == 4 and record["timings"]["forward"] > 0
+
+
+def test_extraction_records_the_backbone_cost_that_evaluate_reads(extracted_cache):
+    """Parameters and FLOPs per row are counted once at extraction; evaluate's cost reads them, building nothing."""
+    from egodistill.student.cost import backbone_cost, extractor_cost
+
+    root = cache.open_cache(extracted_cache)
+    for teacher in root.teachers():
+        if teacher.modality not in ("rgb", "flow", "audio"):
+            continue
+        p = teacher.provenance
+        size = p.preprocessing["input_size"]
+        assert teacher.cost == {"params": backbone_cost(p.backbone, p.in_chans, size[-2], size[-1])[0],
+                                "flops_per_row": float(backbone_cost(p.backbone, p.in_chans, size[-2], size[-1])[1])}
+        assert teacher.cost["params"] > 0 and teacher.cost["flops_per_row"] > 0
+        assert extractor_cost(teacher, 4)["flops"] == 4 * teacher.cost["flops_per_row"]
