@@ -82,6 +82,8 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     t0 = time.perf_counter()
     per_seed = run_seeds(cache, folder / "runs", seed_list, budget, workers, log, keys)
     seeds_seconds = time.perf_counter() - t0
+    import torch  # the seeds' outputs, kept before the statistics so a failure there loses no training
+    torch.save(per_seed, folder / "per-seed.pt")
 
     t0 = time.perf_counter()
     segments = demo_segments(cache, keys["base"])

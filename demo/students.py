@@ -74,7 +74,7 @@ class NetworkBudget:
     """The end-to-end arms' settings (docs/demo-protocol.md, version 3), fixed before any of their runs."""
 
     steps: int = 300
-    batch_size: int = 16
+    batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.05
     image_size: int = 56
