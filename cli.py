@@ -51,7 +51,7 @@ def extract(
     manifest: Annotated[str, typer.Option(help="EPIC-KITCHENS-100 CSV, SSv2 JSON, or generic CSV (segment_id,video,start_sec,stop_sec,split,label:<head>...).")],
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL (s3://, gs://, file://).")],
     videos: Annotated[str, typer.Option(help="Folder the manifest's videos are found under.")] = ".",
-    modality: Annotated[str, typer.Option(help="rgb, flow, audio, or layout (boxes from --boxes FILE, no model).")] = "rgb",
+    modality: Annotated[str, typer.Option(help="rgb, flow, audio, layout (boxes from --boxes FILE, no model), or frames (the sampled RGB frames as uint8, no model: for end-to-end students).")] = "rgb",
     backbone: Annotated[Optional[str], typer.Option(help="timm model name, or a torchvision clip model: swin3d_t/s/b, mvit_v1_b, mvit_v2_s, s3d, r2plus1d_18, r3d_18, mc3_18 (default: resnet50 for rgb/flow, resnet18 for audio).")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a state dict or .safetensors file, or 'timm' for timm's own (needs its hub). Default: random init with --seed.")] = None,
     head: Annotated[Optional[str], typer.Option(help="Linear heads file (<head>.weight/.bias per output head); with it the run writes teacher logits.")] = None,
@@ -450,7 +450,7 @@ def train_student_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from egodistill.student.sources import split_names
-    from egodistill.student.train import END_TO_END_LR, TrainConfig, start_run, train
+    from egodistill.student.train import END_TO_END_LR, TrainConfig, start_run, train, world
 
     end_to_end = bool(backbone or init_from)
     cfg = TrainConfig(cache=cache, inputs=split_names(inputs), teachers=split_names(teachers), out=out, weighting=weighting.value, tau=tau,
@@ -462,14 +462,15 @@ def train_student_command(
                       accumulate=accumulate, precision=precision.value)
     started = start_run(cfg, resume)  # every one-line error comes before the progress bar
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps  loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} segments/s"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    quiet = world()[0] > 0  # under torchrun, rank 0 alone shows progress
+    with Progress(*columns, console=console, disable=quiet) as progress:
         bar = progress.add_task("train", total=None, loss=float("nan"), rate=0.0)
 
         def on_step(step: int, total: int, loss: float, rate: float) -> None:
             progress.update(bar, completed=step, total=total, loss=loss, rate=rate)
 
-        metrics = train(cfg, resume=resume, log=progress.console.print, on_step=on_step, started_run=started)
-    if metrics:
+        metrics = train(cfg, resume=resume, log=(lambda _: None) if quiet else progress.console.print, on_step=on_step, started_run=started)
+    if metrics and not quiet:
         console.print(f"done: {metrics[-1]['step']} steps in {out}; last train loss {metrics[-1]['train_loss']:.4f}")
 
 

@@ -10,7 +10,16 @@ training steps of a `--inputs frames` student three ways, alternating, --repeats
   held    train-student itself with the default (rows kept in memory once read: later epochs read memory);
   memory  the same model, loss and optimiser on batches prepared in memory beforehand (no loader at all).
 Prints steps/s (median over repeats, first 3 steps of each run not timed) and stream/memory, held/memory;
-the goal is >= 0.9. Also the streaming loader's batches/s with no model (how far ahead of the steps it
+the goal is >= 0.9.
+
+With --online instead (issue 15 §5, paper 1's point): the same student on the same in-memory batches for the
+same steps, once with its rgb, flow and audio teachers (backbones of the student's own size) run forward on
+every step's window, once with the cached logits; each mode in a process of its own, alternating. Prints the
+step-time ratio (goal >= 1.8; about 2 is the limit with three teachers the student's size) and peak memory
+(CUDA: allocated peak; CPU: peak resident set). Paper 1's shape, for a GPU:
+    python bench/bench_e2e.py --online --device cuda --backbone swin3d_t --image-size 224 --frames 16 --batch-size 8
+(its frames need `--frame-size 256` or so at extraction; here they are the default 128, enlarged by the crop.)
+Also the streaming loader's batches/s with no model (how far ahead of the steps it
 runs), the stored bytes per frame, the cache's read throughput and the load average (other work on a
 shared machine moves every rate).
 """
@@ -18,6 +27,7 @@ shared machine moves every rate).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -28,10 +38,11 @@ import numpy as np
 import torch
 
 from egodistill import cache, testing
+from egodistill.backbones import BackboneSpec, create_backbone
 from egodistill.common import dumps
 from egodistill.extract.run import ExtractConfig, run_extraction
 from egodistill.student.losses import student_loss
-from egodistill.student.network import student_logits
+from egodistill.student.network import FramesStudent, NetworkConfig, student_logits
 from egodistill.student.schedule import make_optimiser
 from egodistill.student.train import TrainConfig, loaders, setup, train
 
@@ -67,23 +78,60 @@ def timed_train(cfg: TrainConfig) -> float:
     return (len(stamps) - 1 - WARMUP) / (stamps[-1] - stamps[WARMUP])
 
 
-def timed_memory(cfg: TrainConfig) -> float:
+class OnlineTeachers(torch.nn.Module):
+    """Paper 1's way: rgb, flow and audio teachers of the student's backbone and size, run forward on every
+    step's window (rgb on the student's frames and crops, flow on stored 2-channel flow images, audio on
+    1-channel spectrogram images, both uint8 as the paper's files hold them), each with its linear head."""
+
+    def __init__(self, backbone: str, heads: dict[str, int], frames: int, image_size: int) -> None:
+        super().__init__()
+        self.rgb = FramesStudent(NetworkConfig(backbone, heads, frames=frames, image_size=image_size)).eval()
+        self.size = self.rgb.size
+        self.others = torch.nn.ModuleList()
+        self.heads = torch.nn.ModuleList()
+        for chans in (2, 1):
+            built = create_backbone(BackboneSpec(backbone, chans, seed=chans), {})
+            self.others.append(built.model.eval())
+            self.heads.append(torch.nn.ModuleDict({h: torch.nn.Linear(built.feature_dim, c) for h, c in heads.items()}))
+        self.clip = self.rgb.clip
+
+    @torch.no_grad()
+    def forward(self, batch, flow: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = [self.rgb(batch.features[0], batch.crops, batch.flip)]
+        for net, heads, images in zip(self.others, self.heads, (flow, audio)):
+            b, t = images.shape[:2]
+            x = images.float().div(255.0).sub(0.5).div(0.25)  # [B, T, C, S, S]
+            pooled = net(x.transpose(1, 2)).mean(dim=1) if self.clip else net(x.flatten(0, 1)).view(b, t, -1).mean(dim=1)
+            out.append({h: head(pooled) for h, head in heads.items()})
+        return {h: torch.stack([o[h].float() for o in out], dim=1) for h in out[0]}
+
+
+def timed_memory(cfg: TrainConfig, online: bool = False) -> float:
     """Steps/s of the same model, loss and optimiser on batches already in memory (the loader's own batches,
-    collected first, so shapes, crops and logits are the same)."""
+    collected first, so shapes, crops and logits are the same). online: the teachers run on every step
+    (`OnlineTeachers`) instead of their logits being read."""
     s = setup(cfg)
-    batches = list(loaders(cfg, s)[0].epoch(0))
+    device = torch.device(cfg.device)
+    batches = [b.to(device) for b in loaders(cfg, s)[0].epoch(0)]
     torch.manual_seed(cfg.seed)
-    model = s.network.train()
+    model = s.network.train().to(device)
     optimiser = make_optimiser(model, cfg.lr, cfg.weight_decay)
     bf16 = cfg.precision == "bf16"
     if bf16:
         model.to_channels_last()
+    teachers, extra = None, []
+    if online:
+        teachers = OnlineTeachers(cfg.backbone, dict(s.table.heads), cfg.frames, cfg.image_size).to(device)
+        size = teachers.size
+        extra = [(torch.randint(0, 256, (len(b), cfg.frames, 2, size, size), dtype=torch.uint8, device=device),
+                  torch.randint(0, 256, (len(b), cfg.frames, 1, size, size), dtype=torch.uint8, device=device)) for b in batches]
     stamps = []
     for step in range(cfg.steps):
         batch = batches[step % len(batches)]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            targets = teachers(batch, *extra[step % len(batches)]) if online else batch.teacher_logits
             logits = student_logits(model, batch, batch.present)
-        loss = student_loss(logits, batch.labels, batch.teacher_logits)
+        loss = student_loss(logits, batch.labels, targets)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -91,6 +139,31 @@ def timed_memory(cfg: TrainConfig) -> float:
         loss.item()  # train-student reads the loss every step too
         stamps.append(time.perf_counter())
     return (len(stamps) - 1 - WARMUP) / (stamps[-1] - stamps[WARMUP])
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: the GPU's allocated peak on CUDA, else the process's peak resident set."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def teachers_online_vs_cached(args, base: dict, workdir: Path) -> dict:
+    """Each mode in its own process (a clean peak memory), alternating, --repeats times."""
+    import subprocess
+    import sys
+
+    runs: dict[str, list] = {"cached": [], "online": []}
+    for _ in range(args.repeats):
+        for mode in runs:
+            command = [sys.executable, __file__, "--mode", mode, *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("mode", "online")]]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rate = {m: statistics.median(r["steps_per_s"] for r in v) for m, v in runs.items()}
+    peak = {m: max(r["peak_bytes"] for r in v) for m, v in runs.items()}
+    return {"steps_per_s": rate, "peak_bytes": peak, "cached_over_online": rate["cached"] / rate["online"], "runs": runs}
 
 
 def loader_alone(cfg: TrainConfig) -> float:
@@ -127,13 +200,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the loader's threads come on top)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--workdir", default="/tmp/egodistill-bench-e2e")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--online", action="store_true", help="instead: step time and peak memory with the teachers run every step vs cached logits")
+    parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # one mode of --online, in a process of its own
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     location, key = build(workdir, args.clips, args.frames)
     base = dict(cache=location, inputs=["frames"], teachers=["rgb", "flow"], backbone=args.backbone, image_size=args.image_size,
-                frames=args.frames, batch_size=args.batch_size, steps=args.steps, lr=1e-3, device="cpu", precision=args.precision, buffer_blocks=2)
+                frames=args.frames, batch_size=args.batch_size, steps=args.steps, lr=1e-3, device=args.device, precision=args.precision, buffer_blocks=2)
+    if args.mode:
+        cfg = TrainConfig(out=str(workdir / args.mode), in_memory=True, **base)
+        rate = timed_memory(cfg, online=args.mode == "online")
+        print(json.dumps({"steps_per_s": rate, "peak_bytes": peak_memory(torch.device(args.device))}))
+        return
+    if args.online:
+        print(dumps({"args": vars(args), **teachers_online_vs_cached(args, base, workdir), "load_average": os.getloadavg()}, indent=2))
+        return
     runs = {"stream": [], "held": [], "memory": []}
     for r in range(args.repeats):
         runs["stream"].append(timed_train(TrainConfig(out=str(workdir / "stream"), in_memory=False, **base)))

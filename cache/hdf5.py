@@ -49,11 +49,11 @@ def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike
             for name, values in _segment_columns(table).items():
                 segments.create_dataset(name, data=values, dtype=h5py.string_dtype() if values.dtype == object else values.dtype)
             group = f.create_group("teacher")
-            names = [n for n in ("features", "timestamps", "offsets") if n in arrays]
+            names = [n for n in ("features", "frames", "timestamps", "offsets") if n in arrays]
             names += [f"logits/{h}" for h in teacher.heads]
             for name in names:
                 array = arrays[name]
-                data = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=_h5_chunks(array.shape))
+                data = group.create_dataset(name, shape=array.shape, dtype=array.dtype, chunks=_h5_chunks(array.shape, array.dtype.itemsize))
                 step = max(1, (64 << 20) // max(1, array.dtype.itemsize * int(np.prod(array.shape[1:]))))  # ~64 MB at a time
                 for a in range(0, array.shape[0], step):
                     data[a:a + step] = array[a:a + step]
@@ -101,19 +101,21 @@ def import_export(path: str | os.PathLike, location: str | os.PathLike, name: st
         data = f["teacher"]
         heads = {h: int(c) for h, c in info["heads"].items()}
         provenance = Provenance.from_json(info["provenance"])
-        if "features" not in data:  # a logits-only teacher (fitted on cached features)
+        rows_name = "frames" if "frames" in data else "features"  # a frames teacher (extract --modality frames) has frames
+        if rows_name not in data:  # a logits-only teacher (fitted on cached features)
             failed = [x for r in records.values() for x in r.failed]
             teacher = cache.create_logits_teacher(key, provenance, {h: data[f"logits/{h}"][:] for h in heads}, failed)
         else:
             layout = Layout(**info["layout"])
             offsets = data["offsets"][:]
-            teacher, _ = cache.create_teacher(key, provenance, int(info["feature_dim"]), offsets, layout, heads)
+            frame_shape = tuple(info["frame_shape"]) if "frame_shape" in info else None
+            teacher, _ = cache.create_teacher(key, provenance, int(info["feature_dim"]), offsets, layout, heads, frame_shape)
             for task, record in sorted(records.items()):
                 segs = layout.task_segments(task)
                 r0, r1 = int(offsets[segs.start]), int(offsets[segs.stop])
                 logits = {h: data[f"logits/{h}"][segs.start:segs.stop] for h in heads}
                 # The write is new (fresh checksums and time); what the task found is kept.
-                teacher.write_task(task, data["features"][r0:r1], data["timestamps"][r0:r1], logits, failed=record.failed,
+                teacher.write_task(task, data[rows_name][r0:r1], data["timestamps"][r0:r1], logits, failed=record.failed,
                                    worker=record.worker, device=record.device, seconds=record.seconds)
     # The stored description comes back as exported (creator, creation time), plus where it came from.
     teacher._group.attrs[ATTR] = {**info, "key": key, "imported": imported_note(path)}
@@ -139,7 +141,9 @@ def _table_from(group: h5py.Group, attrs: dict) -> SegmentTable:
                         split=text["split"], labels={h: group[f"label_{h}"][:] for h in heads}, heads=heads)
 
 
-def _h5_chunks(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+def _h5_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...] | None:
+    """Up to 4096 rows and 16 MiB per HDF5 chunk (a frames row is 48 KiB, a feature row a few KiB)."""
     if not shape or shape[0] == 0:
         return None
-    return (min(shape[0], 4096), *shape[1:])
+    row_bytes = itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    return (max(1, min(shape[0], 4096, (16 << 20) // max(1, row_bytes))), *shape[1:])

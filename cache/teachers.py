@@ -30,7 +30,9 @@ from egodistill.cache.records import Failure, Provenance, TaskRecord, now
 GROUP = "teachers"
 ATTR = "teacher"
 FEATURE_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
-# Frames: see bench/RESULTS.md "Frames in the cache" for the codecs measured (bytes per frame, read speed).
+# Frames (bench/RESULTS.md "Frames in the cache"): lossless codecs barely shrink decoded natural video
+# (zstd-3: 1.26x on real clips), so the pick is read speed at that ratio. Bit-shuffle saves 11% more
+# bytes but decodes 1.7-4x slower; lz4 decodes 2-5x faster and saves only 8%. Byte shuffle does nothing on uint8.
 FRAME_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle")
 FRAME_CHUNK_BYTES = 1 << 20  # a frames chunk holds whole segments up to ~1 MiB raw: one random segment = one chunk read
 
@@ -77,7 +79,7 @@ class Teacher:
     def frame_shape(self) -> tuple[int, int, int]:
         """(H, W, 3) of every stored frame; a one-line error for a teacher without frames."""
         if self._frame_shape is None:
-            raise CacheError(f"teacher {self.key} ({self.modality}) holds no frames: run `egodistill extract --modality frames` for a teacher that does")
+            raise self._no_frames()
         h, w, c = self._frame_shape
         return int(h), int(w), int(c)
 
@@ -96,16 +98,23 @@ class Teacher:
 
     def read_frames(self, spans: Sequence[tuple[int, int]]) -> np.ndarray:
         """Frames uint8 [rows, H, W, 3] of every (start, stop) row span, concatenated: the loader's whole-block read."""
-        self.frame_shape  # noqa: B018 - the one-line error for a teacher without frames
+        if not self.has_frames:
+            raise self._no_frames()
         return self._reader("frames").read(spans)
+
+    def _no_frames(self) -> CacheError:
+        return CacheError(f"teacher {self.key} ({self.modality}) holds no frames: run `egodistill extract --modality frames` for a teacher that does")
+
+    @cached_property
+    def _readers(self) -> dict[str, RowReader]:
+        return {}
 
     def _reader(self, name: str) -> RowReader:
         """One reader per array, opened on first use and kept (opening tensorstore costs a metadata read)."""
-        readers = self.__dict__.setdefault("_readers", {})
-        if name not in readers:
+        if name not in self._readers:
             local = self._local_path / name if self._local_path is not None else None
-            readers[name] = RowReader(self._group[name], local)
-        return readers[name]
+            self._readers[name] = RowReader(self._group[name], local)
+        return self._readers[name]
 
     def read_logits(self, head: str) -> np.ndarray:
         """Logits [N, C] float32 of one output head (for a teacher with views: its centred view); NaN rows where a segment has none."""

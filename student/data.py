@@ -229,6 +229,7 @@ class CacheLoader:
         window: float = 0.5,
         augment: Augment | None = None,
         pin_memory: bool = False,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
         self.teachers = [opened.teacher(k) for k in input_keys]
         self.offsets = [t.offsets for t in self.teachers]
@@ -240,6 +241,8 @@ class CacheLoader:
         self._readers = [t.read_frames if f else t.read_features for t, f in zip(self.teachers, self.frames_input)]
         self.augment = augment or Augment()
         self.pin_memory = pin_memory
+        # (rank, processes): each batch of the plan is the global batch; this loader hands over its rank's part.
+        self.rank, self.processes = share
         self.present = present if present is not None else present_inputs(opened, input_keys)
         self.segments = np.asarray(segments, dtype=np.int64)
         # int64 once, not per batch: the loader's per-batch work is what training waits on.
@@ -348,7 +351,9 @@ class CacheLoader:
         loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # buffer -> (rows per input, segment -> row start)
         ahead: dict[int, Future] = {}  # the next buffer, read while this one is assembled into batches
         for a in range(start_batch * self.batch_size, len(segs), self.batch_size):
-            batch, need = segs[a:a + self.batch_size], np.unique(buffers[a:a + self.batch_size])
+            size = min(self.batch_size, len(segs) - a)
+            cut = slice(a + size * self.rank // self.processes, a + size * (self.rank + 1) // self.processes)
+            batch, need = segs[cut], np.unique(buffers[cut])  # only the buffers this rank's part lies in are read
             for g in list(loaded):
                 if g < need[0]:
                     del loaded[g]  # the plan never returns to a buffer it has left
@@ -359,7 +364,6 @@ class CacheLoader:
             following = int(need[-1]) + 1
             if following < len(groups) and following not in ahead and self.memory is None and not self._hold:
                 ahead[following] = self._ahead.submit(self._read_buffer, groups[following])
-            cut = slice(a, a + self.batch_size)
             out = self._assemble(batch, buffers[cut], [w[cut] for w in within], plan.view[cut], loaded)
             if plan.crops is not None:
                 out.crops, out.flip = torch.from_numpy(plan.crops[cut].copy()), torch.from_numpy(plan.flip[cut].copy())

@@ -68,6 +68,7 @@ class FramesStudent(nn.Module):
         self.register_buffer("std", torch.tensor([float(v) for v in std]).view(1, 3, 1, 1))
         self.heads = nn.ModuleDict({h: nn.Linear(built.feature_dim, c) for h, c in cfg.heads.items()})
         cfg.feature_dim = built.feature_dim
+        self.channels_last = False  # set by `to_channels_last`: inputs then take the weights' layout
 
     def preprocess(self, frames: torch.Tensor, crops: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
         """uint8 [B, T, H, W, 3], crop boxes [B, 4] (x0, y0, x1, y1 as fractions of W and H), flip bool [B]
@@ -91,11 +92,11 @@ class FramesStudent(nn.Module):
         images = self.preprocess(frames, crops, flip)
         if self.clip:  # [B, 3, T, S, S] -> [B, T', D]
             clips = images.view(b, t, 3, self.size, self.size).transpose(1, 2)
-            if next(self.backbone.parameters()).is_contiguous(memory_format=torch.channels_last_3d):
+            if self.channels_last:
                 clips = clips.contiguous(memory_format=torch.channels_last_3d)
             pooled = self.backbone(clips).mean(dim=1)
         else:  # one image per frame, mean over the window
-            if next(self.backbone.parameters()).is_contiguous(memory_format=torch.channels_last) and images.is_contiguous():
+            if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             pooled = self.backbone(images).view(b, t, -1).mean(dim=1)
         return {h: head(pooled) for h, head in self.heads.items()}
@@ -103,6 +104,7 @@ class FramesStudent(nn.Module):
     def to_channels_last(self) -> "FramesStudent":
         """Channels-last weights (the layout bf16 convolutions run fastest in on CUDA and on CPUs with native bf16)."""
         self.backbone.to(memory_format=torch.channels_last_3d if self.clip else torch.channels_last)
+        self.channels_last = True
         return self
 
 
@@ -122,6 +124,7 @@ def network_cost(cfg: NetworkConfig) -> tuple[int, int]:
 def student_logits(model: "Student | FramesStudent", batch: "Batch", present: torch.Tensor) -> dict[str, torch.Tensor]:
     """Any student's logits for a batch: a head reads features and which inputs are present, a network reads
     frames with their crops and flips. Training, held-out scoring and evaluation all call this."""
-    if isinstance(model, FramesStudent):
+    inner = getattr(model, "module", model)  # a DistributedDataParallel wrapper is called, its module inspected
+    if isinstance(inner, FramesStudent):
         return model(batch.features[0], batch.crops, batch.flip)
     return model(batch.features, present)

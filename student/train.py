@@ -11,6 +11,7 @@ one at the last step.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -211,6 +212,14 @@ def frames_network(cfg: TrainConfig, root: cache.Cache, frames_key: str, teacher
     return network, Augment(scale=(cfg.crop_scale, 1.0), flip=flip, eval_fraction=eval_crop_fraction(backbone))
 
 
+def views_note(cfg: TrainConfig, s: Setup) -> str:
+    """The end-to-end student's training views in one line, said at the start of a run: a flip chosen by
+    default on a manifest whose classes might name left and right is worth seeing."""
+    why = "as asked" if cfg.flip is not None else "off on SSv2, on elsewhere: pass --no-flip if the labels name left and right"
+    return (f"training views: random resized crop (area {s.augment.scale[0]:g}-1 of the stored frame) to {s.network.size} px, "
+            f"left-right flips {'on' if s.augment.flip else 'off'} ({why})")
+
+
 def starting_point(cfg: TrainConfig, root: cache.Cache) -> tuple[str, str | None, int]:
     """(backbone, weights, seed) the end-to-end student starts from: as given, or an --init-from teacher's own,
     read from its provenance (a weights file is checked against the sha256 recorded there)."""
@@ -243,10 +252,11 @@ def starting_point(cfg: TrainConfig, root: cache.Cache) -> tuple[str, str | None
     return p.backbone, cfg.weights, cfg.seed
 
 
-def loaders(cfg: TrainConfig, s: Setup, pin_memory: bool = False) -> tuple[CacheLoader, CacheLoader | None]:
+def loaders(cfg: TrainConfig, s: Setup, pin_memory: bool = False, share: tuple[int, int] = (0, 1)) -> tuple[CacheLoader, CacheLoader | None]:
+    """The training loader (under torchrun: this rank's share of every global batch) and the held-out one."""
     common = dict(teacher_logits=s.teacher_logits, frames=cfg.frames, seed=cfg.seed, buffer_blocks=cfg.buffer_blocks,
                   prefetch=cfg.prefetch, in_memory=cfg.in_memory, present=s.present, views=s.views, augment=s.augment, pin_memory=pin_memory)
-    train = CacheLoader(s.root, s.input_keys, s.train_segments, s.table.labels, batch_size=cfg.batch_size, train=True, **common)
+    train = CacheLoader(s.root, s.input_keys, s.train_segments, s.table.labels, batch_size=cfg.batch_size, train=True, share=share, **common)
     held = CacheLoader(s.root, s.input_keys, s.holdout_segments, s.table.labels, batch_size=max(cfg.batch_size, 256), train=False, **common) if len(s.holdout_segments) else None
     return train, held
 
@@ -263,11 +273,46 @@ def training_statistics(cfg: TrainConfig, s: Setup) -> list[tuple[torch.Tensor, 
     return row_statistics(features, present)
 
 
+def world() -> tuple[int, int]:
+    """(rank, processes) under `torchrun` (its RANK and WORLD_SIZE variables), else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def join_process_group(device_name: str) -> None:
+    """Under torchrun: join the process group once (NCCL on CUDA, gloo on CPU), each rank on its own GPU."""
+    import torch.distributed as dist
+
+    if world()[1] == 1 or dist.is_initialized():
+        return
+    cuda = pick_device(device_name).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if cuda else "gloo")
+
+
 def start_run(cfg: TrainConfig, resume: bool = False) -> tuple[Setup, bool]:
     """Check everything that can be wrong before any work: the cache, the names, the run dir.
-    Returns the setup and whether there is a checkpoint to resume from."""
+    Returns the setup and whether there is a checkpoint to resume from. Under torchrun, rank 0 claims
+    the run dir and tells the others (its one-line error, if any, is every rank's)."""
     s = setup(cfg)
-    return s, rundir.claim_run_dir(cfg.out, s.record(cfg), resume)
+    rank, processes = world()
+    if processes == 1:
+        return s, rundir.claim_run_dir(cfg.out, s.record(cfg), resume)
+    if cfg.batch_size % processes:
+        raise TrainError(f"--batch-size {cfg.batch_size} is the global batch of {processes} processes: give a multiple of {processes}")
+    import torch.distributed as dist
+
+    join_process_group(cfg.device)
+    answer: list = [None]
+    if rank == 0:
+        try:
+            answer[0] = rundir.claim_run_dir(cfg.out, s.record(cfg), resume)
+        except EgodistillError as err:
+            answer[0] = str(err)
+    dist.broadcast_object_list(answer, src=0)
+    if isinstance(answer[0], str):
+        raise TrainError(answer[0])
+    return s, bool(answer[0])
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
@@ -281,6 +326,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     been killed right after a checkpoint. started_run is what start_run returned."""
     s, resuming = started_run or start_run(cfg, resume)
     device = pick_device(cfg.device)
+    if device.type == "cuda" and world()[1] > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
     with head_threads(device) if s.network is None else contextlib.nullcontext():  # a network uses every core
         return _train(cfg, s, resuming, device, log, on_step, stop_after)
 
@@ -295,8 +342,11 @@ def accumulation_group(batch: int, batches: int, accumulate: int) -> tuple[int, 
 def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log: Callable[[str], None],
            on_step: Callable[[int, int, float, float], None] | None, stop_after: int | None) -> list[dict]:
     torch.manual_seed(cfg.seed)
-    train_loader, held_loader = loaders(cfg, s, pin_memory=device.type == "cuda")
+    rank, processes = world()
+    train_loader, held_loader = loaders(cfg, s, pin_memory=device.type == "cuda", share=(rank, processes))
     model = s.network if s.network is not None else Student(s.model)
+    if s.network is not None:
+        log(views_note(cfg, s))
     if s.network is None and not resuming:  # a resumed model brings its statistics in its state dict
         model.set_statistics(training_statistics(cfg, s))
     # Heads: bf16 on CUDA. Networks: bf16 autocast and channels_last on CUDA and on CPUs with native bf16.
@@ -304,6 +354,13 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
     if s.network is not None and bf16:
         model.to_channels_last()
     model = model.to(device)
+    net = model  # what the steps call: under torchrun, DDP around the model (gradients averaged over the ranks)
+    if processes > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda" and s.network is not None:  # batch statistics over the global batch, as one process has them
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimiser = make_optimiser(model, cfg.lr, cfg.weight_decay)
     masking = torch.Generator().manual_seed(cfg.seed + 1)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -318,15 +375,18 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
         masking.set_state(ckpt["rng"]["masking"])
         if device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        rundir.truncate_metrics(cfg.out, state["epoch"], state["step"])
+        if rank == 0:
+            rundir.truncate_metrics(cfg.out, state["epoch"], state["step"])
         log(f"resuming {cfg.out} at epoch {state['epoch']}, batch {state['batch']} (step {state['step']} of {total_steps})")
-    else:  # a run killed before its first checkpoint starts over: its lines go too
+    elif rank == 0:  # a run killed before its first checkpoint starts over: its lines go too
         rundir.truncate_metrics(cfg.out, 0, 0)
     loss_args = dict(scheme=cfg.weighting, tau=cfg.tau, temperature=cfg.temperature, kd_weight=cfg.kd_weight,
                      gt_weight=cfg.gt_weight, weights=None if s.weights is None else {h: w.to(device) for h, w in s.weights.items()})
     log_every = max(1, total_steps // 10)
 
     def checkpoint() -> None:
+        if rank:  # rank 0 writes the run dir; every rank holds the same weights
+            return
         rng = {"torch": torch.get_rng_state(), "masking": masking.get_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -344,7 +404,7 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
             for group in optimiser.param_groups:
                 group["lr"] = lr_at(state["step"], total_steps, cfg.lr, cfg.warmup, cfg.schedule)
             with autocast():
-                logits = student_logits(model, batch, present)
+                logits = student_logits(net, batch, present)
             loss = student_loss(logits, batch.labels, batch.teacher_logits, **loss_args)
             first, group_size = accumulation_group(state["batch"], batches, cfg.accumulate)
             if state["batch"] == first:
@@ -374,10 +434,11 @@ def _train(cfg: TrainConfig, s: Setup, resuming: bool, device: torch.device, log
         last = state["step"] >= total_steps
         if held_loader is not None and (last or state["step"] // log_every > logged_before):
             line.update(held_out(model, held_loader, device, autocast, loss_args))
-        rundir.append_metrics(cfg.out, line)
         boundary = last or state["step"] // log_every > logged_before
-        if boundary:
-            log(_summary(line, total_steps))
+        if rank == 0:  # the line's loss and rate are rank 0's share of each batch
+            rundir.append_metrics(cfg.out, line)
+            if boundary:
+                log(_summary(line, total_steps))
         state.update(epoch=state["epoch"] + 1, batch=0, loss_sum=0.0, seen=0)
         if boundary:  # ten checkpoints a run and the last: small data makes hundreds of passes
             checkpoint()

@@ -94,7 +94,7 @@ IMPORT = ["cache", "import-h5", "{features}", "--cache", "{syn}"]
 # (command line, a fragment the one-line message must hold)
 BAD = [
     # extract
-    ([*EXTRACT, "--modality", "lidar"], "--modality 'lidar' is unknown: choose one of audio, flow, layout, rgb"),
+    ([*EXTRACT, "--modality", "lidar"], "--modality 'lidar' is unknown: choose one of audio, flow, frames, layout, rgb"),
     ([*EXTRACT, "--backbone", "resnet_does_not_exist"], "unknown backbone 'resnet_does_not_exist'"),
     ([*EXTRACT, "--frames", "0"], "--frames must be at least 1"),
     ([*EXTRACT, "--frames", "-3"], "--frames must be at least 1"),

@@ -268,3 +268,36 @@ def test_flips_are_refused_on_ssv2(frames_cache, tmp_path):
     s = setup(TrainConfig(cache=str(location), inputs=["frames"], out=str(tmp_path / "plain"), backbone="test_resnet", frames=FRAMES, image_size=32))
     assert s.augment.flip is False  # by default no flips on SSv2 ...
     assert setup(config(frames_cache, tmp_path / "generic")).augment.flip is True  # ... and flips elsewhere
+
+
+# --- more than one process: torchrun runs DDP, each rank its share of every global batch -------
+
+# No dropout: each rank draws masks for its part of the batch, one process for the whole batch.
+DDP_RUN = dict(inputs=["rgb", "flow"], teachers=["rgb"], steps=6, batch_size=16, lr=1e-2, input_dropout=0.0, device="cpu", prefetch=2, buffer_blocks=2)
+DDP_SCRIPT = f"""
+import sys
+from egodistill.student.train import TrainConfig, train
+train(TrainConfig(cache=sys.argv[1], out=sys.argv[2], **{DDP_RUN!r}), log=lambda _: None)
+"""
+
+
+def test_two_processes_under_torchrun_equal_one_at_the_same_global_batch(tmp_path):
+    import subprocess
+    import sys
+
+    location = str(tmp_path / "features.zarr")
+    testing.build_synthetic_cache(location, testing.SyntheticSpec(segments=48, feature_dim=8, segments_per_task=8))
+    root = cache.open_cache(location, mode="a")
+    provenance = cache.Provenance(modality="rgb", backbone="temporal_head", fit={"seed": 0})
+    rng = np.random.default_rng(0)
+    root.create_logits_teacher(provenance.teacher_key(), provenance, {h: rng.normal(size=(48, c)).astype(np.float32) for h, c in root.segments.heads.items()})
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", str(script), location, str(tmp_path / "two")],
+                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    train(TrainConfig(cache=location, out=str(tmp_path / "one"), **DDP_RUN), log=lambda _: None)
+    one = rundir.load_checkpoint(tmp_path / "one", rundir.LAST)["model"]
+    two = rundir.load_checkpoint(tmp_path / "two", rundir.LAST)["model"]
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+    assert [m["step"] for m in rundir.read_metrics(tmp_path / "two")] == [m["step"] for m in rundir.read_metrics(tmp_path / "one")]

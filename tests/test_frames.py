@@ -157,3 +157,16 @@ def test_bad_options_give_one_line(dataset, args, says):
     result = egodistill("extract", "--manifest", manifest, "--videos", videos, "--cache", tmp_path / "c.zarr", "--modality", "frames", *args)
     assert says in one_line_error(result)
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_hdf5_export_and_import_keep_the_frames(dataset):
+    from egodistill.cache.hdf5 import export_teacher, import_export
+
+    tmp_path, manifest, videos = dataset
+    teacher = quiet(config(tmp_path, manifest, videos))
+    out = export_teacher(tmp_path / "cache.zarr", teacher.key, tmp_path / "frames.h5")
+    key = import_export(out, tmp_path / "copy.zarr")
+    copy = cache.open_cache(tmp_path / "copy.zarr").teacher(key)
+    assert copy.frame_shape == teacher.frame_shape and copy.usable_segments().all()
+    np.testing.assert_array_equal(copy.read_frames([(0, 16)]), teacher.read_frames([(0, 16)]))
+    assert verify_cache(cache.open_cache(tmp_path / "copy.zarr"))["ok"]
