@@ -34,11 +34,12 @@ def _plain_extract(run, cfg, plan):
 
 
 def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, workers: int = 2,
-             extract: Callable = _plain_extract, log: Callable[[str], None] = print, finetune: bool = False) -> tuple[dict, Path]:
+             extract: Callable = _plain_extract, log: Callable[[str], None] = print, finetune: bool = False,
+             smaller_student: bool = False) -> tuple[dict, Path]:
     """Run the whole demo into folder `out`; returns (results, path of report.html).
 
     `finetune`: also protocol version 3's costly arms (end-to-end students on stored frames, the masked
-    student on smaller extractors), extracting what they read first.
+    student on smaller extractors with `smaller_student`), extracting what they read first.
     `seeds`: how many seeds (default: the protocol's 5; 2 with `small`). `workers`: extraction's Dask
     workers, and the processes that run seeds side by side (0: everything in this process).
     `extract(run_extraction, cfg, plan)` runs one extraction (the CLI passes one with a progress bar)."""
@@ -51,8 +52,8 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
         raise EgodistillError(f"--out {folder} is a file: give a folder for the demo's data, cache, runs and report")
     seed_list = list(range(seeds))
     spec = DemoSpec.small() if small else DemoSpec()
-    budget = replace(small_budget() if small else StudentBudget(), finetune=finetune)
-    protocol = describe_protocol(seed_list, small, finetune)
+    budget = replace(small_budget() if small else StudentBudget(), finetune=finetune, smaller_student=smaller_student)
+    protocol = describe_protocol(seed_list, small, finetune, smaller_student)
     log(f"protocol version {protocol['version']} ({protocol['doc']})" + ("" if protocol["followed"] else f"; NOT the protocol: {'; '.join(protocol['deviations'])}"))
 
     t0 = time.perf_counter()
@@ -68,7 +69,9 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     keys: dict[str, dict[str, str]] = {"base": {}}
     jobs = [("base", m, b, {}) for m, b in backbones.items()]
     if finetune:  # version 3: the frames the end-to-end students read, and the smaller student's extractors
-        jobs += [("frames", "frames", None, {"frame_size": FRAME_SIZE})] + [("small", m, FINETUNE_EXTRACTOR, {}) for m in backbones]
+        jobs.append(("frames", "frames", None, {"frame_size": FRAME_SIZE}))
+    if smaller_student:
+        jobs += [("small", m, FINETUNE_EXTRACTOR, {}) for m in backbones]
     for group, modality, backbone, options in jobs:
         cfg = ExtractConfig(manifest=str(manifest), videos=str(manifest.parent / "videos"), cache=cache, modality=modality,
                             backbone=backbone, frames=budget.frames, workers=workers, device="cpu", seed=0, options=options)
@@ -195,6 +198,7 @@ def _extract_commands(manifest, cache: str, backbones: dict, budget: StudentBudg
              for m, b in backbones.items()]
     if budget.finetune:
         lines.append(f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality frames --frame-size {FRAME_SIZE} --frames {budget.frames}")
+    if budget.smaller_student:
         lines += [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {FINETUNE_EXTRACTOR} --frames {budget.frames} --device cpu"
                   for m in backbones]
     return lines

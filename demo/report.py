@@ -223,14 +223,14 @@ def _end_to_end_section(results: dict) -> str:
     """Version 3's arms: end-to-end RGB students on the stored frames, and the masked student on smaller extractors."""
     s = results["students"]
     if "e2e-gt" not in s:
-        return ("<h2>Version 3: end-to-end students</h2><p>Not run: the end-to-end arms (E1.1, E1.2, P2.4k) cost more than the demo's "
-                "10-minute budget; <code>egodistill demo --finetune</code> runs them.</p>")
+        return ("<h2>Version 3: end-to-end students</h2><p>Not run: the end-to-end arms (E1.1, E1.2) cost more than the demo's "
+                "10-minute budget; <code>egodistill demo --finetune</code> runs them (and <code>--smaller-student</code> P2.4k's arm).</p>")
     rows = "".join(f"<tr><td>{a}</td><td>{html.escape(s[a]['title'])}</td>{_metric_cells(s[a]['metrics'])}<td>{s[a]['seconds']:.0f} s</td></tr>"
                    for a in ["rgb-gt", "rgb-kd-uniform", *E2E_ARMS])
     ks = list(s["e2e-gt"]["frames"])
     frames = "".join(f"<tr><td>{a}</td>" + "".join(f"<td>{_ci(s[a]['frames'][k]['top1'])}</td>" for k in ks) + "</tr>" for a in E2E_ARMS)
     small = s.get("mm-masked-small")
-    small_row = "" if small is None else f"<tr><td>mm-masked-small</td><td>{html.escape(small['title'])}</td>{_metric_cells(small['metrics'])}<td>{small['seconds']:.0f} s</td></tr>"
+    small_row = ("<tr><td>mm-masked-small</td><td colspan=6>not run (P2.4k needs <code>--smaller-student</code>)</td></tr>" if small is None else f"<tr><td>mm-masked-small</td><td>{html.escape(small['title'])}</td>{_metric_cells(small['metrics'])}<td>{small['seconds']:.0f} s</td></tr>")
     return f"""<h2>Version 3: end-to-end RGB students on frames (<code>--finetune</code>)</h2>
 <p>The same network (the rgb extractor's test_resnet, from its own random-init weights) trained on the stored frames, on ground truth
 or distilled from the rgb+flow+audio teachers (uniform, T = 2); the frozen-feature RGB heads beside them. All with all inputs at 8 frames.</p>

@@ -66,7 +66,12 @@ FINETUNE_STUDENTS = [
                   MODALITIES, ["fusion"], mask_prob=0.5, extractors="small"),
 ]
 FINETUNE_EXTRACTOR = "test_byobnet"  # 0.30 of test_resnet's FLOPs per frame (KARMMA's student: about a fifth of its teacher)
-FRAME_SIZE = 64                      # stored frames; the network reads 56-px crops
+FRAME_SIZE = 48                      # stored frames; the network reads 40-px crops
+
+
+def finetune_students(budget: "StudentBudget") -> list[StudentRecipe]:
+    """Version 3's arms this run trains: the end-to-end pair with --finetune, mm-masked-small with --smaller-student."""
+    return [r for r in FINETUNE_STUDENTS if (budget.finetune and r.network) or (budget.smaller_student and r.extractors == "small")]
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class NetworkBudget:
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.05
-    image_size: int = 56
+    image_size: int = 40
     flip: bool = False  # the demo's classes say left and right
 
 
@@ -93,7 +98,8 @@ class StudentBudget:
     folds: int = 5
     device: str = "cpu"
     in_memory: bool = True  # the demo's cache is a few MB: no reader threads competing with training
-    finetune: bool = False  # also version 3's FINETUNE_STUDENTS
+    finetune: bool = False  # also version 3's end-to-end arms
+    smaller_student: bool = False  # and version 3's mm-masked-small (three more extractions)
     network: NetworkBudget = field(default_factory=NetworkBudget)
 
 
@@ -161,7 +167,7 @@ def _run_seed(cache_path: str, runs: Path, seed: int, budget: StudentBudget, cou
     out: dict = {"seed": seed, "teacher_keys": keys, "fit_seconds": fit_seconds, "train_seconds": {}, "commands": [fit_command(cache_path, budget, seed, base)],
                  "oof_accuracy": {f.modality: {str(d): a for d, a in f.oof_accuracy.items()} for f in fitted}, "students": {}}
     root = cache.open_cache(cache_path, mode="r")
-    for recipe in STUDENTS + (FINETUNE_STUDENTS if budget.finetune else []):
+    for recipe in STUDENTS + finetune_students(budget):
         teacher_keys = [keys[t] for t in recipe.teachers]
         input_keys = [inputs[recipe.extractors][m] for m in recipe.inputs] if not recipe.network else [inputs["frames"]["frames"]]
         run = runs / recipe.name / f"seed{seed}"
@@ -187,7 +193,7 @@ def _run_seed(cache_path: str, runs: Path, seed: int, budget: StudentBudget, cou
             out["masked_fewer_frames"] = predict(root, run, segments["val"], SMALL_FRAMES)["+".join(recipe.inputs)]
     out["teachers"] = teacher_predictions(root, keys, segments, budget.tau)
     if count_cost:
-        out["cost"] = costs(cache_path, runs, seed, root, budget.finetune)
+        out["cost"] = costs(cache_path, runs, seed, root, finetune_students(budget))
     return out
 
 
@@ -250,12 +256,12 @@ def teacher_predictions(root: cache.Cache, keys: dict[str, str], segments: dict[
     return out
 
 
-def costs(cache_path: str, runs: Path, seed: int, root: cache.Cache, finetune: bool = False) -> dict:
+def costs(cache_path: str, runs: Path, seed: int, root: cache.Cache, finetune: list[StudentRecipe] = ()) -> dict:
     """Params and FLOPs per clip (evaluate's `cost`) of the primary RGB student and its three teachers, of the
     masked student and its fusion teacher, and of the masked student reading SMALL_FRAMES frames; with
-    `finetune` also of the end-to-end student and of the masked student on the smaller extractors."""
+    the arms of version 3 in `finetune` too."""
     out = {}
-    for name in ("rgb-kd-uniform", "mm-masked") + (("e2e-kd-uniform", "mm-masked-small") if finetune else ()):
+    for name in ("rgb-kd-uniform", "mm-masked") + tuple(r.name for r in finetune):
         result = evaluate(EvalConfig(cache=cache_path, run=str(runs / name / f"seed{seed}"), split="val", device="cpu", cost=True))
         out[name] = result["cost"]
     record, model = load_student(str(runs / "mm-masked" / f"seed{seed}"))
