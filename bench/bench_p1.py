@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -147,15 +146,24 @@ def time_modes(bench: Bench, steps: int, rounds: int, warmup: int) -> dict[str, 
     return seconds
 
 
-def vm_rss_bytes() -> int:
+def status_bytes(field: str) -> int:
+    """A size from /proc/self/status (VmRSS: resident now; VmHWM: the resident peak since the last reset)."""
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
 
 
+def reset_peak_rss() -> None:
+    """Reset the kernel's resident peak (VmHWM) to the current resident set, so the peak read after the steps is
+    the steps' own, not the imports' or the model building's (Linux >= 4.0: clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def peak_memory(shape: Shape, device: torch.device, precision: str, mode: str, steps: int) -> dict[str, float]:
-    """Run in a fresh child: peak memory of `steps` steps of one mode (CPU: resident set above the set-up's; CUDA: allocated)."""
+    """Run in a fresh child: peak memory of `steps` steps of one mode (CPU: the resident peak during the steps, the
+    models and data included; CUDA: allocated), and how far it rose above the set-up's."""
     data = make_data(shape, steps, seed=0)
     bench = Bench(shape, device, precision, data, teachers=mode == "online")
     if device.type == "cuda":
@@ -163,13 +171,14 @@ def peak_memory(shape: Shape, device: torch.device, precision: str, mode: str, s
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = vm_rss_bytes()
+        base = status_bytes("VmRSS")
+        reset_peak_rss()
     for i in range(steps):
         bench.step(mode, i)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = status_bytes("VmHWM")
     return {"peak_gib": peak / 2**30, "above_setup_gib": (peak - base) / 2**30}
 
 
