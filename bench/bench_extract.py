@@ -151,7 +151,7 @@ def breakeven(fixed_a: float, per_a: float, fixed_b: float, per_b: float) -> str
 
 
 def breakeven_figures(args, work: Path, manifest: Path, videos: Path) -> None:
-    from egodistill.extract.worker import resolve_precision
+    from egodistill.backbones import resolve_precision
 
     precision = resolve_precision(args.precision, "cpu")
     n = len(segments_of(manifest))

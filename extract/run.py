@@ -14,11 +14,11 @@ import numpy as np
 
 from egodistill import cache
 from egodistill.common import EgodistillError, ExtractError, check_number, check_plain_name, first_line, pick_device
-from egodistill.backbones import BackboneSpec, clip_backbone_names, clip_output, clip_preset, create_backbone, head_id, is_clip_backbone, weights_id
+from egodistill.backbones import BackboneSpec, backbone_family, clip_backbone_names, create_backbone, head_id, resolve_precision, weights_id
 from egodistill.extract.manifests import Manifest, read_manifest, resolve_videos, segment_table
 from egodistill.extract.modalities import get_modality
 from egodistill.extract.sampling import clip_policy, frames_for, rows_from_frames, sampling_policy
-from egodistill.extract.worker import SegmentJob, TaskSpec, resolve_precision, run_task
+from egodistill.extract.worker import SegmentJob, TaskSpec, run_task
 
 
 @dataclass
@@ -105,18 +105,20 @@ def plan_extraction(cfg: ExtractConfig) -> Plan:
 def _sampling(cfg: ExtractConfig) -> dict:
     """The sampling policy; for a clip backbone with its windows: the --clip-frames/--clip-stride given, else
     the --frames as one clip, else the clip length of the model's weights preset."""
-    backbone = cfg.backbone or get_modality(cfg.modality).default_backbone
-    if not is_clip_backbone(backbone):
+    modality = get_modality(cfg.modality)
+    backbone = cfg.backbone or modality.default_backbone
+    family = backbone_family(backbone) if modality.has_model else None  # frames run no model
+    if family is None or not family.takes_clips:
         if cfg.clip_frames is not None or cfg.clip_stride is not None:
             raise ExtractError(f"--clip-frames/--clip-stride need a clip backbone ({', '.join(clip_backbone_names())}); {backbone} reads single frames")
         return sampling_policy(cfg.frames, cfg.fps)
-    preset_frames = clip_preset(backbone)["clip_frames"]
+    preset_frames = family.preset(backbone, 3)["clip_frames"]  # the clip length does not depend on the channels
     given = cfg.frames is not None or cfg.fps is not None
     policy = sampling_policy(cfg.frames if given else (cfg.clip_frames or preset_frames), cfg.fps)
     clip_frames = cfg.clip_frames or policy.get("frames", preset_frames)
     if clip_frames < 1:
         raise ExtractError(f"--clip-frames must be at least 1, got {clip_frames}")
-    steps, _ = clip_output(backbone, clip_frames)
+    steps = family.output_steps(backbone, clip_frames)
     return clip_policy(policy, clip_frames, clip_frames if cfg.clip_stride is None else cfg.clip_stride, steps)
 
 

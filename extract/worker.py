@@ -59,23 +59,6 @@ class SegmentJob:
     frames: int | None = None   # frames sampled from the segment (clip backbones read them in windows); None = rows
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """bf16 on CUDA and on CPUs with native bf16; fp32 elsewhere (emulated bf16 is slower)."""
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if _cpu_has_bf16() else "fp32"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def worker_device(device: str) -> str:
     """Pin each local Dask worker to its own GPU, by worker index, when there are several."""
     if device != "cuda" or torch.cuda.device_count() <= 1:
@@ -103,7 +86,7 @@ def get_backbone(spec: TaskSpec, device: str) -> Backbone:
 def embed(backbone: Backbone, batch: np.ndarray, device: str, precision: str) -> np.ndarray:
     """Features as float32: [B, D] for images, [B, T', D] for clips [B, C, T, H, W]; halves the batch on out-of-memory."""
     x = torch.from_numpy(batch).to(device, non_blocking=True)
-    if x.ndim == 4 and (precision == "bf16" or device.startswith("cuda")):
+    if not backbone.clip and (precision == "bf16" or device.startswith("cuda")):
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     try:
@@ -189,7 +172,7 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
         t0 = time.perf_counter()
         out = embed(backbone, np.concatenate([inputs for _, inputs in batch]), device, spec.precision)
         forward_seconds += time.perf_counter() - t0
-        steps = out.shape[1] if out.ndim == 3 else 1  # a clip's output time steps, one row each
+        steps = out.shape[1] if backbone.clip else 1  # a clip's output time steps, one row each
         out = out.reshape(-1, out.shape[-1])
         cursor = 0
         for pos, inputs in batch:
@@ -219,7 +202,7 @@ def run_task(spec: TaskSpec, task: int, jobs: list[SegmentJob]) -> dict:
             features[starts[pos]: starts[pos + 1]] = inputs
             continue
         batch.append((pos, inputs))
-        if sum(len(i) * (i.shape[2] if i.ndim == 5 else 1) for _, i in batch) >= spec.batch_size:  # frames per forward
+        if sum(len(i) * (i.shape[2] if backbone.clip else 1) for _, i in batch) >= spec.batch_size:  # frames per forward
             flush()
     flush()
     teacher.write_task(
