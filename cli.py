@@ -419,11 +419,13 @@ def demo(
     small: Annotated[bool, typer.Option(help="A smoke test for CI (60 clips, 2 seeds, short budgets): not the protocol, its verdicts decide nothing.")] = False,
     seeds: Annotated[Optional[int], typer.Option(help="Seeds, each fitting the teachers and training every student (default: the protocol's 5; 2 with --small).")] = None,
     workers: Annotated[int, typer.Option(help="Dask workers for extraction, and processes running seeds side by side (0: all in this process).")] = 2,
+    finetune: Annotated[bool, typer.Option(help="Also protocol v3's end-to-end students on stored frames (longer: prints its own time).")] = False,
+    smaller_student: Annotated[bool, typer.Option(help="Also protocol v3's masked student on smaller extractors (P2.4k; three more extractions).")] = False,
 ) -> None:
     """The whole pipeline on built-in data: generate clips, extract teachers once, distil students, test both papers' claims (docs/demo-protocol.md), report."""
     from egodistill.demo.pipeline import run_demo, summary_lines
 
-    results, report = run_demo(out, small=small, seeds=seeds, workers=workers, extract=_run_with_progress, log=console.print)
+    results, report = run_demo(out, small=small, seeds=seeds, workers=workers, extract=_run_with_progress, log=console.print, finetune=finetune, smaller_student=smaller_student)
     for line in summary_lines(results):
         console.print(line, markup=False, highlight=False)
     console.print(f"report: {report}", markup=False, highlight=False)

@@ -8,7 +8,7 @@ import numpy as np
 
 from egodistill.demo import stats
 from egodistill.demo.protocol import FEWER_FRAMES, FLOPS_RATIO, MARGINS, SMALL_FRAMES, TEST_FRAMES
-from egodistill.demo.students import STUDENTS, TEACHERS
+from egodistill.demo.students import FINETUNE_STUDENTS, STUDENTS, TEACHERS
 from egodistill.demo.stats import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Estimate
 
 GATE_NOTE = " The teachers failed the gate (not worth learning from), so this distillation verdict is inconclusive whatever its interval."
@@ -32,7 +32,8 @@ def analyse(per_seed: list[dict], labels: dict[str, np.ndarray], draws: dict[str
 
     students: dict[str, dict] = {}
     estimates: dict[str, dict] = {}     # arm -> variant -> metric -> Estimate
-    for recipe in STUDENTS:
+    recipes = STUDENTS + [r for r in FINETUNE_STUDENTS if r.name in per_seed[0]["students"]]  # version 3's arms run under --finetune
+    for recipe in recipes:
         variants = per_seed[0]["students"][recipe.name]
         estimates[recipe.name] = {v: stats.metrics(stack(per_seed, ("students", recipe.name, v)), val, dv) for v in variants}
     teachers = {t: stats.metrics(stack(per_seed, ("teachers", "val", t)), val, dv) for t in [*TEACHERS, "ensemble-uniform", "ensemble-dataset"]}
@@ -50,8 +51,12 @@ def analyse(per_seed: list[dict], labels: dict[str, np.ndarray], draws: dict[str
 
     fewer = stats.accuracy(stack(per_seed, ("masked_fewer_frames",)), val, dv)
     claims = _paper1(estimates, gate["passed"]) + _paper2(estimates, teachers, fewer, per_seed[0].get("cost"), gate["passed"])
+    if "e2e-gt" in estimates:
+        claims += _end_to_end(estimates, teachers, per_seed[0].get("cost"), gate["passed"])
+    if "mm-masked-small" in estimates:
+        claims += _smaller_student(estimates, teachers, per_seed[0].get("cost"))
 
-    for recipe in STUDENTS:
+    for recipe in recipes:
         e = estimates[recipe.name]
         entry = {"title": recipe.title, "inputs": recipe.inputs, "teachers": recipe.teachers, "weighting": recipe.weighting if recipe.teachers else None,
                  "mask_prob": recipe.mask_prob, "seconds": float(np.mean([s["train_seconds"][recipe.name] for s in per_seed]))}
@@ -158,7 +163,45 @@ def _paper2(e: dict, teachers: dict, fewer: Estimate, cost: dict | None, gate: b
     return out
 
 
-def _smaller(cid: str, primary: bool, student_top1: Estimate, teacher_top1: Estimate, student: dict, teacher: dict, frames: int) -> dict:
+def _end_to_end(e: dict, teachers: dict, cost: dict | None, gate: bool) -> list[dict]:
+    """Version 3: the end-to-end RGB student distilled against the same student on ground truth (E1), and the
+    representation learned against the frozen-feature heads (E0)."""
+    full = f"frames{TEST_FRAMES[0]}"
+    gt, kd = e["e2e-gt"], e["e2e-kd-uniform"]
+    accurate = _claim("E1.1", 1, True, "The end-to-end RGB student distilled from the rgb+flow+audio ensemble (uniform) is more accurate than the same student trained on ground truth.",
+                      "top-1(e2e-kd) - top-1(e2e-gt)", "the distilled end-to-end student's top-1 minus the ground-truth one's",
+                      kd[full]["top1"] - gt[full]["top1"], MARGINS["top1"], "points", True, gate)
+    calibrated = _claim("E1.2", 1, True, "The distilled end-to-end RGB student is better calibrated than the one trained on ground truth.",
+                        "ECE(e2e-gt) - ECE(e2e-kd), x100", "the ground-truth end-to-end student's ECE minus the distilled one's",
+                        gt[full]["ece"] - kd[full]["ece"], MARGINS["ece"], "ECE points", True, gate)
+    out = [accurate, calibrated, _both("E1", True, "The end-to-end student: more accurate and better calibrated.", [accurate, calibrated])]
+    out.append(_claim("E1.NLL", 1, False, "The distilled end-to-end RGB student has a lower NLL than the one trained on ground truth.",
+                      "NLL(e2e-gt) - NLL(e2e-kd)", "the ground-truth end-to-end student's NLL minus the distilled one's",
+                      gt[full]["nll"] - kd[full]["nll"], MARGINS["nll"], "nats", True, gate))
+    drops = [(kd[f"frames{k}"]["top1"] - kd[full]["top1"]) - (gt[f"frames{k}"]["top1"] - gt[full]["top1"]) for k in FEWER_FRAMES]
+    out.append(_claim("E1.3", 1, False, "The distilled end-to-end student keeps more accuracy than the ground-truth one with fewer frames at test time.",
+                      "mean over k in 4, 2, 1 of [drop_k(e2e-kd) - drop_k(e2e-gt)]", "the distilled end-to-end student's drop from 8 frames minus the ground-truth one's",
+                      stats.mean_of(drops), MARGINS["top1"], "points", True, gate))
+    out.append(_claim("E0", 1, False, "Learning the representation: the end-to-end student on ground truth is more accurate than the head on frozen rgb features.",
+                      "top-1(e2e-gt) - top-1(rgb-gt)", "the end-to-end ground-truth student's top-1 minus the frozen-feature one's",
+                      gt[full]["top1"] - e["rgb-gt"][full]["top1"], MARGINS["top1"], "points", False, gate))
+    out.append(_claim("E0.kd", 1, False, "... and distilled: the end-to-end distilled student is more accurate than the distilled head on frozen rgb features.",
+                      "top-1(e2e-kd) - top-1(rgb-kd-uniform)", "the end-to-end distilled student's top-1 minus the frozen-feature distilled one's",
+                      kd[full]["top1"] - e["rgb-kd-uniform"][full]["top1"], MARGINS["top1"], "points", False, gate))
+    return out
+
+
+def _smaller_student(e: dict, teachers: dict, cost: dict | None) -> list[dict]:
+    """Version 3's P2.4k: P2.4's rule for the masked student on extractors smaller than its teacher's (KARMMA's setting)."""
+    if cost is None or "mm-masked-small" not in cost:
+        return []
+    small = e["mm-masked-small"]
+    return [_smaller("P2.4k", True, small[next(iter(small))]["top1"], teachers["fusion"]["top1"], cost["mm-masked-small"]["student"],
+                     cost["mm-masked-small"]["teachers"][0], 8, "the masked student on the smaller extractors")]
+
+
+def _smaller(cid: str, primary: bool, student_top1: Estimate, teacher_top1: Estimate, student: dict, teacher: dict, frames: int,
+             who: str = "the masked student") -> dict:
     """P2.4: the FLOPs ratio (a count: no interval) and the accuracy kept, student - teacher (an interval)."""
     ratio = student["flops"] / teacher["flops"] if student["flops"] and teacher["flops"] else None
     params = student["params"] / teacher["params"] if student["params"] and teacher["params"] else None
@@ -181,6 +224,6 @@ def _smaller(cid: str, primary: bool, student_top1: Estimate, teacher_top1: Esti
             "margin": margin, "unit": "points", "improvement": kept.to_json(), "flops_ratio": ratio, "params_ratio": params, "frames": frames,
             "student_cost": {"params": student["params"], "flops": student["flops"]}, "teacher_cost": {"params": teacher["params"], "flops": teacher["flops"]},
             "verdict": result, "gate_vetoed": False,
-            "sentence": (f"{cid} {result}: the masked student ({frames} frames) costs {ratio_text} of the fusion teacher's FLOPs per clip "
+            "sentence": (f"{cid} {result}: {who} ({frames} frames) costs {ratio_text} of the fusion teacher's FLOPs per clip "
                          f"(threshold {FLOPS_RATIO}; parameters {'?' if params is None else f'{params:.2f}'}) and its top-1 minus the teacher's is "
                          f"{kept.value:+.1f} points (95 % interval {lo:+.1f} to {hi:+.1f}; margin -{margin:g} points).")}

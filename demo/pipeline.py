@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -21,7 +22,7 @@ from egodistill.demo.data import HEAD, SPEC_NAME, DemoSpec, class_names, describ
 from egodistill.demo.protocol import BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, SEEDS, describe_protocol
 from egodistill.demo.report import write_report
 from egodistill.demo.stats import Draws
-from egodistill.demo.students import StudentBudget, budget_fields, demo_segments, run_seed, small_budget
+from egodistill.demo.students import FINETUNE_EXTRACTOR, FRAME_SIZE, STUDENTS, StudentBudget, budget_fields, demo_segments, run_seed, small_budget
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 
 DEMO_BACKBONE = "test_resnet"  # timm's smallest ResNet: the demo fits in minutes on 2 CPU cores
@@ -33,9 +34,12 @@ def _plain_extract(run, cfg, plan):
 
 
 def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, workers: int = 2,
-             extract: Callable = _plain_extract, log: Callable[[str], None] = print) -> tuple[dict, Path]:
+             extract: Callable = _plain_extract, log: Callable[[str], None] = print, finetune: bool = False,
+             smaller_student: bool = False) -> tuple[dict, Path]:
     """Run the whole demo into folder `out`; returns (results, path of report.html).
 
+    `finetune`: also protocol version 3's costly arms (end-to-end students on stored frames, the masked
+    student on smaller extractors with `smaller_student`), extracting what they read first.
     `seeds`: how many seeds (default: the protocol's 5; 2 with `small`). `workers`: extraction's Dask
     workers, and the processes that run seeds side by side (0: everything in this process).
     `extract(run_extraction, cfg, plan)` runs one extraction (the CLI passes one with a progress bar)."""
@@ -48,8 +52,8 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
         raise EgodistillError(f"--out {folder} is a file: give a folder for the demo's data, cache, runs and report")
     seed_list = list(range(seeds))
     spec = DemoSpec.small() if small else DemoSpec()
-    budget = small_budget() if small else StudentBudget()
-    protocol = describe_protocol(seed_list, small)
+    budget = replace(small_budget() if small else StudentBudget(), finetune=finetune, smaller_student=smaller_student)
+    protocol = describe_protocol(seed_list, small, finetune, smaller_student)
     log(f"protocol version {protocol['version']} ({protocol['doc']})" + ("" if protocol["followed"] else f"; NOT the protocol: {'; '.join(protocol['deviations'])}"))
 
     t0 = time.perf_counter()
@@ -62,21 +66,30 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     _match_cache_to_data(folder, manifest.parent / SPEC_NAME)
     backbones = {"rgb": DEMO_BACKBONE, "flow": DEMO_BACKBONE, "audio": DEMO_BACKBONE}
     extract_seconds: dict[str, float] = {}
-    for modality, backbone in backbones.items():
+    keys: dict[str, dict[str, str]] = {"base": {}}
+    jobs = [("base", m, b, {}) for m, b in backbones.items()]
+    if finetune:  # version 3: the frames the end-to-end students read, and the smaller student's extractors
+        jobs.append(("frames", "frames", None, {"frame_size": FRAME_SIZE}))
+    if smaller_student:
+        jobs += [("small", m, FINETUNE_EXTRACTOR, {}) for m in backbones]
+    for group, modality, backbone, options in jobs:
         cfg = ExtractConfig(manifest=str(manifest), videos=str(manifest.parent / "videos"), cache=cache, modality=modality,
-                            backbone=backbone, frames=budget.frames, workers=workers, device="cpu", seed=0)
+                            backbone=backbone, frames=budget.frames, workers=workers, device="cpu", seed=0, options=options)
         summary = extract(run_extraction, cfg, plan_extraction(cfg))
-        extract_seconds[modality] = summary.seconds
+        extract_seconds[modality if group == "base" else f"{modality} ({group})"] = summary.seconds
+        keys.setdefault(group, {})[modality] = summary.teacher_key
         if not summary.ok:
             raise EgodistillError(f"demo extraction of {modality} failed for {summary.failed} segments: see `egodistill cache info {cache}`")
     first = _first_extraction(folder, extract_seconds)
 
     t0 = time.perf_counter()
-    per_seed = run_seeds(cache, folder / "runs", seed_list, budget, workers, log)
+    per_seed = run_seeds(cache, folder / "runs", seed_list, budget, workers, log, keys)
     seeds_seconds = time.perf_counter() - t0
+    import torch  # the seeds' outputs, kept before the statistics so a failure there loses no training
+    torch.save(per_seed, folder / "per-seed.pt")
 
     t0 = time.perf_counter()
-    segments = demo_segments(cache)
+    segments = demo_segments(cache, keys["base"])
     labels_all = cache_api.open_cache(cache, mode="r").segments.labels[HEAD]
     labels = {split: labels_all[idx].astype(np.int64) for split, idx in segments.items()}
     draws = {"val": Draws.make(len(labels["val"]), seeds, BOOTSTRAP_DRAWS, BOOTSTRAP_SEED),
@@ -85,7 +98,7 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     statistics_seconds = time.perf_counter() - t0
     _save_predictions(folder / "predictions.npz", per_seed, labels)
 
-    train_seconds = [s for r in per_seed for s in r["train_seconds"].values()]
+    train_seconds = [r["train_seconds"][x.name] for r in per_seed for x in STUDENTS]  # version 2's head arms
     fit_seconds = [r["fit_seconds"] for r in per_seed]
     results = {
         "protocol": protocol,
@@ -99,11 +112,12 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
             "student_run_mean": float(np.mean(train_seconds)), "student_runs": len(train_seconds),
             "seeds_wall": seeds_seconds, "seed_processes": _processes(workers, seeds), "statistics": statistics_seconds,
         },
-        "ratio_student_run_over_extraction": float(np.mean(train_seconds)) / sum(first.values()),
+        "ratio_student_run_over_extraction": float(np.mean(train_seconds)) / sum(first[m] for m in backbones),
         **analysis,
         "cost": per_seed[0].get("cost"),
         "teacher_keys": {str(r["seed"]): r["teacher_keys"] for r in per_seed},
         "oof_accuracy": {str(r["seed"]): r["oof_accuracy"] for r in per_seed},
+        "input_keys": keys,
         "commands": _extract_commands(manifest, cache, backbones, budget) + [c for r in per_seed for c in r["commands"]],
     }
     t0 = time.perf_counter()
@@ -118,9 +132,11 @@ def _processes(workers: int, seeds: int) -> int:
     return max(1, min(workers, seeds))
 
 
-def run_seeds(cache: str, runs: Path, seeds: list[int], budget: StudentBudget, workers: int, log: Callable[[str], None]) -> list[dict]:
-    """Every seed's replicate (demo/students.run_seed), side by side in `workers` processes (0 or 1: here)."""
-    jobs = [(cache, str(runs), s, budget_fields(budget), s == seeds[0]) for s in seeds]
+def run_seeds(cache: str, runs: Path, seeds: list[int], budget: StudentBudget, workers: int, log: Callable[[str], None],
+              keys: dict[str, dict[str, str]]) -> list[dict]:
+    """Every seed's replicate (demo/students.run_seed), side by side in `workers` processes (0 or 1: here).
+    `keys`: the extracted inputs, group -> modality -> teacher key (see run_seed)."""
+    jobs = [(cache, str(runs), s, budget_fields(budget), s == seeds[0], keys) for s in seeds]
     processes = _processes(workers, len(seeds))
     done: dict[int, dict] = {}
 
@@ -178,8 +194,14 @@ def _first_extraction(folder, seconds: dict[str, float]) -> dict[str, float]:
 
 def _extract_commands(manifest, cache: str, backbones: dict, budget: StudentBudget) -> list[str]:
     videos = manifest.parent / "videos"
-    return [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {b} --frames {budget.frames} --device cpu"
-            for m, b in backbones.items()]
+    lines = [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {b} --frames {budget.frames} --device cpu"
+             for m, b in backbones.items()]
+    if budget.finetune:
+        lines.append(f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality frames --frame-size {FRAME_SIZE} --frames {budget.frames}")
+    if budget.smaller_student:
+        lines += [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {FINETUNE_EXTRACTOR} --frames {budget.frames} --device cpu"
+                  for m in backbones]
+    return lines
 
 
 def summary_lines(results: dict) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-PROTOCOL_VERSION = 2  # 2: generator version 2 (deterministic encoding); docs/demo-protocol.md, Changes
+PROTOCOL_VERSION = 3  # 2: generator version 2 (deterministic encoding); 3: end-to-end arms (--finetune); docs/demo-protocol.md, Changes
 PROTOCOL_DOC = "docs/demo-protocol.md"
 SEEDS = (0, 1, 2, 3, 4)           # each seed fits the teachers and trains every student
 BOOTSTRAP_DRAWS = 2000
@@ -24,8 +24,9 @@ def protocol_doc() -> Path | None:
     return path if path.is_file() else None
 
 
-def describe_protocol(seeds: list[int], small: bool) -> dict:
-    """Version, file, its sha256 where the file is here, and whether this run follows the protocol."""
+def describe_protocol(seeds: list[int], small: bool, finetune: bool = False, smaller_student: bool = False) -> dict:
+    """Version, file, its sha256 where the file is here, and whether this run follows the protocol.
+    Without `finetune` the run follows it for the arms it runs; version 3's arms are then "not run"."""
     path = protocol_doc()
     deviations = []
     if small:
@@ -35,7 +36,7 @@ def describe_protocol(seeds: list[int], small: bool) -> dict:
     return {
         "version": PROTOCOL_VERSION, "doc": PROTOCOL_DOC, "path": str(path) if path else None,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path else None,
-        "followed": not deviations, "deviations": deviations,
+        "followed": not deviations, "deviations": deviations, "finetune": finetune, "smaller_student": smaller_student,
         "margins": MARGINS, "bootstrap": {"draws": BOOTSTRAP_DRAWS, "seed": BOOTSTRAP_SEED, "level": 0.95},
         "primary_scheme": PRIMARY_SCHEME, "test_frames": list(TEST_FRAMES), "flops_ratio": FLOPS_RATIO,
     }

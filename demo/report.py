@@ -21,6 +21,7 @@ from egodistill.student.plots import reliability_diagram  # noqa: E402
 VERDICT_COLOURS = {"holds": "#2a7", "does not hold": "#c33", "inconclusive": "#999"}
 RGB_ARMS = ["rgb-gt", "rgb-kd-uniform", "rgb-kd-per-sample", "rgb-kd-dataset"]
 MM_ARMS = ["mm-unmasked", "mm-masked", "mm-masked-gt"]
+E2E_ARMS = ["e2e-gt", "e2e-kd-uniform"]  # protocol version 3, under `egodistill demo --finetune`
 
 
 def write_report(out: Path, results: dict, per_seed: list[dict], labels: dict[str, np.ndarray]) -> Path:
@@ -218,6 +219,25 @@ def _cost_sentence(cost: dict | None) -> str:
     return text
 
 
+def _end_to_end_section(results: dict) -> str:
+    """Version 3's arms: end-to-end RGB students on the stored frames, and the masked student on smaller extractors."""
+    s = results["students"]
+    if "e2e-gt" not in s:
+        return ("<h2>Version 3: end-to-end students</h2><p>Not run: the end-to-end arms (E1.1, E1.2) cost more than the demo's "
+                "10-minute budget; <code>egodistill demo --finetune</code> runs them (and <code>--smaller-student</code> P2.4k's arm).</p>")
+    rows = "".join(f"<tr><td>{a}</td><td>{html.escape(s[a]['title'])}</td>{_metric_cells(s[a]['metrics'])}<td>{s[a]['seconds']:.0f} s</td></tr>"
+                   for a in ["rgb-gt", "rgb-kd-uniform", *E2E_ARMS])
+    ks = list(s["e2e-gt"]["frames"])
+    frames = "".join(f"<tr><td>{a}</td>" + "".join(f"<td>{_ci(s[a]['frames'][k]['top1'])}</td>" for k in ks) + "</tr>" for a in E2E_ARMS)
+    small = s.get("mm-masked-small")
+    small_row = ("<tr><td>mm-masked-small</td><td colspan=6>not run (P2.4k needs <code>--smaller-student</code>)</td></tr>" if small is None else f"<tr><td>mm-masked-small</td><td>{html.escape(small['title'])}</td>{_metric_cells(small['metrics'])}<td>{small['seconds']:.0f} s</td></tr>")
+    return f"""<h2>Version 3: end-to-end RGB students on frames (<code>--finetune</code>)</h2>
+<p>The same network (the rgb extractor's test_resnet, from its own random-init weights) trained on the stored frames, on ground truth
+or distilled from the rgb+flow+audio teachers (uniform, T = 2); the frozen-feature RGB heads beside them. All with all inputs at 8 frames.</p>
+<table><tr><th>arm</th><th>what</th><th>top-1 %</th><th>ECE x100</th><th>NLL</th><th>Brier</th><th>training, one seed</th></tr>{rows}{small_row}</table>
+<table><tr><th>arm</th>{''.join(f'<th>{k} frames</th>' for k in ks)}</tr>{frames}</table>"""
+
+
 def _html(results: dict, charts: dict[str, Path], doc_copied: bool) -> str:
     p, d, t, g = results["protocol"], results["data"], results["timings"], results["gate"]
     primary = [c for c in results["claims"] if c["primary"]]
@@ -291,6 +311,8 @@ such ECEs, which carries the bias of both.</small></p>
 <h3>Cost per clip (evaluate's count: extractor backbones at the rows read, plus the head)</h3>
 <table><tr><th>model</th><th>parameters</th><th>GFLOPs</th></tr>{_cost_rows(results.get('cost'))}</table>
 <p>{html.escape(_cost_sentence(results.get('cost')))}</p>
+
+{_end_to_end_section(results)}
 
 <h2>Secondary tests</h2>
 <table><tr><th>claim</th><th>what</th><th>improvement [95 % interval]</th><th>margin</th><th>verdict</th></tr>{_claim_rows(secondary)}</table>

@@ -151,3 +151,23 @@ def _shows_in_a_browser(report: Path, tmp_path: Path) -> None:
     pixels = mpimg.imread(shot)
     colourful = np.abs(pixels[..., 0] - pixels[..., 2]) > 0.15  # chart bars are coloured; text and page are grey
     assert colourful.mean() > 0.005, "the screenshot shows no chart"
+
+
+def test_end_to_end_claims_compare_the_distilled_network_with_the_same_network_on_ground_truth():
+    """Protocol v3's E1 claims: a distilled end-to-end student clearly better (and calibrated) holds, the
+    representation claim E0 compares it with the frozen-feature head; a failed gate vetoes E1, not E0."""
+    from egodistill.demo.claims import _end_to_end
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 12, 400)
+    draws = stats.Draws.make(400, 5, 300, seed=5)
+    weak = _logits(rng, 5, 400, 12, labels, 1.0) * 4          # overconfident, often wrong
+    strong = _logits(rng, 5, 400, 12, labels, 3.0)            # right more often, about calibrated
+    arm = lambda x: {f"frames{k}": stats.metrics(x, labels, draws) for k in (8, 4, 2, 1)}
+    e = {"e2e-gt": arm(weak), "e2e-kd-uniform": arm(strong), "rgb-gt": arm(weak), "rgb-kd-uniform": arm(weak)}
+    claims = {c["id"]: c for c in _end_to_end(e, {}, None, True)}
+    assert claims["E1.1"]["verdict"] == stats.HOLDS and claims["E1.2"]["verdict"] == stats.HOLDS and claims["E1"]["verdict"] == stats.HOLDS
+    assert claims["E1.1"]["primary"] and not claims["E0"]["primary"] and "P2.4k" not in claims  # no cost: no P2.4k
+    assert claims["E0"]["verdict"] == stats.DOES_NOT_HOLD  # e2e-gt and rgb-gt are the same logits here
+    vetoed = {c["id"]: c for c in _end_to_end(e, {}, None, False)}
+    assert vetoed["E1.1"]["verdict"] == stats.INCONCLUSIVE and vetoed["E1.1"]["gate_vetoed"] and vetoed["E0"]["verdict"] == stats.DOES_NOT_HOLD
