@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from egodistill.backbones import BackboneSpec, create_backbone, resolve_precision
 from egodistill.common import dumps
