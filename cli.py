@@ -588,6 +588,19 @@ def predict_command(
                   + ", ".join(str(f) for f in result.files), markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command("export")
+def export_command(
+    run: Annotated[str, typer.Option(help="Run directory of an end-to-end student (train-student --inputs frames).")],
+    out: Annotated[str, typer.Option(help="TorchScript file to write, e.g. model.pt; load it with torch.jit.load, no egodistill needed.")],
+) -> None:
+    """A trained end-to-end student as one TorchScript module: RGB frames uint8 [T, 3, H, W] -> {head: logits}, preprocessing baked in."""
+    from egodistill.student.export import ExportConfig, export_student
+
+    path, meta = export_student(ExportConfig(run=run, out=out))
+    console.print(f"wrote {path}: {meta['backbone']}, heads {', '.join(f'{h} {c}' for h, c in meta['heads'].items())}, "
+                  f"{meta['frames']} frames [T, 3, H, W] uint8 -> logits", markup=False, highlight=False, soft_wrap=True)
+
+
 # --- end of student commands --------------------------------------------------------------
 
 
