@@ -49,11 +49,12 @@ class ExportedStudent(nn.Module):
         self.heads = student.heads
         self.register_buffer("mean", student.mean.detach().clone())
         self.register_buffer("std", student.std.detach().clone())
-        self.size: int = int(student.size)
-        self.clip: bool = bool(student.clip)
-        self.crop_fraction: float = float(crop_fraction)
-        self.frames: int = int(student.cfg.frames)
-        self.head_names: list[str] = list(student.cfg.heads)
+        # Plain attributes: TorchScript infers their types and keeps them on the saved module.
+        self.size = int(student.size)
+        self.clip = bool(student.clip)
+        self.crop_fraction = float(crop_fraction)
+        self.frames = int(student.cfg.frames)
+        self.head_names = list(student.cfg.heads)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> normalised float32 [T, 3, S, S]: torchvision's roi_align (aligned, 2x2 samples a
@@ -94,7 +95,7 @@ def _scriptable(student: FramesStudent) -> nn.Module:
     (a traced clip model then takes exactly the run's frames per segment)."""
     backbone = student.backbone.eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer notices
         try:
             return torch.jit.script(backbone)
         except Exception:  # noqa: BLE001 - any failure to script: trace instead
@@ -117,7 +118,9 @@ def export_student(cfg: ExportConfig) -> tuple[Path, dict]:
         raise ExportError(f"{cfg.run} is a frozen-feature student (a head over cached teacher features): export supports end-to-end students "
                           "(train-student --inputs frames) for now")
     fraction = eval_crop_fraction(model.cfg.backbone)
-    module = torch.jit.script(ExportedStudent(model.float().cpu().eval(), fraction).eval())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notices
+        module = torch.jit.script(ExportedStudent(model.float().cpu().eval(), fraction).eval())
     meta = {
         "format": "egodistill-export-1", "run": str(cfg.run), "backbone": model.cfg.backbone, "heads": dict(model.cfg.heads),
         "frames": model.cfg.frames, "input": "uint8 [T, 3, H, W] RGB", "output": "{head: float32 logits [classes]}",
@@ -125,6 +128,8 @@ def export_student(cfg: ExportConfig) -> tuple[Path, dict]:
                        "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
         "input_keys": record.get("input_keys"),
     }
-    atomic_write(out, lambda tmp: torch.jit.save(module, str(tmp), _extra_files={META_FILE: dumps(meta)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        atomic_write(out, lambda tmp: torch.jit.save(module, str(tmp), _extra_files={META_FILE: dumps(meta)}))
     return out, meta
 

@@ -106,6 +106,7 @@ def test_the_exported_module_gives_evaluates_logits_in_a_process_without_egodist
     got = np.load(tmp_path / "logits.npz")
     assert sorted(got.files) == ["noun", "verb"] and got["verb"].shape == (8, 3) and got["noun"].shape == (8, 2)
     for h in ("verb", "noun"):
+        print(h, "max |exported - forward|", float(np.abs(got[h] - expected[h]).max()), "of logits up to", float(np.abs(expected[h]).max()))
         assert np.abs(got[h] - expected[h]).max() < 1e-4, (h, np.abs(got[h] - expected[h]).max())
     extra = {"egodistill.json": ""}
     torch.jit.load(str(out), _extra_files=extra)
