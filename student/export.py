@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from egodistill.common import EgodistillError, atomic_write, dumps
+from egodistill.common import EgodistillError, atomic_write, dumps, first_line
 from egodistill.student.network import FramesStudent, eval_crop_fraction
 
 META_FILE = "egodistill.json"
@@ -101,7 +101,11 @@ def _scriptable(student: FramesStudent) -> nn.Module:
         except Exception:  # noqa: BLE001 - any failure to script: trace instead
             t, s = student.cfg.frames, student.size
             example = torch.zeros(1, 3, t, s, s) if student.clip else torch.zeros(t, 3, s, s)
-            return torch.jit.trace(backbone, example)
+            try:
+                return torch.jit.trace(backbone, example)
+            except Exception as err:  # noqa: BLE001 - torch's tracer fails in many ways, all meaning the same here
+                raise ExportError(f"backbone {student.cfg.backbone} can be neither scripted nor traced ({first_line(err, 160)}): "
+                                  "export supports backbones TorchScript can hold") from err
 
 
 def export_student(cfg: ExportConfig) -> tuple[Path, dict]:
