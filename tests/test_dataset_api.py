@@ -31,7 +31,19 @@ def _cache(location: str, views: bool) -> str:
     per_view = cache.Views(8, placements, {h: rng.normal(size=(SEGMENTS, len(placements), c)).astype(np.float32) for h, c in heads.items()}) if views else None
     provenance = cache.Provenance(modality="fusion", backbone="temporal_head", fit={"views": views})
     root.create_logits_teacher(provenance.teacher_key(), provenance, logits, views=per_view)
+    _frames_teacher(root, rng)
     return location
+
+
+def _frames_teacher(root: cache.Cache, rng) -> None:
+    """Stored frames (what `extract --modality frames` writes): uint8 [ROWS per segment, 6, 4, 3], random pixels."""
+    provenance = cache.Provenance(modality="frames", backbone="frames", sampling={"frames": ROWS})
+    offsets, layout = cache.plan_layout(np.full(SEGMENTS, ROWS), 8)
+    teacher, _ = root.create_teacher(provenance.teacher_key(), provenance, 0, offsets, layout, {}, frame_shape=(6, 4, 3))
+    for task in range(layout.tasks):
+        segs = layout.task_segments(task)
+        rows = int(offsets[segs.stop] - offsets[segs.start])
+        teacher.write_task(task, rng.integers(0, 256, size=(rows, 6, 4, 3), dtype=np.uint8), np.zeros(rows, dtype=np.float32), {}, worker="test")
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +99,16 @@ def test_two_workers_yield_what_the_evaluation_loader_yields(caches, views):
     stored = root.teacher(keys[0]).read_features([(0, SEGMENTS * ROWS)])  # centred: rows 2..9 of the segment's 12
     first = int(segments[0])
     assert torch.equal(items[first]["features"]["rgb"], torch.from_numpy(stored[first * ROWS + 2:first * ROWS + 10]))
+
+
+def test_stored_frames_come_as_the_loader_hands_them_over(caches):
+    data = egodistill.dataset(caches[False], split="val", inputs=["frames"], teachers=["fusion"], frames=5)
+    root = cache.open_cache(caches[False])
+    loader = CacheLoader(root, data.input_keys, data.segments, root.segments.labels, batch_size=len(data), frames=5, train=False)
+    batch = next(iter(loader.epoch(0)))
+    item = data[3]
+    assert item["features"]["frames"].dtype == torch.uint8 and item["features"]["frames"].shape == (5, 6, 4, 3)
+    assert int(item["index"]) == int(batch.index[3]) and torch.equal(item["features"]["frames"], batch.features[0][3])
 
 
 def test_bad_split_and_unknown_input_are_one_line_errors(caches):
