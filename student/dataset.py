@@ -36,23 +36,25 @@ class DatasetError(EgodistillError):
 class SegmentDataset(torch.utils.data.Dataset):
     """One item per segment: a dict that `default_collate` batches (see `dataset` for its keys)."""
 
-    def __init__(self, location: str, split: str, inputs: Sequence[str], teachers: Sequence[str], frames: int, window: float) -> None:
+    def __init__(self, location: str, split: str, inputs: str | Sequence[str], teachers: str | Sequence[str], frames: int, window: float) -> None:
         if frames < 1:
             raise DatasetError(f"frames={frames}: give a whole number >= 1 of rows per window")
+        if not 0.0 <= window <= 1.0:
+            raise DatasetError(f"window={window}: give where the window sits in its segment, from 0 (first rows) to 1 (last rows); 0.5 is centred")
         opened = cache.open_cache(location, mode="r")
         table = opened.segments
         splits = sorted(set(table.split.tolist()))
         if split not in splits:
             raise DatasetError(f"split {split!r} is not in cache {location} (its splits: {', '.join(splits) or 'none'}): pick one of those")
         self.location, self.split, self.frames = str(location), split, frames
-        self.input_names = split_names(list(inputs))
+        self.input_names = split_names(inputs)  # "rgb,flow" or ["rgb", "flow"]
         if not self.input_names:
             raise DatasetError("inputs is empty: name at least one modality or teacher key, e.g. inputs=['rgb']")
         # A frames name resolves to its frames teacher, any other to a feature teacher (the loader reads either).
         self.input_keys = [resolve_frames(opened, [n]) or resolve_inputs(opened, [n], "inputs")[0] for n in self.input_names]
         if len(set(self.input_keys)) != len(self.input_keys):
             raise DatasetError(f"inputs {', '.join(self.input_names)} name the same teacher twice: list each once")
-        self.teacher_keys = resolve_teachers(opened, split_names(list(teachers)), table.heads) if teachers else []
+        self.teacher_keys = resolve_teachers(opened, split_names(teachers), table.heads) if split_names(teachers) else []
         views = teacher_views(opened, self.teacher_keys) if self.teacher_keys else None
         if views and views[0] != frames:
             raise DatasetError(f"the teachers' logits are per view of {views[0]} rows, and frames={frames}: pass frames={views[0]} so student and teachers see the same rows")
@@ -109,7 +111,7 @@ class SegmentDataset(torch.utils.data.Dataset):
         }
 
 
-def dataset(location: str, split: str = "train", inputs: Sequence[str] = ("rgb",), teachers: Sequence[str] = (),
+def dataset(location: str, split: str = "train", inputs: str | Sequence[str] = ("rgb",), teachers: str | Sequence[str] = (),
             frames: int = 8, window: float = 0.5) -> SegmentDataset:
     """The segments of `split` with at least one of `inputs`, as a map-style Dataset (picklable for DataLoader workers).
 
