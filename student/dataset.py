@@ -18,6 +18,7 @@ which aborts a forked child once its parent has read anything with it (one `data
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -78,6 +79,7 @@ class SegmentDataset(torch.utils.data.Dataset):
         self.windows = [frame_indices(t.offsets[self.segments + 1] - t.offsets[self.segments], frames, np.full(len(self.segments), placement))
                         for t in teachers_of]
         self._opened: cache.Cache | None = opened
+        self._opened_in = os.getpid()
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -87,8 +89,8 @@ class SegmentDataset(torch.utils.data.Dataset):
         return {**self.__dict__, "_opened": None}
 
     def __getitem__(self, i: int) -> dict:
-        if self._opened is None:
-            self._opened = cache.open_cache(self.location, mode="r")
+        if self._opened is None or self._opened_in != os.getpid():  # a worker (spawned, or forked with the parent's handle) opens its own
+            self._opened, self._opened_in = cache.open_cache(self.location, mode="r"), os.getpid()
         features = {}
         for m, (name, key) in enumerate(zip(self.input_names, self.input_keys)):
             teacher = self._opened.teacher(key)
