@@ -42,7 +42,7 @@ from egodistill.student.data import CacheLoader, load_windows, present_inputs, r
 from egodistill.student.folds import grouped_folds, segment_groups
 from egodistill.student.box_transformer import LAYOUT_MAX_LR, LayoutTransformer
 from egodistill.student.losses import student_loss
-from egodistill.student.model import ModelConfig, Student, pool_rows, with_single_rows
+from egodistill.student.model import ModelConfig, Student, pool_rows
 from egodistill.student.schedule import auto_steps, head_threads, make_optimiser
 from egodistill.student.sources import resolve_inputs
 from egodistill.student.step import STATISTICS_SEGMENTS, FitConfig, autocast, optimiser_step
@@ -316,7 +316,9 @@ def fit_head(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, head
     fit_on = fit_on[present[fit_on].any(axis=1)]
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    model_cfg = ModelConfig([x.shape[2] for x in features], dict(heads), frames=cfg.frames, dim=cfg.dim, depth=depth, num_heads=4)
+    # single_row 0: a teacher's logits are only ever made on its cached T-row windows, so it needs no robustness
+    # to fewer rows (a student does, at deployment); the one-row draw would only cost it accuracy.
+    model_cfg = ModelConfig([x.shape[2] for x in features], dict(heads), frames=cfg.frames, dim=cfg.dim, depth=depth, num_heads=4, single_row=0.0)
     with _SEEDING:
         torch.manual_seed(seed)
         # Layout rows (boxes per frame) at depth >= 1: the spatio-temporal layout transformer; depth 0: the pooled head on the flat rows.
@@ -339,13 +341,8 @@ def fit_head(features, present, labels, fit_on: np.ndarray, cfg: FitConfig, head
         idx = order[at:at + batch]
         at += batch
         xs, mask, ys = _batch(pooled if on_pooled else features, present, labels, idx, device)
-        if on_pooled:  # Student.pool's training draw, on rows pooled once: some samples keep one row of their window
-            rows = features[0].shape[1]
-            moving = torch.full((len(idx),), rows > 1, dtype=torch.bool)
-            single, row = model.draw_single_rows(len(idx), rows, generator, torch.device("cpu"))
-            if single is not None:
-                one_row = [torch.from_numpy(x[idx, row.numpy()]).to(device) for x in features]
-                xs, moving = with_single_rows(xs, one_row, single.to(device)), ~single
+        if on_pooled:  # rows pooled once (pool_features): late - early exists wherever a window has two rows
+            moving = torch.full((len(idx),), features[0].shape[1] > 1, dtype=torch.bool)
             with autocast(device):  # the head's matrix products are nearly all of a pooled fit's time
                 out = model.pooled_logits(xs, mask, moving.to(device), generator=generator)
         else:
