@@ -80,3 +80,27 @@ def in_process_cli(capsys):
         return lines[0]
 
     return call
+
+
+def run_cli(*args) -> tuple[int, str]:
+    """Run `egodistill ARGS` in this process; returns (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from egodistill.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, err.getvalue()
+
+
+def one_line(code: int, stderr: str) -> str:
+    """The one `error: ...` line of a refused command (exit 1, no traceback)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+    return lines[0]

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -12,13 +10,14 @@ import pytest
 import torch
 
 from egodistill import cache, testing
-from egodistill.cli import main
 from egodistill.extract.run import ExtractConfig, run_extraction
 from egodistill.student import rundir
 from egodistill.student.data import Augment, CacheLoader, random_crop_boxes
 from egodistill.student.evaluate import EvalConfig, evaluate, load_student
 from egodistill.student.network import FramesStudent, NetworkConfig
 from egodistill.student.train import TrainConfig, accumulation_group, train
+
+from helpers import one_line, run_cli as cli
 
 CLASSES = 3
 FRAMES = 4
@@ -83,22 +82,8 @@ def config(frames_cache, out, **overrides) -> TrainConfig:
     return TrainConfig(**{"cache": frames_cache["cache"], "out": str(out), **SMALL, **overrides})
 
 
-def cli(*args) -> tuple[int, str]:
-    """Run `egodistill ARGS` in this process; returns (exit code, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, err.getvalue()
 
 
-def one_line(code: int, stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 # --- the loader: the frames the student sees ------------------------------------------------

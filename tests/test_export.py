@@ -3,8 +3,6 @@ TorchScript and loaded in a fresh process that never imports egodistill."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -14,12 +12,13 @@ import pytest
 import torch
 
 from egodistill import cache, testing
-from egodistill.cli import main
 from egodistill.extract.run import ExtractConfig, run_extraction
 from egodistill.student.data import Augment, CacheLoader
 from egodistill.student.evaluate import load_student
 from egodistill.student.network import eval_crop_fraction
 from egodistill.student.train import TrainConfig, train
+
+from helpers import one_line, run_cli as cli
 
 FRAMES = 4
 # Frames are written by one process and read back by another with torch only (no egodistill, no torchvision).
@@ -65,21 +64,8 @@ def run(tmp_path_factory):
     return {"cache": location, "run": str(folder / "run"), "frames": summary.teacher_key, "folder": folder}
 
 
-def cli(*args) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, err.getvalue()
 
 
-def one_line(code: int, stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
-    return lines[0]
 
 
 def test_the_exported_module_gives_evaluates_logits_in_a_process_without_egodistill(run, tmp_path):
