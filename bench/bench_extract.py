@@ -6,6 +6,7 @@ and the segment counts where each starts to win; (issue 17, --modes) in process 
     python bench/bench_extract.py [--videos 6] [--seconds 12] [--backbone resnet18]
     python bench/bench_extract.py --breakeven [--precision auto|fp32|bf16]
     python bench/bench_extract.py --modes [--every-sec 0.25 --segment-sec 1 --frames 2 ...]
+    python bench/bench_extract.py --goals [--every-sec 0.25 ...]
     python bench/bench_extract.py --decoders [--real ../shared/real/videos]
 
 Same videos, same model, same cores in one run; prints figures and ratios. The videos look like
@@ -52,7 +53,7 @@ def segments_of(manifest: Path) -> list[tuple[str, str, float, float]]:
     return [(p[0], p[1], float(p[2]), float(p[3])) for p in (line.split(",") for line in lines)]
 
 
-def extract(manifest: Path, videos: Path, out: Path, backbone: str, frames: int, workers: int, threads: int | None = None, precision: str = "fp32") -> tuple[float, object]:
+def extract(manifest: Path, videos: Path, out: Path, backbone: str, frames: int, workers: int | None, threads: int | None = None, precision: str = "fp32") -> tuple[float, object]:
     cfg = ExtractConfig(manifest=str(manifest), videos=str(videos), cache=str(out), modality="rgb", backbone=backbone,
                         frames=frames, workers=workers, threads=threads, device="cpu", precision=precision, batch_size=64)
     t0 = time.perf_counter()
@@ -60,7 +61,7 @@ def extract(manifest: Path, videos: Path, out: Path, backbone: str, frames: int,
     return time.perf_counter() - t0, summary
 
 
-def forward_only(manifest: Path, videos: Path, backbone: str, frames: int, batch: int, modality: str = "rgb") -> float:
+def forward_only(manifest: Path, videos: Path, backbone: str, frames: int, batch: int, modality: str = "rgb", precision: str = "fp32") -> float:
     """Time of the model forward passes alone, on the same input batches, inputs prepared beforehand."""
     spec = get_modality(modality)
     teacher = create_backbone(BackboneSpec(backbone, in_chans=spec.in_chans(spec.resolve_options({}))), {})
@@ -72,10 +73,12 @@ def forward_only(manifest: Path, videos: Path, backbone: str, frames: int, batch
         inputs.append(spec.make_inputs(source, idx, settings))
     x = np.concatenate(inputs)
     torch.set_num_threads(os.cpu_count() or 1)
-    embed(teacher, x[:batch], "cpu", "fp32")  # warm-up
+    if precision == "bf16" and not teacher.clip:  # as extract's worker does
+        teacher.model.to(memory_format=torch.channels_last)
+    embed(teacher, x[:batch], "cpu", precision)  # warm-up
     t0 = time.perf_counter()
     for i in range(0, len(x), batch):
-        embed(teacher, x[i: i + batch], "cpu", "fp32")
+        embed(teacher, x[i: i + batch], "cpu", precision)
     return time.perf_counter() - t0
 
 
@@ -177,7 +180,7 @@ def breakeven_figures(args, work: Path, manifest: Path, videos: Path) -> None:
 
 def modes_figures(args, work: Path, manifest: Path, videos: Path) -> None:
     """The run modes on one machine, whole commands (start-up included), in one run: compare as ratios."""
-    from egodistill.extract.worker import resolve_precision
+    from egodistill.backbones import resolve_precision
 
     precision = resolve_precision(args.precision, "cpu")
     n = len(segments_of(manifest))
@@ -193,6 +196,29 @@ def modes_figures(args, work: Path, manifest: Path, videos: Path) -> None:
         t = s.timings
         print(f"| {label} | {wall:.1f} s | {base / wall:.2f}x | {s.working_seconds:.1f} s | {t.decode:.1f} s | {t.preprocess:.1f} s | "
               f"{t.forward:.1f} s | {t.write:.1f} s | {t.wait:.1f} s |")
+
+
+def goals_figures(args, work: Path, manifest: Path, videos: Path) -> None:
+    """Issue 17 §7 in one run: the whole command at fp32 and at its defaults against a sequential per-segment
+    loop at fp32 (model build included in both), and the command's throughput against pure forward."""
+    from egodistill.backbones import resolve_precision
+
+    auto = resolve_precision("auto", "cpu")
+    n = len(segments_of(manifest))
+    images = n * args.frames
+    build, loop = per_segment_loop(manifest, videos, args.backbone, args.frames, "fp32", work / "loop-npy")
+    base = build + loop
+    fwd = {p: forward_only(manifest, videos, args.backbone, args.frames, 64, precision=p) for p in dict.fromkeys(("fp32", auto))}
+    print(f"{n} segments x {args.frames} frames; sequential per-segment loop at fp32: {base:.1f} s (model build {build:.1f} s); "
+          f"pure forward, batch 64, inputs prepared beforehand: " + ", ".join(f"{p} {t:.1f} s ({images / t:.0f} img/s)" for p, t in fwd.items()))
+    print("| run | whole command | vs loop (fp32) | img/s | vs pure forward | decode | preprocess | forward | write | wait (model idle) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| per-segment loop, fp32 | {base:.1f} s | 1.00x | {images / base:.0f} | {fwd['fp32'] / base:.2f} | | | | | |")
+    for label, precision in (("extract, --precision fp32", "fp32"), (f"extract at its defaults ({auto})", "auto")):
+        wall, s = extract(manifest, videos, work / f"goals-{precision}.zarr", args.backbone, args.frames, workers=None, precision=precision)
+        t = s.timings
+        print(f"| {label} ({s.mode}) | {wall:.1f} s | {base / wall:.2f}x | {images / wall:.0f} | {fwd[resolve_precision(precision, 'cpu')] / wall:.2f} | "
+              f"{t.decode:.1f} s | {t.preprocess:.1f} s | {t.forward:.1f} s | {t.write:.1f} s | {t.wait:.1f} s |")
 
 
 def _sequential(path: Path) -> list[np.ndarray]:
@@ -278,6 +304,7 @@ def main() -> None:
     parser.add_argument("--decoders", action="store_true", help="only the decoder figures: decord, PyAV, torchcodec per codec")
     parser.add_argument("--real", default=str(Path(__file__).resolve().parents[2] / "shared" / "real" / "videos"), help="real videos for --decoders")
     parser.add_argument("--modes", action="store_true", help="only the issue 17 figures: in process vs local Dask with 1 and 2 workers")
+    parser.add_argument("--goals", action="store_true", help="only issue 17's goals: the whole command at fp32 and at its defaults vs the fp32 loop, and vs pure forward")
     parser.add_argument("--precision", default="auto", help="for --breakeven/--modes: auto (bf16 where the CPU has it), fp32 or bf16")
     args = parser.parse_args()
 
@@ -299,6 +326,9 @@ def main() -> None:
             return
         if args.modes:
             modes_figures(args, work, manifest, videos)
+            return
+        if args.goals:
+            goals_figures(args, work, manifest, videos)
             return
 
         fwd = forward_only(manifest, videos, args.backbone, args.frames, 64)
