@@ -149,7 +149,7 @@ def _positive(value: Any) -> float:
 
 def _geometry(data_cfg: dict) -> dict:
     _, h, w = data_cfg["input_size"]
-    if "resize_size" in data_cfg:  # a torchvision video preset: resize to [short side] or exactly [h, w], then crop
+    if "preset" in data_cfg:  # a torchvision video model's weights preset: resize to [short side] or exactly [h, w], then crop
         resize = [int(v) for v in data_cfg["resize_size"]]
         size = {"resize_short": resize[0]} if len(resize) == 1 else {"resize": resize}
         return {"input_size": [h, w], **size, "interpolation": data_cfg.get("interpolation", "bilinear"), "preset": data_cfg["preset"]}
