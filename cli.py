@@ -591,13 +591,16 @@ def predict_command(
 
 @app.command("export")
 def export_command(
-    run: Annotated[str, typer.Option(help="Run directory of an end-to-end student (train-student --inputs frames).")],
+    run: Annotated[str, typer.Option(help="Run directory of a student: end-to-end (--inputs frames) or a head over one rgb teacher (--inputs rgb).")],
     out: Annotated[str, typer.Option(help="TorchScript file to write, e.g. model.pt; load it with torch.jit.load, no egodistill needed.")],
+    weights: Annotated[Optional[str], typer.Option(help="Frozen-feature student: the weights file its rgb teacher was extracted with (its sha256 must match the provenance).")] = None,
+    cache: Annotated[Optional[str], typer.Option(help="Frozen-feature student: the cache holding its rgb teacher (default: the run's training cache).")] = None,
 ) -> None:
-    """A trained end-to-end student as one TorchScript module: RGB frames uint8 [T, 3, H, W] -> {head: logits}, preprocessing baked in."""
+    """A trained student as one TorchScript module: RGB frames uint8 [T, 3, H, W] -> {head: logits}, preprocessing baked in
+    (a frozen-feature student: its teacher's backbone and extraction transform, then its head)."""
     from egodistill.student.export import ExportConfig, export_student
 
-    path, meta = export_student(ExportConfig(run=run, out=out))
+    path, meta = export_student(ExportConfig(run=run, out=out, weights=[weights] if weights else [], cache=cache))
     console.print(f"wrote {path}: {meta['backbone']}, heads {', '.join(f'{h} {c}' for h, c in meta['heads'].items())}, "
                   f"{meta['frames']} frames [T, 3, H, W] uint8 -> logits", markup=False, highlight=False, soft_wrap=True)
 
