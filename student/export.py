@@ -116,12 +116,14 @@ def _scriptable(student: FramesStudent) -> nn.Module:
     return _torchscript(student.backbone, torch.zeros(1, 3, t, s, s) if student.clip else torch.zeros(t, 3, s, s), student.cfg.backbone)
 
 
-def _torchscript(backbone: nn.Module, example: torch.Tensor, name: str) -> nn.Module:
-    """A backbone as TorchScript: scripted where its code allows, else traced at `example`'s shape."""
+def _torchscript(backbone: nn.Module, example: torch.Tensor, name: str, script: bool = True) -> nn.Module:
+    """A backbone as TorchScript: scripted where its code allows (and `script`), else traced at `example`'s shape."""
     backbone = backbone.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation and tracer notices
         try:
+            if not script:
+                raise TypeError("trace it")
             return torch.jit.script(backbone)
         except Exception:  # noqa: BLE001 - any failure to script: trace instead
             try:
@@ -380,7 +382,9 @@ def _frozen_module(cfg: ExportConfig, record: dict, model: Student) -> tuple[tor
                           f"{'clip' if built.clip else 'image'} features, the cache holds {teacher.feature_dim}-wide ones: extract the teacher again")
     h, w = plan.crop
     example = torch.zeros(1, 3, int(clip["frames"]), h, w) if clip else torch.zeros(2, 3, h, w)
-    backbone = _torchscript(built.model.float().cpu(), example, p.backbone)
+    # A clip backbone (backbones.ClipFeatures) reads its features through a Python function TorchScript cannot
+    # compile: it is traced at one window, and the module feeds it one window at a time.
+    backbone = _torchscript(built.model.float().cpu(), example, p.backbone, script=not clip)
     frames, dim = int(model.cfg.frames), int(teacher.feature_dim)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notices: the head always reads exactly `frames` rows
