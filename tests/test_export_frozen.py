@@ -106,11 +106,13 @@ def test_the_head_on_cached_rows_gives_evaluates_logits(run):
     model = torch.jit.load(str(run["model"]))
     expected, cached = _evaluated(run)
     assert cached[0].shape == (ROWS, 96) and cached[0].dtype == np.float16
+    gaps = []
     for i, rows in enumerate(cached):
         with torch.jit.optimized_execution(False):
             got = model.from_features(torch.from_numpy(rows.astype(np.float32)))
-        for h in ("verb", "noun"):
-            assert float(np.abs(got[h].numpy() - expected[h][i]).max()) < 1e-4, (i, h)
+        gaps += [float(np.abs(got[h].numpy() - expected[h][i]).max()) for h in ("verb", "noun")]
+    print(f"head on cached rows: max |from_features - evaluate| {max(gaps):.2e} over {SEGMENTS} segments")
+    assert max(gaps) < 1e-4, gaps
 
 
 def test_the_row_window_is_evaluates(run):
