@@ -239,7 +239,8 @@ def pil_resample(pixels: torch.Tensor, dim: int, out_size: int, bicubic: bool) -
     Pillow's ResampleHorizontal/Vertical_8bpc write them. Its integer sums are done as float64 matmuls (exact: they
     stay below 2^33), output columns 16 at a time against the band of source columns they read (a 1080p frame: ~0.25 GFLOP)."""
     index, fixed = pil_coefficients(int(pixels.shape[dim]), out_size, bicubic)
-    x = pixels.transpose(dim, 3)
+    moved = pixels.transpose(dim, 3).contiguous()
+    x = moved.reshape(-1, moved.shape[3])  # one source line per row: a plain strided matrix for BLAS
     parts: list[torch.Tensor] = []
     for start in range(0, out_size, 16):
         stop = min(start + 16, out_size)
@@ -247,9 +248,10 @@ def pil_resample(pixels: torch.Tensor, dim: int, out_size: int, bicubic: bool) -
         band = torch.zeros(hi - lo, stop - start, dtype=torch.float64)
         columns = torch.arange(stop - start).view(-1, 1).expand(stop - start, index.shape[1])
         band.index_put_((index[start:stop] - lo, columns), fixed[start:stop].double(), accumulate=True)  # taps past a pixel's count weigh 0
-        parts.append(torch.matmul(x[:, :, :, lo:hi], band))
-    total = torch.cat(parts, dim=3) + float(1 << 21)  # half a unit: round to nearest
-    return torch.clamp(torch.floor(total / float(1 << 22)), 0.0, 255.0).transpose(dim, 3)  # clip8: >> 22, clamped
+        parts.append(torch.mm(x[:, lo:hi], band))
+    total = torch.cat(parts, dim=1) + float(1 << 21)  # half a unit: round to nearest
+    out = torch.clamp(torch.floor(total / float(1 << 22)), 0.0, 255.0)  # clip8: >> 22, clamped
+    return out.view(moved.shape[0], moved.shape[1], moved.shape[2], out_size).transpose(dim, 3)
 
 
 def _half_even(twice: int) -> int:
