@@ -33,6 +33,10 @@ timm's bilinear and bicubic transforms (crop 0.95, 0.875) and a torchvision vide
 module's rows equal the cached ones (an image teacher; a clip teacher: up to a float16 rounding flip, its windows
 being batched otherwise in extraction) and its logits are evaluate's within 2e-7 (test_resnet) and 1.1e-4 (r3d_18).
 A scripted module's first two calls are slower (TorchScript's profiling executor warms up).
+
+`--format onnx --frame-size WxH` writes a frozen-feature image student as an ONNX graph instead (`_OnnxFeatureStudent`:
+one frame size, exactly the `frames` frames the head reads, Pillow's resampling as two dense float64 matmuls), with
+its metadata in `<out>.json`; onnxruntime gives evaluate's logits within 1.6e-5 (tests, with the `onnx` extra).
 """
 
 from __future__ import annotations
@@ -45,11 +49,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from egodistill.common import EgodistillError, atomic_write, dumps, first_line
+from egodistill.common import EgodistillError, atomic_write, check_choice, dumps, first_line
 from egodistill.student.model import Student
 from egodistill.student.network import FramesStudent, eval_crop_fraction
 
 META_FILE = "egodistill.json"
+FORMATS = ("torchscript", "onnx")
 
 
 class ExportError(EgodistillError):
@@ -62,6 +67,8 @@ class ExportConfig:
     out: str
     weights: list[str] = field(default_factory=list)  # a frozen-feature student's input teacher's weights file, given again
     cache: str | None = None                          # the cache holding that teacher (default: the run's training cache)
+    format: str = "torchscript"                       # or "onnx": a frozen-feature image student at one frame size
+    frame_size: tuple[int, int] | None = None         # onnx: the (width, height) of the frames the graph takes
 
 
 class ExportedStudent(nn.Module):
@@ -357,8 +364,9 @@ class ExportedFeatureStudent(nn.Module):
         return self.from_features(self.rows(frames))
 
 
-def _frozen_module(cfg: ExportConfig, record: dict, model: Student) -> tuple[torch.jit.ScriptModule, dict]:
-    """The frozen-feature student of run `cfg.run` as TorchScript, and its metadata; every check comes first."""
+def _frozen_module(cfg: ExportConfig, record: dict, model: Student, keep: dict | None = None) -> tuple[torch.jit.ScriptModule, dict]:
+    """The frozen-feature student of run `cfg.run` as TorchScript, and its metadata; every check comes first. `keep`
+    receives the eager parts (the ONNX export traces those instead)."""
     from egodistill import cache
     from egodistill.backbones import BackboneSpec, create_backbone
     from egodistill.student.predict import recorded_seed, recorded_weights
@@ -398,6 +406,8 @@ def _frozen_module(cfg: ExportConfig, record: dict, model: Student) -> tuple[tor
         eager = ExportedFeatureStudent(backbone, head, plan, frames, list(model.cfg.heads), int(clip.get("frames", 0)), int(clip.get("stride", 1))).eval()
         eager.requires_grad_(False)  # an inference module: its logits need no torch.no_grad() around the call
         module = torch.jit.script(eager)
+    if keep is not None:
+        keep.update(exported=eager, built=built, head_eager=_OneInputHead(model.float().cpu().eval()).eval())
     meta = {
         "format": "egodistill-export-1", "kind": "frozen-feature", "run": str(cfg.run), "backbone": p.backbone, "teacher": teacher.key,
         "weights": p.weights, "precision": p.precision, "heads": dict(model.cfg.heads), "frames": frames, "sampling": dict(p.sampling),
@@ -410,6 +420,65 @@ def _frozen_module(cfg: ExportConfig, record: dict, model: Student) -> tuple[tor
     return module, meta
 
 
+class _OnnxFeatureStudent(nn.Module):
+    """`ExportedFeatureStudent` fixed to one frame size and `frames` frames, for ONNX: Pillow's resampling as two
+    dense float64 matmuls (exact, as in `pil_resample`), the centre crop as constant slices. Outputs: logits per head."""
+
+    def __init__(self, exported: ExportedFeatureStudent, backbone: nn.Module, head: nn.Module, width: int, height: int, bicubic: bool) -> None:
+        super().__init__()
+        self.backbone, self.head, self.head_names = backbone, head, list(exported.head_names)
+        self.register_buffer("mean", exported.mean.clone())
+        self.register_buffer("std", exported.std.clone())
+        size = exported.resized_size(height, width)
+        self.passes = []  # (name of a [in, out] buffer, dim), in Pillow's order: width, then height
+        for dim, have, want in ((3, width, size[1]), (2, height, size[0])):
+            if size != [height, width] and have != want:
+                index, fixed = pil_coefficients(have, want, bicubic)
+                dense = torch.zeros(have, want, dtype=torch.float64)
+                dense.index_put_((index, torch.arange(want).view(-1, 1).expand_as(index)), fixed.double(), accumulate=True)
+                self.register_buffer(f"resample{dim}", dense)
+                self.passes.append((f"resample{dim}", dim))
+        self.top, self.left = _half_even(size[0] - exported.crop_h), _half_even(size[1] - exported.crop_w)
+        self.crop_h, self.crop_w = exported.crop_h, exported.crop_w
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pixels = frames.double()
+        for name, dim in self.passes:
+            moved = pixels.transpose(dim, 3)
+            pixels = torch.clamp(torch.floor((moved @ getattr(self, name) + float(1 << 21)) / float(1 << 22)), 0.0, 255.0).transpose(dim, 3)
+        images = pixels.float()[:, :, self.top:self.top + self.crop_h, self.left:self.left + self.crop_w]
+        rows = self.backbone((images / 255.0 - self.mean) / self.std).half().float()
+        logits = self.head(rows.unsqueeze(0))
+        return tuple(logits[name][0] for name in self.head_names)
+
+
+def _write_onnx(cfg: ExportConfig, record: dict, model: Student, out: Path) -> dict:
+    """A frozen-feature image student as an ONNX graph for frames uint8 [frames, 3, H, W] at `cfg.frame_size`."""
+    if cfg.frame_size is None:
+        raise ExportError("--format onnx needs --frame-size WIDTHxHEIGHT: an ONNX graph takes frames of one size (your videos')")
+    width, height = (int(v) for v in cfg.frame_size)
+    parts: dict = {}
+    _, meta = _frozen_module(cfg, record, model, keep=parts)
+    exported, built = parts["exported"], parts["built"]
+    if exported.clip_frames or exported.resampler != "pil":
+        raise ExportError(f"--format onnx supports image backbones with timm's transform; {meta['backbone']} is a clip backbone: use --format torchscript")
+    onnx_model = _OnnxFeatureStudent(exported, built.model.float().cpu().eval(), parts["head_eager"], width, height, exported.interpolation == "bicubic").eval()
+    onnx_model.requires_grad_(False)
+    example = torch.zeros(exported.frames, 3, height, width, dtype=torch.uint8)
+    meta = {**meta, "format": "egodistill-export-1 onnx", "input": f"uint8 [{exported.frames}, 3, {height}, {width}] RGB: the {exported.frames} frames the head reads",
+            "output": f"logits per head, in the order {', '.join(exported.head_names)}"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's and exporter's notices
+        try:
+            atomic_write(out, lambda tmp: torch.onnx.export(onnx_model, (example,), str(tmp), input_names=["frames"], output_names=list(exported.head_names),
+                                                            dynamo=False, opset_version=17))
+        except Exception as err:  # noqa: BLE001 - the exporter fails in many ways, all meaning the same here
+            raise ExportError(f"{meta['backbone']} cannot be exported to ONNX ({first_line(err, 160)}): pip install 'egodistill[onnx]' where the "
+                              "exporter needs onnx, or use --format torchscript") from err
+    atomic_write(out.with_name(out.name + ".json"), dumps(meta))
+    return meta
+
+
 def export_student(cfg: ExportConfig) -> tuple[Path, dict]:
     """Write run `cfg.run`'s last checkpoint as a TorchScript file at `cfg.out`; returns (path, recorded metadata)."""
     from egodistill.student.evaluate import load_student
@@ -419,7 +488,14 @@ def export_student(cfg: ExportConfig) -> tuple[Path, dict]:
         raise ExportError(f"--out {out}: folder {out.parent} does not exist: create it or choose another --out")
     if out.is_dir():
         raise ExportError(f"--out {out} is a folder: name the file to write, e.g. {out / 'model.pt'}")
+    check_choice(ExportError, "--format", cfg.format, FORMATS)
+    if cfg.frame_size is not None and cfg.format != "onnx":
+        raise ExportError("--frame-size is for --format onnx (a TorchScript export takes frames of any size): drop it")
     record, model = load_student(cfg.run)
+    if cfg.format == "onnx":
+        if isinstance(model, FramesStudent):
+            raise ExportError(f"--format onnx supports frozen-feature students of an image teacher; {cfg.run} is an end-to-end student: use --format torchscript")
+        return out, _write_onnx(cfg, record, model, out)
     if isinstance(model, FramesStudent):
         if cfg.weights or cfg.cache:
             raise ExportError(f"{cfg.run} is an end-to-end student: its checkpoint holds every weight, so drop --weights and --cache")

@@ -259,3 +259,26 @@ def test_a_clip_backbone_exports_with_its_windows(tmp_path):
     print(f"r3d_18: max |exported - evaluate| {np.abs(got - expected).max():.2e}")
     # A flipped float16 row moves a logit by its step times the head's weight: 1e-3 covers it at these weights.
     assert float(np.abs(got - expected).max()) < 1e-3 and got.argmax() == expected.argmax()
+
+
+def test_onnx_export_runs_in_onnxruntime_and_gives_evaluates_logits(run, tmp_path):
+    """--format onnx (the optional extra: onnxruntime): the graph at the clips' 64x48, on the frames the head reads."""
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "model.onnx"
+    code, err = cli("export", "--run", run["run"], "--out", out, "--weights", run["weights"], "--format", "onnx", "--frame-size", "64x48")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert meta["frames"] == HEAD_ROWS and meta["heads"] == {"verb": 3, "noun": 2}
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    expected, _ = _evaluated(run)
+    frames = _decoded(run["folder"])
+    chosen = window_rows(ROWS, HEAD_ROWS, 0.5).numpy()  # the graph takes exactly the frames the head reads
+    gaps = []
+    for i in range(SEGMENTS):
+        verb, noun = session.run(["verb", "noun"], {"frames": frames[i][chosen]})
+        gaps += [float(np.abs(verb - expected["verb"][i]).max()), float(np.abs(noun - expected["noun"][i]).max())]
+        assert verb.argmax() == expected["verb"][i].argmax() and noun.argmax() == expected["noun"][i].argmax()
+    print(f"onnxruntime: max |onnx - evaluate| {max(gaps):.2e} over {SEGMENTS} segments")
+    assert max(gaps) < 1e-4, gaps
+    assert "--frame-size WIDTHxHEIGHT" in one_line(*cli("export", "--run", run["run"], "--out", tmp_path / "x.onnx", "--weights", run["weights"], "--format", "onnx"))
+    assert not (tmp_path / "x.onnx").exists()
