@@ -255,7 +255,7 @@ def pil_resample(pixels: torch.Tensor, dim: int, out_size: int, bicubic: bool) -
         band = torch.zeros(hi - lo, stop - start, dtype=torch.float64)
         columns = torch.arange(stop - start).view(-1, 1).expand(stop - start, index.shape[1])
         band.index_put_((index[start:stop] - lo, columns), fixed[start:stop].double(), accumulate=True)  # taps past a pixel's count weigh 0
-        parts.append(torch.mm(x[:, lo:hi], band))
+        parts.append(torch.mm(x[:, lo:hi], band.to(x.device)))
     total = torch.cat(parts, dim=1) + float(1 << 21)  # half a unit: round to nearest
     out = torch.clamp(torch.floor(total / float(1 << 22)), 0.0, 255.0)  # clip8: >> 22, clamped
     return out.view(moved.shape[0], moved.shape[1], moved.shape[2], out_size).transpose(dim, 3)
@@ -275,7 +275,7 @@ class _OneInputHead(nn.Module):
         self.student = student
 
     def forward(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.student([rows], torch.ones(1, 1, dtype=torch.bool, device=rows.device))
+        return self.student([rows], torch.ones_like(rows[:, :1, 0], dtype=torch.bool))  # on rows' device, also once traced
 
 
 class ExportedFeatureStudent(nn.Module):
@@ -342,7 +342,7 @@ class ExportedFeatureStudent(nn.Module):
         t = images.shape[0]
         # extract/sampling.py `clip_windows`: windows of clip_frames consecutive frames, clip_stride apart, the last frame repeated.
         starts = torch.arange(0, max(t - self.clip_frames, 0) + 1, self.clip_stride)
-        windows = torch.clamp(starts.view(-1, 1) + torch.arange(self.clip_frames).view(1, -1), max=t - 1)
+        windows = torch.clamp(starts.view(-1, 1) + torch.arange(self.clip_frames).view(1, -1), max=t - 1).to(images.device)
         parts: list[torch.Tensor] = []
         for i in range(windows.shape[0]):  # one clip at a time: the traced clip model takes a batch of one
             parts.append(self.backbone(images.index_select(0, windows[i]).transpose(0, 1).unsqueeze(0))[0])
@@ -351,7 +351,7 @@ class ExportedFeatureStudent(nn.Module):
     @torch.jit.export
     def from_features(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """A segment's teacher rows [R, D] (the cache's, or `rows`') -> {head: logits [classes]}: the window evaluate reads, then the head."""
-        chosen = rows.float().index_select(0, window_rows(rows.shape[0], self.frames, self.placement))
+        chosen = rows.float().index_select(0, window_rows(rows.shape[0], self.frames, self.placement).to(rows.device))
         logits = self.head(chosen.unsqueeze(0))
         out: dict[str, torch.Tensor] = {}
         for name in self.head_names:
@@ -360,7 +360,7 @@ class ExportedFeatureStudent(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.clip_frames == 0:  # one row per frame: embed only the frames whose rows the head reads
-            frames = frames.index_select(0, window_rows(frames.shape[0], self.frames, self.placement))
+            frames = frames.index_select(0, window_rows(frames.shape[0], self.frames, self.placement).to(frames.device))
         return self.from_features(self.rows(frames))
 
 
