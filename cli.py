@@ -592,10 +592,10 @@ def predict_command(
 @app.command("export")
 def export_command(
     run: Annotated[str, typer.Option(help="Run directory of a student: end-to-end (--inputs frames) or a head over one rgb teacher (--inputs rgb).")],
-    out: Annotated[str, typer.Option(help="TorchScript file to write, e.g. model.pt; load it with torch.jit.load, no egodistill needed.")],
+    out: Annotated[str, typer.Option(help="File to write: model.pt (TorchScript: torch.jit.load it, no egodistill needed), or model.onnx with --format onnx.")],
     weights: Annotated[Optional[str], typer.Option(help="Frozen-feature student: the weights file its rgb teacher was extracted with (its sha256 must match the provenance).")] = None,
     cache: Annotated[Optional[str], typer.Option(help="Frozen-feature student: the cache holding its rgb teacher (default: the run's training cache).")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="torchscript (any frame size), or onnx: a frozen-feature image student at one --frame-size (pip install egodistill[onnx] to check it).")] = "torchscript",
+    output_format: Annotated[str, typer.Option("--format", help="torchscript (any frame size), or onnx: a frozen-feature image student at one --frame-size (needs the package's onnx extra).")] = "torchscript",
     frame_size: Annotated[Optional[str], typer.Option(help="--format onnx: WIDTHxHEIGHT of the frames the graph takes, e.g. 456x256.")] = None,
 ) -> None:
     """A trained student as one TorchScript module: RGB frames uint8 [T, 3, H, W] -> {head: logits}, preprocessing baked in

@@ -1,7 +1,7 @@
-"""`export`: a trained end-to-end student as one TorchScript file that needs only torch to run.
+"""`export`: a trained student as one TorchScript file that needs only torch to run (or, optionally, ONNX).
 
 The exported module maps the RGB frames of one segment, uint8 [T, 3, H, W] at any H, W, to {head: logits
-[classes]}. Its preprocessing is the one `evaluate` scores the student with (student/network.py): the
+[classes]}. An end-to-end student's preprocessing is the one `evaluate` scores it with (student/network.py): the
 centred square of the backbone's crop fraction of the short side, resized to the student's input size by
 roi_align's 2x2-sample bilinear average (rewritten here with grid_sample so that loading needs no
 torchvision), scaled to [0, 1] and normalised with the mean/std of the backbone's data config. The file
