@@ -591,13 +591,24 @@ def predict_command(
 
 @app.command("export")
 def export_command(
-    run: Annotated[str, typer.Option(help="Run directory of an end-to-end student (train-student --inputs frames).")],
-    out: Annotated[str, typer.Option(help="TorchScript file to write, e.g. model.pt; load it with torch.jit.load, no egodistill needed.")],
+    run: Annotated[str, typer.Option(help="Run directory of a student: end-to-end (--inputs frames) or a head over one rgb teacher (--inputs rgb).")],
+    out: Annotated[str, typer.Option(help="File to write: model.pt (TorchScript: torch.jit.load it, no egodistill needed), or model.onnx with --format onnx.")],
+    weights: Annotated[Optional[str], typer.Option(help="Frozen-feature student: the weights file its rgb teacher was extracted with (its sha256 must match the provenance).")] = None,
+    cache: Annotated[Optional[str], typer.Option(help="Frozen-feature student: the cache holding its rgb teacher (default: the run's training cache).")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="torchscript (any frame size), or onnx: a frozen-feature image student at one --frame-size (needs the package's onnx extra).")] = "torchscript",
+    frame_size: Annotated[Optional[str], typer.Option(help="--format onnx: WIDTHxHEIGHT of the frames the graph takes, e.g. 456x256.")] = None,
 ) -> None:
-    """A trained end-to-end student as one TorchScript module: RGB frames uint8 [T, 3, H, W] -> {head: logits}, preprocessing baked in."""
+    """A trained student as one TorchScript module: RGB frames uint8 [T, 3, H, W] -> {head: logits}, preprocessing baked in
+    (a frozen-feature student: its teacher's backbone and extraction transform, then its head)."""
     from egodistill.student.export import ExportConfig, export_student
 
-    path, meta = export_student(ExportConfig(run=run, out=out))
+    size = None
+    if frame_size is not None:
+        parts = frame_size.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise EgodistillError(f"--frame-size {frame_size!r}: give WIDTHxHEIGHT in pixels, e.g. 456x256")
+        size = (int(parts[0]), int(parts[1]))
+    path, meta = export_student(ExportConfig(run=run, out=out, weights=[weights] if weights else [], cache=cache, format=output_format, frame_size=size))
     console.print(f"wrote {path}: {meta['backbone']}, heads {', '.join(f'{h} {c}' for h, c in meta['heads'].items())}, "
                   f"{meta['frames']} frames [T, 3, H, W] uint8 -> logits", markup=False, highlight=False, soft_wrap=True)
 

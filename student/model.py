@@ -134,7 +134,7 @@ class Student(nn.Module):
         rows = features[0].shape[1]
         single, row = self.draw_single_rows(len(present), rows, generator, present.device)
         if single is None:
-            return pooled, torch.full((len(present),), rows > 1, dtype=torch.bool, device=present.device)
+            return pooled, torch.full_like(present[:, 0], rows > 1)  # like `present`: a traced head follows its device (export)
         picked = torch.arange(len(present), device=present.device)
         return with_single_rows(pooled, [x[picked, row] for x in features], single), ~single
 

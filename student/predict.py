@@ -228,13 +228,12 @@ def extract_inputs(cfg: PredictConfig, record: dict, out: Path, log: Callable[[s
     missing = sorted({v for m in manifests for v, p in resolve_videos(m, cfg.videos).items() if p is None})
     if missing:
         raise PredictError(f"{len(missing)} video(s) of the manifest are not under {cfg.videos} (e.g. {missing[0]}): check --videos and the manifest")
-    by_hash = {file_sha256(w): w for w in cfg.weights}
-    weights = [_weights_for(t, by_hash, cfg.weights) for t in teachers]  # every teacher's, before anything is written
+    weights = [recorded_weights(t, cfg.weights) for t in teachers]  # every teacher's, before anything is written
     location = cfg.work_cache or str(out.with_name(out.stem + ".cache.zarr"))
     for teacher, weights_file in zip(teachers, weights):
         p = teacher.provenance
         extract_cfg = ExtractConfig(manifest=list(cfg.manifest), videos=cfg.videos, cache=location, modality=p.modality, backbone=p.backbone,
-                                    weights=weights_file, seed=_seed(p.weights), name=teacher.key,
+                                    weights=weights_file, seed=recorded_seed(p.weights), name=teacher.key,
                                     workers=cfg.workers, device=cfg.device, precision=p.precision or "auto", **_sampling(p.sampling))
         plan = plan_extraction(extract_cfg)
         summary = run_extraction(extract_cfg, plan, log=log)
@@ -246,7 +245,15 @@ def extract_inputs(cfg: PredictConfig, record: dict, out: Path, log: Callable[[s
     return location
 
 
-def _weights_for(teacher, by_hash: dict[str, str], given: list[str]) -> str | None:
+def recorded_weights(teacher, given: list[str]) -> str | None:
+    """What rebuilds teacher `teacher`'s backbone (`create_backbone`'s weights): None for a random init (its seed:
+    `recorded_seed`), "timm" for timm's own pretrained weights, or the file among `given` (--weights) whose sha256
+    is the one its provenance records. PredictError, naming both hashes, for a file that differs; also for a missing
+    file. predict (new videos) and export both rebuild an input teacher through this."""
+    absent = [w for w in given if not Path(w).is_file()]
+    if absent:
+        raise PredictError(f"--weights {absent[0]}: no such file: give the weights file the teacher was extracted with")
+    by_hash = {file_sha256(w): w for w in given}
     recorded = str(teacher.provenance.weights)
     if recorded.startswith("random-init:"):
         return None
@@ -260,7 +267,8 @@ def _weights_for(teacher, by_hash: dict[str, str], given: list[str]) -> str | No
     raise PredictError(f"teacher {teacher.key} was extracted with the weights file {recorded}: give that file again with --weights FILE")
 
 
-def _seed(weights: str | None) -> int:
+def recorded_seed(weights: str | None) -> int:
+    """The seed of a random-init teacher's recorded weights (\"random-init:<seed>\"); 0 for any other."""
     text = str(weights)
     return int(text.split(":", 1)[1]) if text.startswith("random-init:") and text.split(":", 1)[1].lstrip("-").isdigit() else 0
 

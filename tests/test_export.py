@@ -64,10 +64,6 @@ def run(tmp_path_factory):
     return {"cache": location, "run": str(folder / "run"), "frames": summary.teacher_key, "folder": folder}
 
 
-
-
-
-
 def test_the_exported_module_gives_evaluates_logits_in_a_process_without_egodistill(run, tmp_path):
     out = tmp_path / "model.pt"
     code, err = cli("export", "--run", run["run"], "--out", out)
@@ -119,9 +115,6 @@ def test_the_resize_is_roi_align_on_frames_of_other_shapes(run):
 def test_bad_inputs_give_one_line_each(run, tmp_path):
     assert "is not a run directory" in one_line(*cli("export", "--run", tmp_path, "--out", tmp_path / "m.pt"))
     assert "does not exist: create it" in one_line(*cli("export", "--run", run["run"], "--out", tmp_path / "missing" / "m.pt"))
-    frozen = tmp_path / "frozen"
-    location = str(tmp_path / "features.zarr")
-    testing.build_synthetic_cache(location, testing.SyntheticSpec(segments=12))
-    train(TrainConfig(cache=location, out=str(frozen), inputs=["rgb"], steps=1, device="cpu", prefetch=2, buffer_blocks=1), log=lambda _: None)
-    assert "is a frozen-feature student" in one_line(*cli("export", "--run", frozen, "--out", tmp_path / "m.pt"))
+    # A frozen-feature student's options mean nothing to an end-to-end one (tests/test_export_frozen.py exports those).
+    assert "drop --weights and --cache" in one_line(*cli("export", "--run", run["run"], "--out", tmp_path / "m.pt", "--cache", run["cache"]))
     assert not (tmp_path / "m.pt").exists()
