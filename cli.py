@@ -326,7 +326,7 @@ def manifest_windows(
     window: Annotated[float, typer.Option(help="Window length, seconds.")] = 2.0,
     stride: Annotated[float, typer.Option(help="Seconds between window starts.")] = 1.0,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Manifest whose segments no window may overlap (same video by file stem); repeatable.")] = None,
-    split: Annotated[str, typer.Option(help="Split of the windows (train: distil on them).")] = "train",
+    split: Annotated[str, typer.Option(help="Split of the windows (train: distil on them; another name, e.g. unlabelled, keeps them apart for train-student --unlabelled-split).")] = "train",
 ) -> None:
     """Dense unlabelled windows over whole videos, as a manifest a cache can add (`cache init --manifest`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

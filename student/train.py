@@ -235,6 +235,8 @@ def unlabelled_segments(cfg: TrainConfig, table: cache.SegmentTable, present: np
         raise TrainError(f"the teachers have no logits for the {int(usable.sum())} {name!r} segments with inputs: "
                          f"run `egodistill fit-teachers` again now that they are extracted, then train")
     keep = usable & taught & ~np.isin(table.videos, table.videos[holdout])
+    if not keep.any():
+        raise TrainError(f"every {name!r} segment with inputs and teacher logits is from a video --holdout {cfg.holdout:g} keeps out: lower --holdout")
     return np.flatnonzero(keep)
 
 
