@@ -326,7 +326,7 @@ def manifest_windows(
     window: Annotated[float, typer.Option(help="Window length, seconds.")] = 2.0,
     stride: Annotated[float, typer.Option(help="Seconds between window starts.")] = 1.0,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Manifest whose segments no window may overlap (same video by file stem); repeatable.")] = None,
-    split: Annotated[str, typer.Option(help="Split of the windows (train: distil on them).")] = "train",
+    split: Annotated[str, typer.Option(help="Split of the windows (train: distil on them; another name, e.g. unlabelled, keeps them apart for train-student --unlabelled-split).")] = "train",
 ) -> None:
     """Dense unlabelled windows over whole videos, as a manifest a cache can add (`cache init --manifest`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -497,6 +497,7 @@ def train_student_command(
     dim: Annotated[int, typer.Option(help="Transformer width (with --depth >= 1).")] = STEP["dim"],
     depth: Annotated[int, typer.Option(help="Temporal transformer layers; 0: the pooled linear head alone.")] = 0,
     holdout: Annotated[float, typer.Option(help="Fraction of training videos held out for monitoring (and dataset weights).")] = 0.0,
+    unlabelled_split: Annotated[Optional[str], typer.Option(help="Also distil on this split's segments (e.g. `manifest windows --split unlabelled`): labels ignored, teachers' logits only; needs --teachers.")] = None,
     single_row: Annotated[float, typer.Option(help="Heads: probability a training sample is pooled from one random row, so the head stays sane at fewer test frames (costs 3-5 points at the trained frames on bench_quality's planted data; 0 turns it off).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of model, data order, jitter and masking.")] = STEP["seed"],
     device: Annotated[Device, typer.Option(help="cpu, cuda (bf16 autocast) or auto.")] = Device(STEP["device"]),
@@ -522,7 +523,7 @@ def train_student_command(
                       temperature=temperature, kd_weight=kd_weight, gt_weight=gt_weight, mask_prob=mask_prob, steps=steps,
                       batch_size=batch_size, lr=lr if lr is not None else END_TO_END_LR if end_to_end else TrainConfig.lr,
                       weight_decay=weight_decay, schedule=schedule.value, clip=clip, frames=frames, dim=dim,
-                      depth=depth, holdout=holdout, single_row=single_row, seed=seed, device=device.value, in_memory=in_memory,
+                      depth=depth, holdout=holdout, unlabelled_split=unlabelled_split, single_row=single_row, seed=seed, device=device.value, in_memory=in_memory,
                       backbone=backbone, weights=weights, init_from=init_from, image_size=image_size, crop_scale=crop_scale, flip=flip,
                       accumulate=accumulate, precision=precision.value)
     started = start_run(cfg, resume)  # every one-line error comes before the progress bar

@@ -8,7 +8,7 @@ import numpy as np
 
 from egodistill.demo import stats
 from egodistill.demo.protocol import FEWER_FRAMES, FLOPS_RATIO, MARGINS, SMALL_FRAMES, TEST_FRAMES
-from egodistill.demo.students import FINETUNE_STUDENTS, STUDENTS, TEACHERS
+from egodistill.demo.students import FINETUNE_STUDENTS, STUDENTS, TEACHERS, UNLABELLED_STUDENTS
 from egodistill.demo.stats import DOES_NOT_HOLD, HOLDS, INCONCLUSIVE, Estimate
 
 GATE_NOTE = " The teachers failed the gate (not worth learning from), so this distillation verdict is inconclusive whatever its interval."
@@ -32,7 +32,8 @@ def analyse(per_seed: list[dict], labels: dict[str, np.ndarray], draws: dict[str
 
     students: dict[str, dict] = {}
     estimates: dict[str, dict] = {}     # arm -> variant -> metric -> Estimate
-    recipes = STUDENTS + [r for r in FINETUNE_STUDENTS if r.name in per_seed[0]["students"]]  # version 3's arms run under --finetune
+    # Version 3's arms run under --finetune; version 4's always (absent from outputs saved by an earlier version).
+    recipes = STUDENTS + [r for r in FINETUNE_STUDENTS + UNLABELLED_STUDENTS if r.name in per_seed[0]["students"]]
     for recipe in recipes:
         variants = per_seed[0]["students"][recipe.name]
         estimates[recipe.name] = {v: stats.metrics(stack(per_seed, ("students", recipe.name, v)), val, dv) for v in variants}
@@ -55,6 +56,8 @@ def analyse(per_seed: list[dict], labels: dict[str, np.ndarray], draws: dict[str
         claims += _end_to_end(estimates, teachers, per_seed[0].get("cost"), gate["passed"])
     if "mm-masked-small" in estimates:
         claims += _smaller_student(estimates, teachers, per_seed[0].get("cost"))
+    if "rgb-kd-uniform-unl" in estimates:
+        claims += _unlabelled(estimates, gate["passed"])
 
     for recipe in recipes:
         e = estimates[recipe.name]
@@ -189,6 +192,20 @@ def _end_to_end(e: dict, teachers: dict, cost: dict | None, gate: bool) -> list[
                       "top-1(e2e-kd) - top-1(rgb-kd-uniform)", "the end-to-end distilled student's top-1 minus the frozen-feature distilled one's",
                       kd[full]["top1"] - e["rgb-kd-uniform"][full]["top1"], MARGINS["top1"], "points", False, gate))
     return out
+
+
+def _unlabelled(e: dict, gate: bool) -> list[dict]:
+    """Version 4: the distilled RGB student with the unlabelled clips in its draw against the same student without them."""
+    full = f"frames{TEST_FRAMES[0]}"
+    base, unl = e["rgb-kd-uniform"][full], e["rgb-kd-uniform-unl"][full]
+    return [
+        _claim("U1", 1, True, "Distilling on unlabelled clips too makes the RGB student (uniform ensemble) more accurate than distilling on the labelled clips alone.",
+               "top-1(rgb-kd-uniform-unl) - top-1(rgb-kd-uniform)", "the top-1 of the RGB student distilled with the unlabelled clips minus the one without them",
+               unl["top1"] - base["top1"], MARGINS["top1"], "points", True, gate),
+        _claim("U1.ECE", 1, False, "... and better calibrated.", "ECE(rgb-kd-uniform) - ECE(rgb-kd-uniform-unl), x100",
+               "the ECE of the RGB student distilled without the unlabelled clips minus the one with them",
+               base["ece"] - unl["ece"], MARGINS["ece"], "ECE points", True, gate),
+    ]
 
 
 def _smaller_student(e: dict, teachers: dict, cost: dict | None) -> list[dict]:

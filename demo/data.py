@@ -11,6 +11,9 @@ different reliability (the design, fixed up front, is in docs/demo-data.md):
   object's sound in the room) and seen (colour, shape, texture, but with jitter, lighting, look-alike
   distractors on the worktop and occlusion by the hand).
 
+Unlabelled clips (protocol version 4) are the same generator at a seed of their own, with no label written
+(`generate_unlabelled_clips`).
+
 Clips are written with PyAV (H.264 yuv420p + AAC mono in .mp4), so no ffmpeg program is needed.
 Pixels, sound and labels depend only on the spec (seed included); the per-clip nuisances come from
 an RNG seeded with (seed, clip index).
@@ -24,7 +27,7 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from multiprocessing import get_context
 from pathlib import Path
@@ -42,6 +45,9 @@ OBJECTS = ("cup", "box", "bottle")
 MANIFEST_NAME = "segments.csv"
 SPEC_NAME = "demo-spec.json"
 HEAD = "action"
+UNLABELLED_FOLDER = "unlabelled"  # under videos/, so one --videos folder holds every clip the cache names
+UNLABELLED_PREFIX = "unl"
+UNLABELLED_SPEC_NAME = "unlabelled-spec.json"
 
 _OBJECT_HUES = (0.0, 120.0, 240.0)  # degrees: red cup, green box, blue bottle
 _SKIN_HUES = (10.0, 30.0)
@@ -138,23 +144,7 @@ def generate_demo_data(out_dir: str | os.PathLike, spec: DemoSpec = DemoSpec(), 
         for old in videos.glob("demo-*.mp4"):
             old.unlink()
         write_json(spec_file, wanted)
-    todo = [i for i in range(spec.clips) if not (videos / f"{clip_id(i)}.mp4").exists()]
-    done = spec.clips - len(todo)
-    if progress:
-        progress(done, spec.clips)
-    if workers <= 1 or len(todo) < 4:
-        for i in todo:
-            _write_clip(spec, i, str(videos))
-            done += 1
-            if progress:
-                progress(done, spec.clips)
-    else:
-        chunks = [todo[k::workers * 4] for k in range(workers * 4)]  # a few chunks per worker: little pickling, even load
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for n in pool.map(_write_clips, [(spec, chunk, str(videos)) for chunk in chunks if chunk]):
-                done += n
-                if progress:
-                    progress(done, spec.clips)
+    _write_missing(spec, videos, clip_id, workers, progress)
     labels = clip_labels(spec)
     tmp = manifest.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
@@ -164,6 +154,55 @@ def generate_demo_data(out_dir: str | os.PathLike, spec: DemoSpec = DemoSpec(), 
             writer.writerow([clip_id(i), f"{clip_id(i)}.mp4", 0, f"{spec.frames / spec.fps:g}", clip_split(spec, i), int(labels[i])])
     tmp.replace(manifest)
     return manifest
+
+
+def unlabelled_spec(spec: DemoSpec, clips: int, seed: int) -> DemoSpec:
+    """The unlabelled clips' spec: the labelled spec's settings, `clips` clips, and a seed of their own, so each
+    clip's draws (RNG seeded with (seed, index)) differ from every labelled clip's."""
+    return replace(spec, clips_train=clips, clips_val=0, seed=seed)
+
+
+def unlabelled_clip_id(index: int) -> str:
+    return f"{UNLABELLED_PREFIX}-{index:05d}"
+
+
+def generate_unlabelled_clips(out_dir: str | os.PathLike, spec: DemoSpec, workers: int = 2,
+                              progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write out_dir/videos/unlabelled/unl-NNNNN.mp4, the clips of `spec` (see `unlabelled_spec`); return that folder.
+
+    Their classes are drawn and rendered as any clip's, and written nowhere: no manifest, no label. Idempotent
+    like generate_demo_data (the spec is stored beside them)."""
+    folder = Path(out_dir) / "videos" / UNLABELLED_FOLDER
+    spec_file = folder / UNLABELLED_SPEC_NAME
+    wanted = _spec_record(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    if _stored_spec(spec_file) != wanted:
+        for old in folder.glob(f"{UNLABELLED_PREFIX}-*.mp4"):
+            old.unlink()
+        write_json(spec_file, wanted)
+    _write_missing(spec, folder, unlabelled_clip_id, workers, progress)
+    return folder
+
+
+def _write_missing(spec: DemoSpec, folder: Path, name: Callable[[int], str], workers: int, progress: Callable[[int, int], None] | None) -> None:
+    """Encode every clip of `spec` not in `folder` yet, as folder/<name(index)>.mp4, in `workers` processes."""
+    todo = [i for i in range(spec.clips) if not (folder / f"{name(i)}.mp4").exists()]
+    done = spec.clips - len(todo)
+    if progress:
+        progress(done, spec.clips)
+    if workers <= 1 or len(todo) < 4:
+        for i in todo:
+            _write_clip(spec, i, str(folder), name(i))
+            done += 1
+            if progress:
+                progress(done, spec.clips)
+        return
+    chunks = [todo[k::workers * 4] for k in range(workers * 4)]  # a few chunks per worker: little pickling, even load
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        for n in pool.map(_write_clips, [(spec, chunk, str(folder), [name(i) for i in chunk]) for chunk in chunks if chunk]):
+            done += n
+            if progress:
+                progress(done, spec.clips)
 
 
 def _spec_record(spec: DemoSpec) -> dict:
@@ -177,17 +216,17 @@ def _stored_spec(path: Path) -> dict | None:
         return None
 
 
-def _write_clips(job: tuple[DemoSpec, list[int], str]) -> int:
-    spec, indices, folder = job
+def _write_clips(job: tuple[DemoSpec, list[int], str, list[str]]) -> int:
+    spec, indices, folder, names = job
     cv2.setNumThreads(1)
-    for i in indices:
-        _write_clip(spec, i, folder)
+    for i, name in zip(indices, names):
+        _write_clip(spec, i, folder, name)
     return len(indices)
 
 
-def _write_clip(spec: DemoSpec, index: int, folder: str) -> None:
+def _write_clip(spec: DemoSpec, index: int, folder: str, name: str) -> None:
     frames, audio = render_clip(spec, index)
-    final = Path(folder) / f"{clip_id(index)}.mp4"
+    final = Path(folder) / f"{name}.mp4"
     tmp = final.with_name(final.stem + ".tmp.mp4")
     encode_clip(tmp, frames, audio, spec.fps, spec.sample_rate)
     tmp.replace(final)

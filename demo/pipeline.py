@@ -18,14 +18,18 @@ from egodistill import cache as cache_api
 from egodistill.common import EgodistillError, check_number, write_json
 from egodistill.demo import claims as claims_api
 from egodistill.demo.boxes import write_demo_boxes
-from egodistill.demo.data import HEAD, SPEC_NAME, DemoSpec, class_names, describe_demo, generate_demo_data
-from egodistill.demo.protocol import BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, SEEDS, describe_protocol
+from egodistill.demo.data import (HEAD, SPEC_NAME, UNLABELLED_SPEC_NAME, DemoSpec, class_names, describe_demo, generate_demo_data,
+                                  generate_unlabelled_clips, unlabelled_spec)
+from egodistill.demo.protocol import (BOOTSTRAP_DRAWS, BOOTSTRAP_SEED, SEEDS, SMALL_UNLABELLED_CLIPS, UNLABELLED_CLIPS, UNLABELLED_SEED,
+                                      UNLABELLED_SPLIT, describe_protocol)
 from egodistill.demo.report import write_report
 from egodistill.demo.stats import Draws
 from egodistill.demo.students import FINETUNE_EXTRACTOR, FRAME_SIZE, STUDENTS, StudentBudget, budget_fields, demo_segments, run_seed, small_budget
 from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
+from egodistill.extract.windows import video_windows, write_windows
 
 DEMO_BACKBONE = "test_resnet"  # timm's smallest ResNet: the demo fits in minutes on 2 CPU cores
+UNLABELLED_MANIFEST = "unlabelled.csv"  # data/: `manifest windows` over the unlabelled clips (protocol version 4)
 SMALL_SEEDS = 2
 
 
@@ -61,9 +65,14 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     write_demo_boxes(folder / "data", spec)  # for `extract --modality layout` (not part of the protocol's arms)
     generate_seconds = time.perf_counter() - t0
     log(f"demo data: {manifest} ({generate_seconds:.1f} s)")
+    t0 = time.perf_counter()
+    unlabelled = unlabelled_spec(spec, SMALL_UNLABELLED_CLIPS if small else UNLABELLED_CLIPS, UNLABELLED_SEED)
+    unlabelled_folder = generate_unlabelled_clips(folder / "data", unlabelled, workers=max(1, workers))
+    unlabelled_seconds = time.perf_counter() - t0
+    log(f"unlabelled clips: {unlabelled.clips} in {unlabelled_folder} ({unlabelled_seconds:.1f} s)")
 
     cache = str(folder / "cache.zarr")
-    _match_cache_to_data(folder, manifest.parent / SPEC_NAME)
+    _match_cache_to_data(folder, [manifest.parent / SPEC_NAME, unlabelled_folder / UNLABELLED_SPEC_NAME])
     backbones = {"rgb": DEMO_BACKBONE, "flow": DEMO_BACKBONE, "audio": DEMO_BACKBONE}
     extract_seconds: dict[str, float] = {}
     keys: dict[str, dict[str, str]] = {"base": {}}
@@ -73,13 +82,16 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     if smaller_student:
         jobs += [("small", m, FINETUNE_EXTRACTOR, {}) for m in backbones]
     for group, modality, backbone, options in jobs:
-        cfg = ExtractConfig(manifest=str(manifest), videos=str(manifest.parent / "videos"), cache=cache, modality=modality,
-                            backbone=backbone, frames=budget.frames, workers=workers, device="cpu", seed=0, options=options)
-        summary = extract(run_extraction, cfg, plan_extraction(cfg))
+        summary = _extract(extract, manifest, manifest, cache, modality, backbone, budget, workers, options)
         extract_seconds[modality if group == "base" else f"{modality} ({group})"] = summary.seconds
         keys.setdefault(group, {})[modality] = summary.teacher_key
-        if not summary.ok:
-            raise EgodistillError(f"demo extraction of {modality} failed for {summary.failed} segments: see `egodistill cache info {cache}`")
+    # Version 4: the unlabelled clips' windows, appended to the cache after the labelled clips' extraction and
+    # extracted with the same settings (the same teachers resume: only the new segments are extracted).
+    t0 = time.perf_counter()
+    windows, window_count = unlabelled_windows(manifest, unlabelled.seconds)
+    windows_seconds = time.perf_counter() - t0
+    for modality, backbone in backbones.items():
+        extract_seconds[f"{modality} (unlabelled)"] = _extract(extract, windows, manifest, cache, modality, backbone, budget, workers, {}).seconds
     first = _first_extraction(folder, extract_seconds)
 
     t0 = time.perf_counter()
@@ -99,15 +111,17 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     _save_predictions(folder / "predictions.npz", per_seed, labels)
 
     train_seconds = [r["train_seconds"][x.name] for r in per_seed for x in STUDENTS]  # version 2's head arms
+    unlabelled_record = {"clips": unlabelled.clips, "seed": unlabelled.seed, "split": UNLABELLED_SPLIT, "windows": window_count,
+                         "manifest": str(windows), "videos": str(unlabelled_folder)}
     fit_seconds = [r["fit_seconds"] for r in per_seed]
     results = {
         "protocol": protocol,
-        "data": {**describe_demo(spec), "manifest": str(manifest), "clips_scored": {k: int(len(v)) for k, v in labels.items()}},
+        "data": {**describe_demo(spec), "manifest": str(manifest), "clips_scored": {k: int(len(v)) for k, v in labels.items()}, "unlabelled": unlabelled_record},
         "backbones": backbones,
         "seeds": seed_list,
         "budget": budget_fields(budget),
         "timings": {
-            "generate": generate_seconds, "extract": extract_seconds, "extract_first": first, "extraction_reused": first != extract_seconds,
+            "generate": generate_seconds, "generate_unlabelled": unlabelled_seconds, "windows": windows_seconds, "extract": extract_seconds, "extract_first": first, "extraction_reused": first != extract_seconds,
             "fit_teachers_per_seed": fit_seconds, "fit_teachers_mean": float(np.mean(fit_seconds)),
             "student_run_mean": float(np.mean(train_seconds)), "student_runs": len(train_seconds),
             "seeds_wall": seeds_seconds, "seed_processes": _processes(workers, seeds), "statistics": statistics_seconds,
@@ -118,7 +132,7 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
         "teacher_keys": {str(r["seed"]): r["teacher_keys"] for r in per_seed},
         "oof_accuracy": {str(r["seed"]): r["oof_accuracy"] for r in per_seed},
         "input_keys": keys,
-        "commands": _extract_commands(manifest, cache, backbones, budget) + [c for r in per_seed for c in r["commands"]],
+        "commands": _extract_commands(manifest, windows, cache, backbones, budget, unlabelled.seconds) + [c for r in per_seed for c in r["commands"]],
     }
     t0 = time.perf_counter()
     report = write_report(folder, results, per_seed, labels)
@@ -126,6 +140,28 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     results["timings"]["total"] = time.perf_counter() - started
     write_json(folder / "results.json", results)  # again, with the report's and the total time
     return results, report
+
+
+def _extract(extract: Callable, manifest: Path, labelled: Path, cache: str, modality: str, backbone: str | None, budget: StudentBudget,
+             workers: int, options: dict):
+    """One demo extraction of `manifest` (every video under the labelled manifest's videos folder); its summary."""
+    cfg = ExtractConfig(manifest=str(manifest), videos=str(labelled.parent / "videos"), cache=cache, modality=modality,
+                        backbone=backbone, frames=budget.frames, workers=workers, device="cpu", seed=0, options=options)
+    summary = extract(run_extraction, cfg, plan_extraction(cfg))
+    if not summary.ok:
+        raise EgodistillError(f"demo extraction of {modality} failed for {summary.failed} segments: see `egodistill cache info {cache}`")
+    return summary
+
+
+def unlabelled_windows(manifest: Path, seconds: float) -> tuple[Path, int]:
+    """`egodistill manifest windows` over the demo's videos into data/unlabelled.csv, split `unlabelled`: window =
+    stride = a clip's duration, so one window per unlabelled clip, and the labelled clips excluded (each
+    labelled segment covers its whole clip). Returns (the CSV, its windows)."""
+    windows, unreadable = video_windows(manifest.parent / "videos", seconds, seconds, [manifest])
+    if unreadable:
+        raise EgodistillError(f"demo: {len(unreadable)} generated clips cannot be opened (first: {unreadable[0]}): "
+                              f"delete {manifest.parent} and run the demo again")
+    return write_windows(windows, manifest.parent / UNLABELLED_MANIFEST, UNLABELLED_SPLIT), len(windows)
 
 
 def _processes(workers: int, seeds: int) -> int:
@@ -169,10 +205,10 @@ def _save_predictions(path: Path, per_seed: list[dict], labels: dict[str, np.nda
     np.savez_compressed(path, **arrays)
 
 
-def _match_cache_to_data(folder: Path, spec_file: Path) -> None:
+def _match_cache_to_data(folder: Path, spec_files: list[Path]) -> None:
     """A cache, runs and timings made from other demo data (another spec or generator version) are removed."""
     marker = folder / "cache-data.json"
-    wanted = spec_file.read_text()
+    wanted = "".join(f.read_text() for f in spec_files)
     if marker.exists() and marker.read_text() == wanted:
         return
     for stale in ("cache.zarr", "runs"):
@@ -192,10 +228,13 @@ def _first_extraction(folder, seconds: dict[str, float]) -> dict[str, float]:
     return seconds
 
 
-def _extract_commands(manifest, cache: str, backbones: dict, budget: StudentBudget) -> list[str]:
+def _extract_commands(manifest, windows, cache: str, backbones: dict, budget: StudentBudget, seconds: float) -> list[str]:
     videos = manifest.parent / "videos"
     lines = [f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality {m} --backbone {b} --frames {budget.frames} --device cpu"
              for m, b in backbones.items()]
+    lines.append(f"egodistill manifest windows --videos {videos} --window {seconds:g} --stride {seconds:g} --exclude {manifest} --split {UNLABELLED_SPLIT} --out {windows}")
+    lines += [f"egodistill extract --manifest {windows} --videos {videos} --cache {cache} --modality {m} --backbone {b} --frames {budget.frames} --device cpu"
+              for m, b in backbones.items()]
     if budget.finetune:
         lines.append(f"egodistill extract --manifest {manifest} --videos {videos} --cache {cache} --modality frames --frame-size {FRAME_SIZE} --frames {budget.frames}")
     if budget.smaller_student:
@@ -211,6 +250,6 @@ def summary_lines(results: dict) -> list[str]:
              f"{results['data']['clips_scored']['val']} validation clips" + ("" if p["followed"] else f" -- NOT the protocol: {'; '.join(p['deviations'])}")]
     lines.append(f"teacher gate (training clips, out-of-fold): {'passed' if results['gate']['passed'] else 'FAILED'}")
     lines += [c["sentence"] for c in results["claims"] if c["primary"]]
-    lines.append(f"time: {t['total']:.0f} s in all (generate {t['generate']:.0f} s, extract {sum(t['extract'].values()):.0f} s, "
+    lines.append(f"time: {t['total']:.0f} s in all (generate {t['generate'] + t['generate_unlabelled']:.0f} s, extract {sum(t['extract'].values()):.0f} s, "
                  f"seeds {t['seeds_wall']:.0f} s, statistics {t['statistics']:.0f} s); one student run / extraction = {results['ratio_student_run_over_extraction']:.3f}")
     return lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-PROTOCOL_VERSION = 3  # 2: generator version 2 (deterministic encoding); 3: end-to-end arms (--finetune); docs/demo-protocol.md, Changes
+PROTOCOL_VERSION = 4  # 2: generator version 2 (deterministic encoding); 3: end-to-end arms (--finetune); 4: unlabelled clips; docs/demo-protocol.md, Changes
 PROTOCOL_DOC = "docs/demo-protocol.md"
 SEEDS = (0, 1, 2, 3, 4)           # each seed fits the teachers and trains every student
 BOOTSTRAP_DRAWS = 2000
@@ -16,6 +16,10 @@ FEWER_FRAMES = (4, 2, 1)
 FLOPS_RATIO = 0.6                 # P2.4: "about half the teacher's compute", with room
 SMALL_FRAMES = 4                  # P2.4 secondary: the masked student with half the extractor FLOPs
 PRIMARY_SCHEME = "uniform"
+UNLABELLED_CLIPS = 480            # version 4: unlabelled clips of the same generator (twice the labelled training set)
+SMALL_UNLABELLED_CLIPS = 24       # with --small
+UNLABELLED_SEED = 1000            # their generator seed: draws disjoint from the labelled clips' (seed 0)
+UNLABELLED_SPLIT = "unlabelled"   # their windows' split in the cache (`manifest windows --split`)
 
 
 def protocol_doc() -> Path | None:
@@ -39,4 +43,5 @@ def describe_protocol(seeds: list[int], small: bool, finetune: bool = False, sma
         "followed": not deviations, "deviations": deviations, "finetune": finetune, "smaller_student": smaller_student,
         "margins": MARGINS, "bootstrap": {"draws": BOOTSTRAP_DRAWS, "seed": BOOTSTRAP_SEED, "level": 0.95},
         "primary_scheme": PRIMARY_SCHEME, "test_frames": list(TEST_FRAMES), "flops_ratio": FLOPS_RATIO,
+        "unlabelled": {"clips": SMALL_UNLABELLED_CLIPS if small else UNLABELLED_CLIPS, "seed": UNLABELLED_SEED, "split": UNLABELLED_SPLIT},
     }

@@ -22,6 +22,7 @@ VERDICT_COLOURS = {"holds": "#2a7", "does not hold": "#c33", "inconclusive": "#9
 RGB_ARMS = ["rgb-gt", "rgb-kd-uniform", "rgb-kd-per-sample", "rgb-kd-dataset"]
 MM_ARMS = ["mm-unmasked", "mm-masked", "mm-masked-gt"]
 E2E_ARMS = ["e2e-gt", "e2e-kd-uniform"]  # protocol version 3, under `egodistill demo --finetune`
+UNLABELLED_ARMS = ["rgb-gt", "rgb-kd-uniform", "rgb-kd-uniform-unl"]  # version 4's arm beside the two it is read against
 
 
 def write_report(out: Path, results: dict, per_seed: list[dict], labels: dict[str, np.ndarray]) -> Path:
@@ -122,8 +123,8 @@ def _subsets_chart(results: dict, path: Path) -> Path:
 
 def _timings_chart(results: dict, path: Path) -> Path:
     t = results["timings"]
-    labels = ["generate"] + [f"extract {m}" for m in t["extract_first"]] + ["fit teachers (one seed)", "one student run", "all seeds (wall)", "statistics"]
-    values = [t["generate"], *t["extract_first"].values(), t["fit_teachers_mean"], t["student_run_mean"], t["seeds_wall"], t["statistics"]]
+    labels = ["generate", "generate unlabelled", "manifest windows"] + [f"extract {m}" for m in t["extract_first"]] + ["fit teachers (one seed)", "one student run", "all seeds (wall)", "statistics"]
+    values = [t["generate"], t["generate_unlabelled"], t["windows"], *t["extract_first"].values(), t["fit_teachers_mean"], t["student_run_mean"], t["seeds_wall"], t["statistics"]]
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.barh(labels[::-1], values[::-1], color="#47a")
     ax.set_xlabel("seconds")
@@ -238,6 +239,25 @@ or distilled from the rgb+flow+audio teachers (uniform, T = 2); the frozen-featu
 <table><tr><th>arm</th>{''.join(f'<th>{k} frames</th>' for k in ks)}</tr>{frames}</table>"""
 
 
+def _unlabelled_section(results: dict) -> str:
+    """Version 4's arm: the primary RGB student distilled with the unlabelled clips in its draw, beside the one without them."""
+    s, u = results["students"], results["data"].get("unlabelled")
+    if "rgb-kd-uniform-unl" not in s or u is None:
+        return ""
+    rows = "".join(f"<tr><td>{a}</td><td>{html.escape(s[a]['title'])}</td>{_metric_cells(s[a]['metrics'])}<td>{s[a]['seconds']:.1f} s</td></tr>" for a in UNLABELLED_ARMS)
+    ks = list(s["rgb-kd-uniform-unl"]["frames"])
+    frames = "".join(f"<tr><td>{a}</td>" + "".join(f"<td>{_ci(s[a]['frames'][k]['top1'])}</td>" for k in ks) + "</tr>" for a in UNLABELLED_ARMS)
+    claims = [c for c in results["claims"] if c["id"].startswith("U1")]
+    return f"""<h2>Version 4: distillation on unlabelled clips</h2>
+<p>{u['clips']} more clips of the same generator (seed {u['seed']}), their labels never written; <code>manifest windows</code> gave
+{u['windows']} windows (one per clip), appended to the cache as split <code>{html.escape(u['split'])}</code> and extracted like the others.
+<code>rgb-kd-uniform-unl</code> is <code>rgb-kd-uniform</code>'s command plus <code>--unlabelled-split {html.escape(u['split'])}</code>: the
+unlabelled clips join its draw with the teachers' uniform ensemble as their only target.</p>
+<table><tr><th>arm</th><th>what</th><th>top-1 %</th><th>ECE x100</th><th>NLL</th><th>Brier</th><th>training, one seed</th></tr>{rows}</table>
+<table><tr><th>arm</th>{''.join(f'<th>{k} frames</th>' for k in ks)}</tr>{frames}</table>
+<table><tr><th>claim</th><th>what</th><th>improvement [95 % interval]</th><th>margin</th><th>verdict</th></tr>{_claim_rows(claims)}</table>"""
+
+
 def _html(results: dict, charts: dict[str, Path], doc_copied: bool) -> str:
     p, d, t, g = results["protocol"], results["data"], results["timings"], results["gate"]
     primary = [c for c in results["claims"] if c["primary"]]
@@ -314,12 +334,14 @@ such ECEs, which carries the bias of both.</small></p>
 
 {_end_to_end_section(results)}
 
+{_unlabelled_section(results)}
+
 <h2>Secondary tests</h2>
 <table><tr><th>claim</th><th>what</th><th>improvement [95 % interval]</th><th>margin</th><th>verdict</th></tr>{_claim_rows(secondary)}</table>
 <ul>{secondary_sentences}</ul>
 
 <h2>Where the time goes</h2>
-<p>Data generation {t['generate']:.1f} s; extraction (once; {'reused from the cache this run' if t['extraction_reused'] else 'this run'}):
+<p>Data generation {t['generate']:.1f} s (unlabelled clips {t['generate_unlabelled']:.1f} s, their windows {t['windows']:.1f} s); extraction (once; {'reused from the cache this run' if t['extraction_reused'] else 'this run'}):
 {html.escape(', '.join(f"{m} {x:.1f} s" for m, x in t['extract_first'].items()))}; fitting the four teachers {t['fit_teachers_mean']:.1f} s per seed;
 one student run {t['student_run_mean']:.1f} s on average ({t['student_runs']} runs); all seeds {t['seeds_wall']:.1f} s wall in {t['seed_processes']} process(es);
 statistics {t['statistics']:.1f} s. One student run / extraction = <b>{results['ratio_student_run_over_extraction']:.3f}</b>.</p>

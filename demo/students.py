@@ -18,7 +18,7 @@ import torch
 
 from egodistill import cache
 from egodistill.demo.data import HEAD
-from egodistill.demo.protocol import SMALL_FRAMES, TEST_FRAMES
+from egodistill.demo.protocol import SMALL_FRAMES, TEST_FRAMES, UNLABELLED_SPLIT
 from egodistill.student.cost import student_cost
 from egodistill.student.data import Augment, CacheLoader, present_inputs, teacher_logit_table
 from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets, load_student
@@ -43,6 +43,7 @@ class StudentRecipe:
     mask_prob: float = 0.0
     extractors: str = "base"   # base: the test_resnet features the teachers read; small: FINETUNE_EXTRACTOR's (P2.4k)
     network: bool = False      # an end-to-end student trained on the stored frames (inputs ["frames"])
+    unlabelled: str | None = None  # also distil on this split's segments (train-student --unlabelled-split)
 
 
 # The protocol's arms (docs/demo-protocol.md), fixed before any result was seen.
@@ -67,6 +68,13 @@ FINETUNE_STUDENTS = [
 ]
 FINETUNE_EXTRACTOR = "test_byobnet"  # 0.30 of test_resnet's FLOPs per frame (KARMMA's student: about a fifth of its teacher)
 FRAME_SIZE = 48                      # stored frames; the network reads 40-px crops
+
+
+# Version 4's arm (docs/demo-protocol.md, "Version 4"): rgb-kd-uniform's settings exactly, plus the unlabelled clips.
+UNLABELLED_STUDENTS = [
+    StudentRecipe("rgb-kd-uniform-unl", "RGB student distilled from the rgb+flow+audio teachers, uniform ensemble, plus the unlabelled clips (distillation only)",
+                  ["rgb"], MODALITIES, "uniform", unlabelled=UNLABELLED_SPLIT),
+]
 
 
 def finetune_students(budget: "StudentBudget") -> list[StudentRecipe]:
@@ -128,6 +136,8 @@ def train_command(cache_path: str, recipe: StudentRecipe, input_keys: list[str],
         parts.append(f"--teachers {','.join(teacher_keys)} --weighting {recipe.weighting} --temperature {budget.temperature} --tau {budget.tau}")
     if recipe.mask_prob:
         parts.append(f"--mask-prob {recipe.mask_prob}")
+    if recipe.unlabelled:
+        parts.append(f"--unlabelled-split {recipe.unlabelled}")
     return " ".join(parts)
 
 
@@ -167,14 +177,14 @@ def _run_seed(cache_path: str, runs: Path, seed: int, budget: StudentBudget, cou
     out: dict = {"seed": seed, "teacher_keys": keys, "fit_seconds": fit_seconds, "train_seconds": {}, "commands": [fit_command(cache_path, budget, seed, base)],
                  "oof_accuracy": {f.modality: {str(d): a for d, a in f.oof_accuracy.items()} for f in fitted}, "students": {}}
     root = cache.open_cache(cache_path, mode="r")
-    for recipe in STUDENTS + finetune_students(budget):
+    for recipe in STUDENTS + finetune_students(budget) + UNLABELLED_STUDENTS:
         teacher_keys = [keys[t] for t in recipe.teachers]
         input_keys = [inputs[recipe.extractors][m] for m in recipe.inputs] if not recipe.network else [inputs["frames"]["frames"]]
         run = runs / recipe.name / f"seed{seed}"
         shutil.rmtree(run, ignore_errors=True)  # students are the cheap part: always trained afresh
         cfg = TrainConfig(cache=cache_path, inputs=input_keys, teachers=teacher_keys, out=str(run), weighting=recipe.weighting,
                           tau=budget.tau, temperature=budget.temperature, mask_prob=recipe.mask_prob, steps=budget.steps, frames=budget.frames,
-                          seed=seed, device=budget.device, in_memory=budget.in_memory)
+                          seed=seed, device=budget.device, in_memory=budget.in_memory, unlabelled_split=recipe.unlabelled)
         if recipe.network:
             n = budget.network
             cfg = replace(cfg, init_from=inputs["base"]["rgb"], image_size=n.image_size, batch_size=n.batch_size, lr=n.lr, weight_decay=n.weight_decay,

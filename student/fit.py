@@ -137,7 +137,8 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
         with head_threads(device):
             layout = len(members) == 1 and BoxRow.of(root.teacher(keys[members[0]]).provenance) is not None  # rows of boxes: the provenance says
             fitted = cross_fit([features[m] for m in members], present[:, members], labels, train, fold, cfg, table.heads, layout=layout,
-                               pooled=None if pooled is None else [pooled[m] for m in members], device=device, workers=workers, on_fit=fitted_one)
+                               pooled=None if pooled is None else [pooled[m] for m in members], device=device, workers=workers, on_fit=fitted_one,
+                               splits=table.split)
         log(f"  out-of-fold top-1 by depth: {', '.join(f'{d}: {a:.3f}' for d, a in fitted.oof_accuracy.items())}; kept depth {fitted.depth}")
         provenance = cache.Provenance(
             modality=modality,
@@ -218,12 +219,14 @@ def pool_features(features: list[np.ndarray], present: np.ndarray, chunk: int = 
 
 
 def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads, layout: bool = False, pooled=None,
-              device: torch.device | str = "cpu", workers: int = 1, on_fit: Callable[[], None] | None = None) -> FittedTeacher:
+              device: torch.device | str = "cpu", workers: int = 1, on_fit: Callable[[], None] | None = None,
+              splits: np.ndarray | None = None) -> FittedTeacher:
     """Out-of-fold logits at every candidate depth, the depth with the best OOF accuracy, then the all-train model.
 
     Inputs hold cfg.views stacked windows per segment (row v * N + i); a model trains on every view of
     its segments and predicts each view of the others. Logits come back as [N, V, C]. The pooled fits
-    of a depth run `workers` side by side (with one candidate depth, the all-train model with them)."""
+    of a depth run `workers` side by side (with one candidate depth, the all-train model with them).
+    `splits` (the segments' split names): the all-train model predicts the segments outside the folds split by split."""
     n = len(present) // cfg.views
 
     def every_view(idx: np.ndarray) -> np.ndarray:
@@ -275,7 +278,10 @@ def cross_fit(features, present, labels, train, fold, cfg: FitConfig, heads, lay
     rest = np.setdiff1d(np.arange(n), train)
     rest = rest[present[rest].any(axis=1)]
     model = all_train if all_train is not None else fit_all(depth, {-1: train})[-1]
-    predict_views(model, rest, logits)
+    # One split at a time: a split's logits then come from the same batches whatever other splits the cache
+    # holds, so appending unlabelled windows (another split) leaves every existing logit byte for byte.
+    for split in (dict.fromkeys(splits[rest].tolist()) if splits is not None else [None]):
+        predict_views(model, rest if split is None else rest[splits[rest] == split], logits)
     source[rest] = ALL_TRAIN_MODEL
     trained_on[ALL_TRAIN_MODEL] = train
     centre = int(np.argmin(np.abs(np.asarray(view_placements(cfg.views)) - 0.5)))

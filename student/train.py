@@ -57,6 +57,7 @@ class TrainConfig(StepConfig):
     input_dropout: float = 0.5
     single_row: float = 0.2         # heads: probability a training sample is pooled from one row (heads at any row count, student/model.py)
     holdout: float = 0.0            # fraction of labelled training groups kept out (monitoring, dataset weights)
+    unlabelled_split: str | None = None  # also distil on this split's segments: labels ignored, teachers' logits only
     buffer_blocks: int = 8
     save_every: int = 0             # also save last.pt every N steps (0: at epoch ends only)
     in_memory: bool | None = None  # None: hold the features read once they fit in memory; True: read all first; False: stream
@@ -98,9 +99,22 @@ class Setup:
     views: tuple[float, ...] | None  # the teachers' view placements: logits are then [N, K, V, C]
     network: FramesStudent | None = None  # the end-to-end student, built (with its starting weights) before any work
     augment: Augment | None = None
+    unlabelled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # --unlabelled-split segments, part of train_segments
 
     def record(self, cfg: TrainConfig) -> dict:
-        return {"config": asdict(cfg), "input_keys": self.input_keys, "teacher_keys": self.teacher_keys, "model": self.model.to_dict(), "steps": self.steps}
+        record = {"config": asdict(cfg), "input_keys": self.input_keys, "teacher_keys": self.teacher_keys, "model": self.model.to_dict(), "steps": self.steps}
+        if cfg.unlabelled_split is not None:  # only then: a run dir written before the option existed still resumes
+            record["unlabelled_segments"] = int(len(self.unlabelled))
+        return record
+
+    def labels(self) -> dict[str, np.ndarray]:
+        """The labels the run learns from: the cache's, with every --unlabelled-split segment's ignored (-1)."""
+        if not len(self.unlabelled):
+            return self.table.labels
+        labels = {h: y.copy() for h, y in self.table.labels.items()}
+        for y in labels.values():
+            y[self.unlabelled] = -1
+        return labels
 
 
 def check_numbers(cfg: TrainConfig) -> None:
@@ -123,9 +137,11 @@ def check_numbers(cfg: TrainConfig) -> None:
 def setup(cfg: TrainConfig) -> Setup:
     """Resolve names, choose the training and held-out segments, read teacher logits, fix weights.
 
-    Every arm trains on the same segments: those of the training split with at least one input.
+    Every arm trains on the same segments: those of the training split with at least one input, and with
+    --unlabelled-split that split's segments with an input and teacher logits (distillation term only).
     A segment some teacher has no logits for keeps its other teachers (see student/losses.py)."""
     check_numbers(cfg)
+    check_unlabelled_option(cfg)
     if cfg.weighting not in SCHEMES:
         raise TrainError(f"--weighting {cfg.weighting!r} is unknown: use one of {', '.join(SCHEMES)}")
     root = cache.open_cache(cfg.cache, mode="r")
@@ -159,6 +175,9 @@ def setup(cfg: TrainConfig) -> Setup:
                              f"{', '.join(f'{h} {c}' for h, c in labelled_per_head.items())}): give --teachers with logits for it, or extract a labelled manifest")
     held = grouped_holdout(segment_groups(table.videos[candidates]), cfg.holdout, cfg.seed)
     holdout, train_segments = candidates[held], candidates[~held]
+    unlabelled = unlabelled_segments(cfg, table, present, logits, holdout, input_keys) if cfg.unlabelled_split is not None else np.zeros(0, dtype=np.int64)
+    if len(unlabelled):
+        train_segments = np.sort(np.concatenate([train_segments, unlabelled]))
     weights = None
     if cfg.weighting == "dataset":
         # Training segments' teacher logits are out-of-fold (fit-teachers cross-fits them), so each
@@ -174,11 +193,51 @@ def setup(cfg: TrainConfig) -> Setup:
     if frames_key:
         network, augment = frames_network(cfg, root, frames_key, teacher_keys, bool(views))
         return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, network.cfg, steps,
-                     views[1] if views else None, network, augment)
+                     views[1] if views else None, network, augment, unlabelled=unlabelled)
     dims = [root.teacher(k).feature_dim for k in input_keys]
     model = ModelConfig(dims, dict(table.heads), frames=cfg.frames, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                         dropout=cfg.dropout, input_dropout=cfg.input_dropout, single_row=cfg.single_row)
-    return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, model, steps, views[1] if views else None)
+    return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, model, steps, views[1] if views else None,
+                 unlabelled=unlabelled)
+
+
+def check_unlabelled_option(cfg: TrainConfig) -> None:
+    """--unlabelled-split names another split than --train-split, and comes with teachers; before the cache is opened."""
+    name = cfg.unlabelled_split
+    if name is None:
+        return
+    if not name.strip():
+        raise TrainError("--unlabelled-split is empty: name the split of the unlabelled segments (`manifest windows --split NAME`)")
+    if name == cfg.train_split:
+        raise TrainError(f"--unlabelled-split {name} is the training split itself: name the split of the unlabelled segments (`manifest windows --split NAME`)")
+    if not cfg.teachers:
+        raise TrainError(f"--unlabelled-split {name} needs --teachers: unlabelled segments teach only through the teachers' logits")
+
+
+def unlabelled_segments(cfg: TrainConfig, table: cache.SegmentTable, present: np.ndarray, logits: dict[str, np.ndarray],
+                        holdout: np.ndarray, input_keys: list[str]) -> np.ndarray:
+    """The --unlabelled-split segments the run distils on: those with an input and some teacher's logits.
+
+    Their labels are ignored (Setup.labels), so they add only the distillation term. A video with held-out
+    segments gives none: its windows' teacher logits come from the model fitted on all labelled training
+    segments, held-out ones included, so they would carry the holdout's labels into training."""
+    name = cfg.unlabelled_split
+    in_split = table.split == name
+    if not in_split.any():
+        raise TrainError(f"the cache has no {name!r} segments (its splits: {', '.join(sorted(set(table.split.tolist())))}): "
+                         f"add them with `egodistill manifest windows --split {name}` and `extract --manifest`, or name another --unlabelled-split")
+    usable = in_split & present.any(axis=1)
+    if not usable.any():
+        raise TrainError(f"none of the {int(in_split.sum())} {name!r} segments has features of {', '.join(input_keys)}: "
+                         f"run `egodistill extract` for them on the manifest that holds that split")
+    taught = np.any([np.isfinite(v.reshape(len(v), -1)).any(axis=1) for v in logits.values()], axis=0)
+    if not (usable & taught).any():
+        raise TrainError(f"the teachers have no logits for the {int(usable.sum())} {name!r} segments with inputs: "
+                         f"run `egodistill fit-teachers` again now that they are extracted, then train")
+    keep = usable & taught & ~np.isin(table.videos, table.videos[holdout])
+    if not keep.any():
+        raise TrainError(f"every {name!r} segment with inputs and teacher logits is from a video --holdout {cfg.holdout:g} keeps out: lower --holdout")
+    return np.flatnonzero(keep)
 
 
 def frames_network(cfg: TrainConfig, root: cache.Cache, frames_key: str, teacher_keys: list[str], views: bool) -> tuple[FramesStudent, Augment]:
@@ -253,7 +312,7 @@ def loaders(cfg: TrainConfig, s: Setup, pin_memory: bool = False, share: tuple[i
     """The training loader (under torchrun: this rank's share of every global batch) and the held-out one."""
     common = dict(teacher_logits=s.teacher_logits, frames=cfg.frames, seed=cfg.seed, buffer_blocks=cfg.buffer_blocks,
                   prefetch=cfg.prefetch, in_memory=cfg.in_memory, present=s.present, views=s.views, augment=s.augment, pin_memory=pin_memory)
-    train = CacheLoader(s.root, s.input_keys, s.train_segments, s.table.labels, batch_size=cfg.batch_size, train=True, share=share, **common)
+    train = CacheLoader(s.root, s.input_keys, s.train_segments, s.labels(), batch_size=cfg.batch_size, train=True, share=share, **common)
     held = CacheLoader(s.root, s.input_keys, s.holdout_segments, s.table.labels, batch_size=max(cfg.batch_size, 256), train=False, **common) if len(s.holdout_segments) else None
     return train, held
 

@@ -186,6 +186,9 @@ BAD = [
     ([*TRAIN, "--depth", "-1"], "--depth -1 is out of range"),
     ([*TRAIN, "--out", "{manifest}"], "is a file, not a run directory"),
     ([*TRAIN, "--out", "{run}"], "holds another config"),
+    ([*TRAIN, "--teachers", "rgb", "--unlabelled-split", "train"], "--unlabelled-split train is the training split itself"),
+    ([*TRAIN, "--unlabelled-split", "val"], "--unlabelled-split val needs --teachers"),
+    ([*TRAIN, "--teachers", "rgb", "--unlabelled-split", "windows"], "the cache has no 'windows' segments (its splits: train, val)"),
     # evaluate
     ([*EVALUATE, "--run", "{tmp}/no-run"], "no-run is not a run directory"),
     ([*EVALUATE, "--run", "{videos}"], "is not a run directory"),

@@ -102,11 +102,11 @@ def test_small_demo_end_to_end_and_the_report(tmp_path):
     result = subprocess.run([sys.executable, "-m", "egodistill", "demo", "--out", str(out), "--small", "--workers", "0"],
                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "NOT the protocol" in result.stdout and "P1.1 " in result.stdout and "P2.4 " in result.stdout
+    assert "NOT the protocol" in result.stdout and "P1.1 " in result.stdout and "P2.4 " in result.stdout and "U1 " in result.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"]["version"] == PROTOCOL_VERSION and not results["protocol"]["followed"]
     assert results["data"]["generator_version"] >= 1 and results["seeds"] == [0, 1]
-    arms = {"rgb-gt", "rgb-kd-uniform", "rgb-kd-per-sample", "rgb-kd-dataset", "mm-unmasked", "mm-masked", "mm-masked-gt"}
+    arms = {"rgb-gt", "rgb-kd-uniform", "rgb-kd-per-sample", "rgb-kd-dataset", "mm-unmasked", "mm-masked", "mm-masked-gt", "rgb-kd-uniform-unl"}
     assert set(results["students"]) == arms
     for arm in arms:
         metrics_ = results["students"][arm]["metrics"]
@@ -117,13 +117,19 @@ def test_small_demo_end_to_end_and_the_report(tmp_path):
     assert {"rgb", "flow", "audio", "fusion", "ensemble-uniform", "ensemble-dataset"} <= set(results["teachers"])
     assert len(results["gate"]["tests"]) == 5 and isinstance(results["gate"]["passed"], bool)
     primary = {c["id"]: c for c in results["claims"] if c["primary"]}
-    assert {"P1.1", "P1.2", "P1", "P1.3", "P2.1", "P2.2", "P2.3", "P2.4"} <= set(primary)
+    assert {"P1.1", "P1.2", "P1", "P1.3", "P2.1", "P2.2", "P2.3", "P2.4", "U1"} <= set(primary)
+    # Version 4: one window per unlabelled clip, appended and extracted, and only the new arm trains on them.
+    assert results["data"]["unlabelled"]["clips"] == results["data"]["unlabelled"]["windows"] == 24
+    assert {"rgb (unlabelled)", "flow (unlabelled)", "audio (unlabelled)"} <= set(results["timings"]["extract"])
+    for arm in ("rgb-kd-uniform", "rgb-kd-uniform-unl"):
+        record = json.loads((out / "runs" / arm / "seed0" / "config.json").read_text())
+        assert record.get("unlabelled_segments") == (24 if arm.endswith("-unl") else None)
     for claim in results["claims"]:
         assert claim["verdict"] in (stats.HOLDS, stats.DOES_NOT_HOLD, stats.INCONCLUSIVE)
         if "improvement" in claim:
             assert claim["improvement"]["lo"] <= claim["improvement"]["hi"]
     assert primary["P2.4"]["flops_ratio"] > 0
-    for stage in ("generate", "extract", "fit_teachers_mean", "student_run_mean", "seeds_wall", "statistics", "report", "total"):
+    for stage in ("generate", "generate_unlabelled", "windows", "extract", "fit_teachers_mean", "student_run_mean", "seeds_wall", "statistics", "report", "total"):
         assert stage in results["timings"]
     with np.load(out / "predictions.npz") as saved:
         assert saved["seed1/students/rgb-gt/frames8"].shape == (24, 12)

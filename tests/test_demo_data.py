@@ -10,7 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from egodistill.demo.data import DemoSpec, class_names, clip_labels, describe_demo, generate_demo_data, render_clip, split_label
+from egodistill.demo.data import (DemoSpec, class_names, clip_labels, describe_demo, generate_demo_data, generate_unlabelled_clips, render_clip,
+                                  split_label, unlabelled_spec)
 from egodistill.extract.manifests import read_manifest
 
 
@@ -121,3 +122,19 @@ def test_two_generations_in_other_processes_write_the_same_bytes(tmp_path):
         generate_demo_data(tmp_path / run, spec, workers=2)
         digests.append({p.name: p.read_bytes() for p in sorted((tmp_path / run / "videos").glob("*.mp4"))})
     assert len(digests[0]) == 16 and digests[0] == digests[1]
+
+
+def test_unlabelled_clips_are_new_draws_of_the_generator_with_no_label_written(tmp_path):
+    """Protocol version 4: the same generator at a seed of its own, beside the labelled clips, labels nowhere."""
+    spec = DemoSpec(clips_train=2, clips_val=0, seconds=1.0)
+    unlabelled = unlabelled_spec(spec, 2, seed=1000)
+    folder = generate_unlabelled_clips(tmp_path, unlabelled, workers=1)
+    assert folder == tmp_path / "videos" / "unlabelled"
+    assert sorted(p.name for p in folder.iterdir()) == ["unl-00000.mp4", "unl-00001.mp4", "unlabelled-spec.json"]
+    assert json.loads((folder / "unlabelled-spec.json").read_text())["seed"] == 1000 and not list(tmp_path.rglob("*.csv"))
+    pictures, _, _, _ = _decode(folder / "unl-00000.mp4")
+    assert pictures.shape[0] == spec.frames
+    assert not np.array_equal(render_clip(unlabelled, 0)[0], render_clip(spec, 0)[0])  # other draws than labelled clip 0's
+    mtimes = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    generate_unlabelled_clips(tmp_path, unlabelled, workers=1)
+    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
