@@ -20,9 +20,29 @@ def write_manifest(path: Path, rows, heads=()) -> Path:
     return path
 
 
-def egodistill(*args, env: dict | None = None, cwd=None, check: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "egodistill", *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
+def egodistill(*args, process: bool = False, env: dict | None = None, cwd=None, check: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`egodistill ARGS`: its exit code, stdout and stderr. By default in this process, through `egodistill.cli.main`
+    (what the installed script runs; a new process costs seconds of imports). process=True, or an `env` or `cwd`
+    to run under, starts `python -m egodistill`: for what only a real process shows (the installed command, a kill,
+    a second writer, a terminal width)."""
+    argv = [str(a) for a in args]
+    if process or env is not None or cwd is not None:
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        result = subprocess.run([sys.executable, "-m", "egodistill", *argv], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
+    else:
+        import contextlib
+        import io
+
+        from egodistill.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        result = subprocess.CompletedProcess(["egodistill", *argv], code, out.getvalue(), err.getvalue())
     if check is not None:
         assert result.returncode == check, result.stdout + result.stderr
     return result
@@ -84,19 +104,8 @@ def in_process_cli(capsys):
 
 def run_cli(*args) -> tuple[int, str]:
     """Run `egodistill ARGS` in this process; returns (exit code, stderr)."""
-    import contextlib
-    import io
-
-    from egodistill.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, err.getvalue()
+    result = egodistill(*args)
+    return result.returncode, result.stderr
 
 
 def one_line(code: int, stderr: str) -> str:

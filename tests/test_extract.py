@@ -174,33 +174,27 @@ def test_head_writes_logits_from_pooled_features(dataset):
     assert teacher.heads == {"action": 3}
 
 
-def test_dask_workers_write_the_same_rows_as_one_process(dataset):
-    tmp_path, manifest, videos = dataset
-    here = run_extraction(config(tmp_path, manifest, videos, cache=str(tmp_path / "here.zarr")), log=lambda _: None)
-    dask = run_extraction(config(tmp_path, manifest, videos, cache=str(tmp_path / "dask.zarr"), workers=2), log=lambda _: None)
-    assert dask.ok and dask.teacher_key == here.teacher_key and dask.extracted == 4
-    a = teacher_of(str(tmp_path / "here.zarr"), here.teacher_key)
-    b = teacher_of(str(tmp_path / "dask.zarr"), dask.teacher_key)
-    (fa, ta), (fb, tb) = a.read_rows(0, a.layout.rows), b.read_rows(0, b.layout.rows)
-    np.testing.assert_allclose(fa.astype(np.float32), fb.astype(np.float32), rtol=1e-2, atol=1e-2)
-    np.testing.assert_array_equal(ta, tb)
-
-
-def test_ragged_rows_with_shared_shards_lose_nothing(dataset):
-    """--fps gives segments of different lengths, so tasks share shards: every row must still arrive."""
+def test_dask_workers_write_the_same_rows_as_one_process_also_into_shared_shards(dataset):
+    """--fps gives segments of different lengths, so tasks share shards: every row must still arrive from two Dask
+    worker processes, and equal the rows one process writes (H.264 through decord and VP9 through PyAV alike)."""
     tmp_path, _, videos = dataset
-    rows = [(f"s{i}", "h264_aac.mp4", 0.0, 0.4 + 0.1 * (i % 5), "train") for i in range(10)]
+    rows = [(f"s{i}", ("h264_aac.mp4", "vp9_opus.webm")[i % 2], 0.0, 0.4 + 0.1 * (i % 5), "train") for i in range(10)]
     manifest = write_manifest(tmp_path / "ragged.csv", rows)
-    cfg = config(tmp_path, manifest, videos, cache=str(tmp_path / "ragged.zarr"), frames=None, fps=10.0, segments_per_task=1, workers=2)
+    common = dict(frames=None, fps=10.0, segments_per_task=1)
+    cfg = config(tmp_path, manifest, videos, cache=str(tmp_path / "dask.zarr"), workers=2, **common)
     plan = plan_extraction(cfg)
     assert len(set(plan.rows_per_segment.tolist())) > 1
     task_starts = plan.offsets[:-1]  # one segment per task
     assert any(start % plan.layout.rows_per_shard for start in task_starts)  # some shards are shared by two tasks
-    summary = run_extraction(cfg, plan, log=lambda _: None)
-    assert summary.ok
-    teacher = teacher_of(cfg.cache, summary.teacher_key)
-    features, times = teacher.read_rows(0, teacher.layout.rows)
-    assert np.isfinite(features).all() and np.isfinite(times).all()
+    dask = run_extraction(cfg, plan, log=lambda _: None)
+    here = run_extraction(config(tmp_path, manifest, videos, cache=str(tmp_path / "here.zarr"), workers=0, **common), log=lambda _: None)
+    assert dask.ok and dask.mode == "local Dask, 2 workers" and dask.teacher_key == here.teacher_key and dask.extracted == 10
+    a = teacher_of(str(tmp_path / "here.zarr"), here.teacher_key)
+    b = teacher_of(str(tmp_path / "dask.zarr"), dask.teacher_key)
+    (fa, ta), (fb, tb) = a.read_rows(0, a.layout.rows), b.read_rows(0, b.layout.rows)
+    assert np.isfinite(fb).all() and np.isfinite(tb).all()
+    np.testing.assert_allclose(fa.astype(np.float32), fb.astype(np.float32), rtol=1e-2, atol=1e-2)
+    np.testing.assert_array_equal(ta, tb)
 
 
 def test_weights_file_loads_strictly_and_is_hashed(dataset):

@@ -122,27 +122,43 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, videos):
 
 
 def test_python_dash_m_cli_and_console_script_agree():
-    result = egodistill("--help", check=0)
+    result = egodistill("--help", process=True, check=0)
     assert "extract" in result.stdout
     script = shutil.which("egodistill")
     if script:
         assert "extract" in subprocess.run([script, "--help"], capture_output=True, text=True).stdout
 
 
+def _lease_holder(folder: Path) -> int | None:
+    """The pid in a teacher's lease file under `folder`, once the file is whole."""
+    for lease in folder.glob("teachers/*/egodistill-lease.json"):
+        try:
+            return json.loads(lease.read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+    return None
+
+
 def test_two_writers_same_teacher_refused_other_teacher_side_by_side(tmp_path, videos):
-    rows = [f"s{i},h264_aac.mp4,{(i % 4) * 0.5},{(i % 4) * 0.5 + 0.5},train,{i % 2}" for i in range(24)]
+    rows = [f"s{i},h264_aac.mp4,{(i % 4) * 0.5},{(i % 4) * 0.5 + 0.5},train,{i % 2}" for i in range(8)]
     csv = manifest(tmp_path / "m.csv", rows)
-    # resnet18 at 8 frames: slow enough (~15 s on 2 cores) that the second command arrives while the first runs.
+    # The first writer is a process of its own, stopped (SIGSTOP) while it holds the lease: alive and mid-run for as
+    # long as the other commands take, whatever the machine's load. resnet18 at 8 frames leaves over a second to catch it in.
     args = [*base_args(tmp_path, videos, csv), "--segments-per-task", "1", "--backbone", "resnet18", "--frames", "8"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen([sys.executable, "-m", "egodistill", *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "c.zarr").glob("teachers/*/egodistill-lease.json")):
-        time.sleep(0.05)
-    second = egodistill(*args)
-    assert "being extracted by" in one_line_error(second) and f"pid {first.pid}" in second.stderr
-    flow = egodistill(*base_args(tmp_path, videos, csv, "--modality", "flow"), check=0)  # another teacher, same cache, meanwhile
-    assert first.wait(timeout=300) == 0, first.stderr
+    first = subprocess.Popen([sys.executable, "-m", "egodistill", *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and _lease_holder(tmp_path / "c.zarr") != first.pid and first.poll() is None:
+            time.sleep(0.01)
+        first.send_signal(signal.SIGSTOP)
+        assert _lease_holder(tmp_path / "c.zarr") == first.pid, "the first run must hold its lease for this test to mean anything"
+        second = egodistill(*args)
+        assert "being extracted by" in one_line_error(second) and f"pid {first.pid}" in second.stderr
+        flow = egodistill(*base_args(tmp_path, videos, csv, "--modality", "flow"), check=0)  # another teacher, same cache, meanwhile
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
     teachers = cache.open_cache(tmp_path / "c.zarr").teachers()
     assert len(teachers) == 2 and "flow" in flow.stdout
     for teacher in teachers:
@@ -150,19 +166,19 @@ def test_two_writers_same_teacher_refused_other_teacher_side_by_side(tmp_path, v
     assert not list((tmp_path / "c.zarr").glob("teachers/*/egodistill-lease.json"))
 
 
-def test_a_newer_egodistill_resumes_and_re_extracts_nothing(tmp_path, videos):
+def test_a_newer_egodistill_resumes_and_re_extracts_nothing(tmp_path, videos, monkeypatch):
+    from importlib import metadata
+
     from egodistill.student.sources import resolve_inputs
 
     csv = manifest(tmp_path / "m.csv", ["a,h264_aac.mp4,0,1,train,0", "b,h264_aac.mp4,1,2,val,1"])
     egodistill(*base_args(tmp_path, videos, csv), check=0)
     keys = cache.open_cache(tmp_path / "c.zarr").teacher_keys()
     # The same command under another installed version (what `pip install -U egodistill` leaves).
-    newer = ("import importlib.metadata as m, sys; real = m.version; m.version = lambda n: '9.9.9' if n == 'egodistill' else real(n); "
-             "from egodistill import cache; assert cache.egodistill_version() == '9.9.9'; "
-             "from egodistill.cli import main; sys.argv = ['egodistill', *sys.argv[1:]]; main()")
-    result = subprocess.run([sys.executable, "-c", newer, *map(str, base_args(tmp_path, videos, csv))], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "9.9.9" if name == "egodistill" else real(name))
+    assert cache.egodistill_version() == "9.9.9"
+    result = egodistill(*base_args(tmp_path, videos, csv), check=0)
     assert "resuming, 0 of" in result.stdout and "extracted now" in result.stdout
     opened = cache.open_cache(tmp_path / "c.zarr")
     assert opened.teacher_keys() == keys

@@ -15,6 +15,16 @@ from egodistill.student.folds import grouped_folds, segment_groups
 QUIET = lambda _: None  # noqa: E731
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tests' own fit_head calls on one intra-op thread, as fit_teachers runs its fits: on a busy 2-core machine
+    two threads made the 150-step in-sample fit take 36 s instead of 1 s."""
+    from egodistill.student.schedule import head_threads
+
+    with head_threads("cpu"):
+        yield
+
+
 def test_folds_are_balanced_seeded_and_cover_every_sample():
     fold = grouped_folds(np.arange(23), 5, seed=1)
     assert sorted(np.bincount(fold).tolist()) == [4, 4, 5, 5, 5]

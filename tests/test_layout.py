@@ -146,7 +146,7 @@ def test_fit_teachers_cross_fits_the_layout_transformer_on_layout_rows(tmp_path)
     assert "find no name" not in out
     [layout] = cache.open_cache(location).teachers()
     assert not layout.ledger() and layout.usable_segments().all()
-    out = egodistill("fit-teachers", "--cache", location, "--modalities", "layout", "--depths", "1", "--folds", "2", "--steps", "200", "--device", "cpu", check=0).stdout
+    out = egodistill("fit-teachers", "--cache", location, "--modalities", "layout", "--depths", "1", "--folds", "2", "--steps", "120", "--device", "cpu", check=0).stdout
     assert "layout" in out
     [fitted] = [t for t in cache.open_cache(location).teachers() if not t.has_features]
     assert fitted.provenance.backbone == "layout_transformer" and fitted.modality == "layout"
@@ -155,7 +155,7 @@ def test_fit_teachers_cross_fits_the_layout_transformer_on_layout_rows(tmp_path)
     table = cache.open_cache(location).segments
     train = (table.split == "train") & (table.labels["action"] >= 0)
     out_of_fold = (logits[train].argmax(axis=1) == table.labels["action"][train]).mean()  # training logits are cross-fitted
-    assert out_of_fold > 0.75  # chance: 0.5
+    assert out_of_fold > 0.75  # chance: 0.5; 1.0 at 120 steps for seeds 0-2 (80 steps left one seed at 0.77)
 
 
 def test_frame_size_from_the_video_header_without_decoding(tmp_path, media_dir):
