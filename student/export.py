@@ -364,9 +364,28 @@ class ExportedFeatureStudent(nn.Module):
         return self.from_features(self.rows(frames))
 
 
-def _frozen_module(cfg: ExportConfig, record: dict, model: Student, keep: dict | None = None) -> tuple[torch.jit.ScriptModule, dict]:
-    """The frozen-feature student of run `cfg.run` as TorchScript, and its metadata; every check comes first. `keep`
-    receives the eager parts (the ONNX export traces those instead)."""
+@dataclass
+class _FrozenParts:
+    """A frozen-feature student's checked, eager pieces: the TorchScript and the ONNX export each compile their own."""
+
+    plan: FramePreprocess
+    backbone: nn.Module          # the input teacher's backbone, float32 on the CPU
+    head: _OneInputHead
+    clip: dict                   # the teacher's clip windows ({} for an image backbone)
+    example: torch.Tensor        # one input the backbone takes, for tracing
+    feature_dim: int             # the teacher's row width
+    meta: dict
+
+    def module(self, backbone: nn.Module, head: nn.Module) -> ExportedFeatureStudent:
+        """The exported module around these (eager or compiled) backbone and head."""
+        module = ExportedFeatureStudent(backbone, head, self.plan, self.meta["frames"], list(self.meta["heads"]),
+                                        int(self.clip.get("frames", 0)), int(self.clip.get("stride", 1))).eval()
+        module.requires_grad_(False)  # an inference module: its logits need no torch.no_grad() around the call
+        return module
+
+
+def _frozen_parts(cfg: ExportConfig, record: dict, model: Student) -> _FrozenParts:
+    """The frozen-feature student of run `cfg.run`, its input teacher rebuilt from the provenance; every check comes first."""
     from egodistill import cache
     from egodistill.backbones import BackboneSpec, create_backbone
     from egodistill.student.predict import recorded_seed, recorded_weights
@@ -396,18 +415,7 @@ def _frozen_module(cfg: ExportConfig, record: dict, model: Student, keep: dict |
                           f"{'clip' if built.clip else 'image'} features, the cache holds {teacher.feature_dim}-wide ones: extract the teacher again")
     h, w = plan.crop
     example = torch.zeros(1, 3, int(clip["frames"]), h, w) if clip else torch.zeros(2, 3, h, w)
-    # A clip backbone (backbones.ClipFeatures) reads its features through a Python function TorchScript cannot
-    # compile: it is traced at one window, and the module feeds it one window at a time.
-    backbone = _torchscript(built.model.float().cpu(), example, p.backbone, script=not clip)
-    frames, dim = int(model.cfg.frames), int(teacher.feature_dim)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the tracer's notices: the head always reads exactly `frames` rows
-        head = torch.jit.trace(_OneInputHead(model.float().cpu().eval()).eval(), torch.zeros(1, frames, dim), strict=False)
-        eager = ExportedFeatureStudent(backbone, head, plan, frames, list(model.cfg.heads), int(clip.get("frames", 0)), int(clip.get("stride", 1))).eval()
-        eager.requires_grad_(False)  # an inference module: its logits need no torch.no_grad() around the call
-        module = torch.jit.script(eager)
-    if keep is not None:
-        keep.update(exported=eager, built=built, head_eager=_OneInputHead(model.float().cpu().eval()).eval())
+    frames = int(model.cfg.frames)
     meta = {
         "format": "egodistill-export-1", "kind": "frozen-feature", "run": str(cfg.run), "backbone": p.backbone, "teacher": teacher.key,
         "weights": p.weights, "precision": p.precision, "heads": dict(model.cfg.heads), "frames": frames, "sampling": dict(p.sampling),
@@ -417,7 +425,21 @@ def _frozen_module(cfg: ExportConfig, record: dict, model: Student, keep: dict |
         "preprocess": {**{k: list(v) if isinstance(v, tuple) else v for k, v in vars(plan).items()}, "reference": dict(p.preprocessing)},
         "input_keys": keys,
     }
-    return module, meta
+    return _FrozenParts(plan, built.model.float().cpu().eval(), _OneInputHead(model.float().cpu().eval()).eval(), clip, example,
+                        int(teacher.feature_dim), meta)
+
+
+def _frozen_module(cfg: ExportConfig, record: dict, model: Student) -> tuple[torch.jit.ScriptModule, dict]:
+    """The frozen-feature student of run `cfg.run` as TorchScript, and its metadata."""
+    parts = _frozen_parts(cfg, record, model)
+    # A clip backbone (backbones.ClipFeatures) reads its features through a Python function TorchScript cannot
+    # compile: it is traced at one window, and the module feeds it one window at a time.
+    backbone = _torchscript(parts.backbone, parts.example, parts.meta["backbone"], script=not parts.clip)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notices: the head always reads exactly `frames` rows
+        head = torch.jit.trace(parts.head, torch.zeros(1, parts.meta["frames"], parts.feature_dim), strict=False)
+        module = torch.jit.script(parts.module(backbone, head))
+    return module, parts.meta
 
 
 class _OnnxFeatureStudent(nn.Module):
@@ -457,12 +479,11 @@ def _write_onnx(cfg: ExportConfig, record: dict, model: Student, out: Path) -> d
     if cfg.frame_size is None:
         raise ExportError("--format onnx needs --frame-size WIDTHxHEIGHT: an ONNX graph takes frames of one size (your videos')")
     width, height = (int(v) for v in cfg.frame_size)
-    parts: dict = {}
-    _, meta = _frozen_module(cfg, record, model, keep=parts)
-    exported, built = parts["exported"], parts["built"]
+    parts = _frozen_parts(cfg, record, model)
+    meta, exported = parts.meta, parts.module(parts.backbone, parts.head)
     if exported.clip_frames or exported.resampler != "pil":
         raise ExportError(f"--format onnx supports image backbones with timm's transform; {meta['backbone']} is a clip backbone: use --format torchscript")
-    onnx_model = _OnnxFeatureStudent(exported, built.model.float().cpu().eval(), parts["head_eager"], width, height, exported.interpolation == "bicubic").eval()
+    onnx_model = _OnnxFeatureStudent(exported, parts.backbone, parts.head, width, height, exported.interpolation == "bicubic").eval()
     onnx_model.requires_grad_(False)
     example = torch.zeros(exported.frames, 3, height, width, dtype=torch.uint8)
     meta = {**meta, "format": "egodistill-export-1 onnx", "input": f"uint8 [{exported.frames}, 3, {height}, {width}] RGB: the {exported.frames} frames the head reads",
