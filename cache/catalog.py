@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.errors import ContainsGroupError
 
 from egodistill.common import CacheError, check_plain_name
 from egodistill.cache.shards import Layout
@@ -126,7 +127,7 @@ class Cache:
         check_plain_name(CacheError, "teacher key", key)
         if frame_shape is not None and (feature_dim != 0 or len(frame_shape) != 3 or frame_shape[2] != 3 or min(frame_shape) < 1):
             raise CacheError(f"a frames teacher needs frame_shape (H, W, 3) and feature_dim 0, got {tuple(frame_shape)} and {feature_dim}")
-        teachers = self._root.require_group(GROUP)
+        teachers = self._teachers_group()
         if key in teachers and ATTR in teachers[key].attrs:
             teacher = self.teacher(key)
             _refuse_other_identity(teacher, provenance)
@@ -150,7 +151,7 @@ class Cache:
         With `views`, its logits of each view too (`Views.logits`: head -> [N, V, C]); `logits` is then the
         centred view. An existing teacher of that key with the same identity is replaced, another one is refused."""
         check_plain_name(CacheError, "teacher key", key)
-        teachers = self._root.require_group(GROUP)
+        teachers = self._teachers_group()
         if key in teachers:
             if ATTR in teachers[key].attrs:
                 _refuse_other_identity(self.teacher(key), provenance)
@@ -162,6 +163,14 @@ class Cache:
             attrs["views"] = {"frames": int(views.frames), "placements": [float(p) for p in views.placements]}
         group.attrs[ATTR] = attrs
         return self.teacher(key)
+
+    def _teachers_group(self) -> zarr.Group:
+        """The `teachers` group, created by whichever writer comes first. Writers of other teachers race here: zarr's
+        require_group looks, then creates, so one that finds none may meet the group another writer made meanwhile."""
+        try:
+            return self._root.require_group(GROUP)
+        except ContainsGroupError:
+            return self._root[GROUP]
 
     def remove_teacher(self, key: str) -> None:
         """Delete teacher `key` (its arrays, task records and lease) and nothing else.
