@@ -24,7 +24,7 @@ from egodistill.cache.records import Failure, Provenance, Views
 from egodistill.cache.extents import ExtendedTeacher, extend_teacher, open_extended
 from egodistill.cache.segments import SegmentTable, append_table, has_table, read_table, table_attrs, write_table
 from egodistill.cache.store import ROOT_ATTR, check_schema, open_root
-from egodistill.cache.teachers import ATTR, GROUP, Teacher, create_logit_arrays, create_row_arrays, teacher_attrs
+from egodistill.cache.teachers import ATTR, GROUP, Teacher, create_logit_arrays, create_row_arrays, members, teacher_attrs
 
 
 def open_cache(
@@ -95,7 +95,7 @@ class Cache:
         if GROUP not in self._root:
             return []
         group = self._root[GROUP]
-        return sorted(k for k, g in group.groups() if ATTR in g.attrs)
+        return [k for k, g in members(group) if isinstance(g, zarr.Group) and ATTR in g.attrs]
 
     def teachers(self) -> list[Teacher]:
         return [self.teacher(k) for k in self.teacher_keys()]

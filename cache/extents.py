@@ -14,7 +14,6 @@ its extents, and shows segments no extent covers yet as not extracted: NaN logit
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -25,7 +24,7 @@ import zarr
 
 from egodistill.cache.shards import Layout
 from egodistill.cache.records import Failure, TaskRecord
-from egodistill.cache.teachers import ATTR, SegmentViews, Teacher
+from egodistill.cache.teachers import ATTR, SegmentViews, Teacher, members
 from egodistill.common import CacheError
 
 PARTS = "parts"
@@ -247,10 +246,7 @@ def extend_teacher(group: zarr.Group, teacher: Teacher | ExtendedTeacher, offset
 
 def _arrays(group: zarr.Group, prefix: str = ""):
     """(path, array) of the teacher's own arrays: not its tasks, not other extents."""
-    with warnings.catch_warnings():  # the teacher's folder also holds its lease file, which zarr names in a warning
-        warnings.simplefilter("ignore")
-        members = sorted(group.members())
-    for name, member in members:
+    for name, member in members(group):
         if name in ("tasks", PARTS):
             continue
         if isinstance(member, zarr.Array):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zarr
 
 from egodistill.cache.catalog import Cache
-from egodistill.cache.teachers import FAILED, WRITTEN, Teacher
+from egodistill.cache.teachers import FAILED, WRITTEN, Teacher, members
 
 
 def describe(cache: Cache) -> dict:
@@ -42,7 +42,7 @@ def describe_teacher(teacher: Teacher) -> dict:
 
 
 def _arrays(group: zarr.Group, prefix: str = ""):
-    for name, member in sorted(group.members()):
+    for name, member in members(group):
         if name == "tasks":
             continue
         if isinstance(member, zarr.Array):

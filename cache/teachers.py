@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import socket
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from functools import cached_property
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.errors import ZarrUserWarning
 
 from egodistill.cache.blocks import RowReader
 from egodistill.cache.checksums import task_checksums
@@ -53,6 +55,15 @@ class SegmentViews:
     def ledger(self, records: dict[int, TaskRecord] | None = None) -> list[Failure]:
         """Every failed segment with its reason and expected vs written rows."""
         return ledger(self.records() if records is None else records)
+
+
+def members(group: zarr.Group) -> list[tuple[str, zarr.Array | zarr.Group]]:
+    """A group's arrays and groups, sorted by name. A teacher's folder also holds its lease file, and a teacher
+    that another writer is creating is for a moment a folder with only that file: neither is a Zarr node, and zarr
+    would warn of each."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=ZarrUserWarning)
+        return sorted(group.members(), key=lambda m: m[0])
 
 
 class Teacher(SegmentViews):

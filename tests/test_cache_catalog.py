@@ -4,6 +4,7 @@ and proof that neither rewrites another teacher's arrays."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,18 @@ def test_adding_a_teacher_never_rewrites_another_teachers_arrays(copied, extract
     assert summary.ok and summary.teacher_key not in keys
     assert {k: _teacher_files(copied, k) for k in keys} == before and snapshot(copied / "segments") == segments
     assert len(cache.open_cache(copied).teacher_keys()) == 4
+
+
+def test_a_teacher_another_writer_is_creating_is_not_listed_and_warns_of_nothing(copied):
+    keys = cache.open_cache(copied).teacher_keys()
+    writer = cache.open_cache(copied, mode="r+")
+    with writer.lease("rgb-being-created"), warnings.catch_warnings():  # its folder holds the lease file, no arrays yet
+        warnings.simplefilter("error")
+        assert (copied / "teachers" / "rgb-being-created").is_dir()
+        assert cache.open_cache(copied).teacher_keys() == keys
+        listing = egodistill("cache", "ls", copied, check=0).stdout
+        assert "rgb-being-created" not in listing and all(k in listing for k in keys)
+    before = json.loads(egodistill("cache", "info", copied, "--json", check=0).stdout)["teachers"][0]["arrays"]
+    with writer.lease(keys[0]), warnings.catch_warnings():  # the lease file beside a teacher's arrays is no array either
+        warnings.simplefilter("error")
+        assert json.loads(egodistill("cache", "info", copied, "--json", check=0).stdout)["teachers"][0]["arrays"] == before
