@@ -19,7 +19,7 @@ from zarr.errors import ContainsGroupError
 
 from egodistill.common import CacheError, check_plain_name
 from egodistill.cache.shards import Layout
-from egodistill.cache.lease import current_holder, describe_holder, teacher_lease
+from egodistill.cache.lease import SEGMENTS_WAIT_SEC, current_holder, describe_holder, segments_lease, teacher_lease
 from egodistill.cache.records import Failure, Provenance, Views
 from egodistill.cache.extents import ExtendedTeacher, extend_teacher, open_extended
 from egodistill.cache.segments import SegmentTable, append_table, has_table, read_table, table_attrs, write_table
@@ -76,6 +76,16 @@ class Cache:
     @property
     def has_segments(self) -> bool:
         return has_table(self._root)
+
+    @contextmanager
+    def segments_lease(self, wait_s: float = SEGMENTS_WAIT_SEC) -> Iterator[None]:
+        """Hold the segments table for the block: writers that read it, decide and write (`extract` and `cache init`
+        adding manifests) queue here, so two runs that start together on a new cache or add the same file write it
+        once (local and NFS caches). The table is read afresh inside."""
+        with segments_lease(self.folder, self.location, wait_s):
+            self.__dict__.pop("segments", None)
+            yield
+            self.__dict__.pop("segments", None)
 
     def write_segments(self, table: SegmentTable, source: dict, files: list[dict] | None = None, class_names: dict[str, list[str]] | None = None) -> None:
         """Write the table if the cache has none; otherwise insist it is the same segments. `class_names`: head -> the

@@ -253,18 +253,20 @@ def stored_manifests(target) -> list[Manifest]:
 
 
 def add_manifests(target, manifests: Sequence[Manifest]) -> list[Manifest]:
-    """Write the files the cache does not hold yet into its segments table (append-only); returns them."""
-    if not target.has_segments:
-        heads = cache_heads(manifests)
-        whole = combine(manifests, heads)
-        names = {h: list(n) for m in reversed(manifests) for h, n in m.class_names.items() if len(n) == heads.get(h)}
-        target.write_segments(segment_table(whole, heads), _source(manifests[0]), _files(manifests, 0), names)
-        return list(manifests)
-    _, new, heads = _partition(target, manifests)
-    if new:
-        start = int(target.segments_info["count"])
-        target.append_segments(segment_table(combine(new, heads), heads), _files(new, start))
-    return new
+    """Write the files the cache does not hold yet into its segments table (append-only); returns them.
+    Under the table's lease: of two runs adding the same file, the second finds it there."""
+    with target.segments_lease():
+        if not target.has_segments:
+            heads = cache_heads(manifests)
+            whole = combine(manifests, heads)
+            names = {h: list(n) for m in reversed(manifests) for h, n in m.class_names.items() if len(n) == heads.get(h)}
+            target.write_segments(segment_table(whole, heads), _source(manifests[0]), _files(manifests, 0), names)
+            return list(manifests)
+        _, new, heads = _partition(target, manifests)
+        if new:
+            start = int(target.segments_info["count"])
+            target.append_segments(segment_table(combine(new, heads), heads), _files(new, start))
+        return new
 
 
 def _partition(target, manifests: Sequence[Manifest]) -> tuple[list[Manifest], list[Manifest], dict[str, int]]:

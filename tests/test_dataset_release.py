@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ import torch
 
 from egodistill import cache
 from egodistill.cache.verify import verify_cache
-from egodistill.common import ManifestError
+from egodistill.common import CacheError, ManifestError
 from egodistill.extract.manifests import init_cache, read_classes, read_manifest, read_manifests
 from egodistill.extract.run import ExtractConfig, run_extraction
 from tests.helpers import egodistill, in_process_cli
@@ -81,6 +84,26 @@ def test_real_epic_validation_added_to_a_train_cache_appends_and_rewrites_nothin
     # A file the cache holds is checked and skipped, not appended twice.
     again = cli("cache", "init", "--manifest", val, "--cache", location)
     assert "already held every file" in again and len(cache.open_cache(location).segments) == 12
+
+
+def test_runs_adding_the_same_file_at_once_queue_for_the_table_and_write_it_once(tmp_path):
+    train, val, _ = _epic_files(tmp_path)
+    location = tmp_path / "epic.zarr"
+    init_cache([str(train)], str(location))
+    results: list[tuple[list, int]] = []
+    with cache.open_cache(location, mode="r+").segments_lease():  # this thread plays a run writing the table
+        runs = [threading.Thread(target=lambda: results.append(init_cache([str(val)], str(location)))) for _ in range(2)]
+        for run in runs:
+            run.start()
+        time.sleep(1.0)
+        assert all(run.is_alive() for run in runs) and len(cache.open_cache(location).segments) == 5, "writers wait while the table is held"
+        with pytest.raises(CacheError) as refused, cache.open_cache(location, mode="r+").segments_lease(wait_s=0.2):
+            pass  # past its wait, a writer is refused in one line naming the holder
+        assert f"pid {os.getpid()}" in str(refused.value) and "segments table" in str(refused.value) and "\n" not in str(refused.value)
+    for run in runs:
+        run.join(timeout=120)
+    assert sorted(len(added) for added, _ in results) == [0, 1] and [count for _, count in results] == [9, 9]
+    assert len(cache.open_cache(location).segments) == 9 and not (location / "egodistill-lease.json").exists()
 
 
 def test_a_segment_id_in_two_files_is_one_line_naming_both(tmp_path, cli):
