@@ -418,7 +418,7 @@ def demo(
     out: Annotated[str, typer.Option(help="Folder for the data, the cache, the runs and report.html.")] = "demo-run",
     small: Annotated[bool, typer.Option(help="A smoke test for CI (60 clips, 2 seeds, short budgets): not the protocol, its verdicts decide nothing.")] = False,
     seeds: Annotated[Optional[int], typer.Option(help="Seeds, each fitting the teachers and training every student (default: the protocol's 5; 2 with --small).")] = None,
-    workers: Annotated[int, typer.Option(help="Dask workers for extraction, and processes running seeds side by side (0: all in this process).")] = 2,
+    workers: Annotated[int, typer.Option(help="Processes that encode the clips and run seeds side by side (0: all in this process); extraction runs in this process.")] = 2,
     finetune: Annotated[bool, typer.Option(help="Also protocol v3's end-to-end students on stored frames (longer: prints its own time).")] = False,
     smaller_student: Annotated[bool, typer.Option(help="Also protocol v3's masked student on smaller extractors (P2.4k; three more extractions).")] = False,
 ) -> None:

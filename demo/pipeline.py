@@ -44,8 +44,9 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
 
     `finetune`: also protocol version 3's costly arms (end-to-end students on stored frames, the masked
     student on smaller extractors with `smaller_student`), extracting what they read first.
-    `seeds`: how many seeds (default: the protocol's 5; 2 with `small`). `workers`: extraction's Dask
-    workers, and the processes that run seeds side by side (0: everything in this process).
+    `seeds`: how many seeds (default: the protocol's 5; 2 with `small`). `workers`: the processes that
+    encode the clips and run seeds side by side (0: everything in this process). Extraction runs in this process,
+    extract's default and its fastest on one machine (bench/RESULTS.md, issue 17's run modes).
     `extract(run_extraction, cfg, plan)` runs one extraction (the CLI passes one with a progress bar)."""
     started = time.perf_counter()
     folder = Path(out)
@@ -82,7 +83,7 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     if smaller_student:
         jobs += [("small", m, FINETUNE_EXTRACTOR, {}) for m in backbones]
     for group, modality, backbone, options in jobs:
-        summary = _extract(extract, manifest, manifest, cache, modality, backbone, budget, workers, options)
+        summary = _extract(extract, manifest, manifest, cache, modality, backbone, budget, options)
         extract_seconds[modality if group == "base" else f"{modality} ({group})"] = summary.seconds
         keys.setdefault(group, {})[modality] = summary.teacher_key
     # Version 4: the unlabelled clips' windows, appended to the cache after the labelled clips' extraction and
@@ -91,7 +92,7 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
     windows, window_count = unlabelled_windows(manifest, unlabelled.seconds)
     windows_seconds = time.perf_counter() - t0
     for modality, backbone in backbones.items():
-        extract_seconds[f"{modality} (unlabelled)"] = _extract(extract, windows, manifest, cache, modality, backbone, budget, workers, {}).seconds
+        extract_seconds[f"{modality} (unlabelled)"] = _extract(extract, windows, manifest, cache, modality, backbone, budget, {}).seconds
     first = _first_extraction(folder, extract_seconds)
 
     t0 = time.perf_counter()
@@ -143,10 +144,10 @@ def run_demo(out: str | Path, small: bool = False, seeds: int | None = None, wor
 
 
 def _extract(extract: Callable, manifest: Path, labelled: Path, cache: str, modality: str, backbone: str | None, budget: StudentBudget,
-             workers: int, options: dict):
+             options: dict):
     """One demo extraction of `manifest` (every video under the labelled manifest's videos folder); its summary."""
     cfg = ExtractConfig(manifest=str(manifest), videos=str(labelled.parent / "videos"), cache=cache, modality=modality,
-                        backbone=backbone, frames=budget.frames, workers=workers, device="cpu", seed=0, options=options)
+                        backbone=backbone, frames=budget.frames, device="cpu", seed=0, options=options)
     summary = extract(run_extraction, cfg, plan_extraction(cfg))
     if not summary.ok:
         raise EgodistillError(f"demo extraction of {modality} failed for {summary.failed} segments: see `egodistill cache info {cache}`")
