@@ -93,7 +93,7 @@ class SyntheticSpec:
     frames: int = 8
     feature_dim: int = 32
     segments_per_task: int = 16
-    unlabelled: float = 0.0        # fraction of training segments whose labels are -1
+    unlabelled: float = 0.0        # fraction of training segments whose labels are cache.UNLABELLED
     failed: dict[str, list[int]] = field(default_factory=dict)  # modality -> segments its ledger marks failed (NaN rows)
     offset: float = 0.0            # a pattern shared by every row of a modality, of this norm (as frozen features have)
     seed: int = 0
@@ -112,7 +112,7 @@ def build_synthetic_cache(location: str, spec: SyntheticSpec | None = None) -> d
     table = cache.SegmentTable(
         ids=np.array([f"seg{i:05d}" for i in range(n)]), videos=np.array([f"video{i // 10:03d}" for i in range(n)]),
         start_sec=np.arange(n, dtype=np.float64), stop_sec=np.arange(n, dtype=np.float64) + 1.0, split=split,
-        labels={h: np.where(hidden, -1, y).astype(np.int32) for h, y in labels.items()}, heads=dict(spec.heads),
+        labels={h: np.where(hidden, cache.UNLABELLED, y).astype(np.int32) for h, y in labels.items()}, heads=dict(spec.heads),
     )
     handle.write_segments(table, {"format": "synthetic", "seed": spec.seed})
     keys = {}

@@ -8,13 +8,13 @@ holds storage only: errors, option checks, JSON and device choice live in `egodi
 from egodistill.cache.catalog import Cache, open_cache
 from egodistill.cache.info import describe
 from egodistill.cache.shards import Layout, plan_layout
-from egodistill.cache.records import FEATURES_FORMAT, Failure, Provenance, TaskRecord, Views, egodistill_version
+from egodistill.cache.records import FEATURES_FORMAT, UNLABELLED, Failure, Provenance, TaskRecord, Views, egodistill_version
 from egodistill.cache.segments import SegmentTable
 from egodistill.cache.store import SCHEMA_VERSION
 from egodistill.cache.teachers import Teacher
 from egodistill.common import CacheError
 
 __all__ = [
-    "FEATURES_FORMAT", "SCHEMA_VERSION", "Cache", "CacheError", "Failure", "Layout", "Provenance", "SegmentTable", "TaskRecord",
+    "FEATURES_FORMAT", "SCHEMA_VERSION", "UNLABELLED", "Cache", "CacheError", "Failure", "Layout", "Provenance", "SegmentTable", "TaskRecord",
     "Teacher", "Views", "describe", "egodistill_version", "open_cache", "plan_layout",
 ]

@@ -155,22 +155,24 @@ class Cache:
         return self.teacher(key), False
 
     def create_logits_teacher(self, key: str, provenance: Provenance, logits: dict[str, np.ndarray], failed: Sequence[Failure] = (),
-                              views: Views | None = None) -> Teacher:
+                              views: Views | None = None, view_logits: dict[str, np.ndarray] | None = None) -> Teacher:
         """A teacher made of logits only (e.g. a head fitted on cached features), written whole at once.
 
-        With `views`, its logits of each view too (`Views.logits`: head -> [N, V, C]); `logits` is then the
-        centred view. An existing teacher of that key with the same identity is replaced, another one is refused."""
+        With `views`, its logits of each of those windows too (`view_logits`: head -> [N, V, C]); `logits` is then
+        the centred view. An existing teacher of that key with the same identity is replaced, another one is refused."""
         check_plain_name(CacheError, "teacher key", key)
+        if (views is None) != (view_logits is None):
+            raise CacheError(f"teacher {key}: give views and view_logits together (the windows and their logits), or neither")
         teachers = self._teachers_group()
         if key in teachers:
             if ATTR in teachers[key].attrs:
                 _refuse_other_identity(self.teacher(key), provenance)
             del teachers[key]
         group = teachers.create_group(key)
-        layout = create_logit_arrays(group, logits, failed, views.logits if views else None)
+        layout = create_logit_arrays(group, logits, failed, view_logits)
         attrs = teacher_attrs(key, provenance, 0, {h: int(v.shape[1]) for h, v in logits.items()}, layout)
         if views:
-            attrs["views"] = {"frames": int(views.frames), "placements": [float(p) for p in views.placements]}
+            attrs["views"] = views.to_json()
         group.attrs[ATTR] = attrs
         return self.teacher(key)
 

@@ -18,6 +18,9 @@ from importlib import metadata
 # get new keys and are extracted again. A new egodistill version alone changes nothing.
 FEATURES_FORMAT = 1
 
+# The label of a segment that has none for a head: the fill of the segments table's `label_<head>` arrays.
+UNLABELLED = -1
+
 
 def egodistill_version() -> str:
     try:
@@ -134,12 +137,19 @@ class TaskRecord:
 
 @dataclass(frozen=True)
 class Views:
-    """Per-view teacher logits: view v is the window of `frames` rows placed at `placements[v]` in its
-    segment (0 = first rows, 0.5 = centred, 1 = last rows), exactly as the student's loader places it."""
+    """The windows a teacher has logits of (`view_logits/<head>` [N, V, C]): view v is the window of `frames`
+    rows placed at `placements[v]` in its segment (0 = first rows, 0.5 = centred, 1 = last rows), exactly as
+    the student's loader places it. Stored as the teacher's `views` attribute in the form `to_json` gives."""
 
     frames: int
     placements: tuple[float, ...]
-    logits: dict  # head -> float32 [N, V, C]
+
+    def to_json(self) -> dict:
+        return {"frames": int(self.frames), "placements": [float(p) for p in self.placements]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Views:
+        return cls(int(data["frames"]), tuple(float(p) for p in data["placements"]))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
+from egodistill.cache.records import UNLABELLED
 from egodistill.common import CacheError
 
 GROUP = "segments"
@@ -35,7 +36,7 @@ class SegmentTable:
     start_sec: np.ndarray    # float64 [N]
     stop_sec: np.ndarray     # float64 [N], NaN = end of video
     split: np.ndarray        # str [N]
-    labels: dict[str, np.ndarray]  # head -> int32 [N], -1 = unlabelled
+    labels: dict[str, np.ndarray]  # head -> int32 [N], UNLABELLED (-1) = unlabelled
     heads: dict[str, int]    # head -> number of classes
 
     def __len__(self) -> int:
@@ -117,7 +118,7 @@ def _write_columns(group: zarr.Group, table: SegmentTable) -> None:
     _create(group, "start_sec", np.asarray(table.start_sec, dtype=np.float64), np.nan)
     _create(group, "stop_sec", np.asarray(table.stop_sec, dtype=np.float64), np.nan)
     for head, labels in table.labels.items():
-        _create(group, f"label_{head}", np.asarray(labels, dtype=np.int32), -1)
+        _create(group, f"label_{head}", np.asarray(labels, dtype=np.int32), UNLABELLED)
 
 
 def part_groups(root: zarr.Group) -> list[zarr.Group]:

@@ -27,7 +27,7 @@ from egodistill.cache.blocks import RowReader
 from egodistill.cache.checksums import task_checksums
 from egodistill.common import CacheError
 from egodistill.cache.shards import Layout
-from egodistill.cache.records import Failure, Provenance, TaskRecord, now
+from egodistill.cache.records import Failure, Provenance, TaskRecord, Views, now
 
 GROUP = "teachers"
 ATTR = "teacher"
@@ -86,10 +86,8 @@ class Teacher(SegmentViews):
         # {"params", "flops_per_row"} of the backbone that made the rows, counted at extraction (not part of the
         # identity: a result, not a setting), so `evaluate` need not build models again; None where unknown.
         self.cost: dict | None = meta.get("cost")
-        # Teachers with per-view logits: where each view's window of `frames` rows sits in its segment
-        # (0 = first rows, 0.5 = centred, 1 = last rows), as the student's loader places it.
-        self.views: tuple[float, ...] | None = tuple(meta["views"]["placements"]) if "views" in meta else None
-        self.view_frames: int | None = int(meta["views"]["frames"]) if "views" in meta else None
+        # Teachers with per-view logits (`read_view_logits`): the windows those logits are of; None for the others.
+        self.views: Views | None = Views.from_json(meta["views"]) if "views" in meta else None
 
     def __repr__(self) -> str:
         return f"Teacher({self.key!r}, modality={self.modality!r}, rows={self.layout.rows}, heads={self.heads})"

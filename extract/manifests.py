@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from egodistill.cache import UNLABELLED
 from egodistill.common import CacheError, ManifestError
 
 EPIC_HEADS = {"verb": 97, "noun": 300}
@@ -45,7 +46,7 @@ class Segment:
     start_sec: float
     stop_sec: float  # math.nan means "to the end of the video" (SSv2 whole videos)
     split: str  # "train" | "val" | "test" | whatever a generic CSV says
-    labels: dict[str, int]  # head name -> class index; -1 = unlabelled
+    labels: dict[str, int]  # head name -> class index; UNLABELLED (-1) = unlabelled
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def resolve_videos(manifest: Manifest, videos_root: str | os.PathLike) -> dict[s
 
 def segment_table(manifest: Manifest, heads: dict[str, int] | None = None):
     """The manifest as the cache's segments table (cache order = manifest order); with `heads`, labelled for
-    those heads (-1 where the manifest has none of a head)."""
+    those heads (UNLABELLED where the manifest has none of a head)."""
     import numpy as np
 
     from egodistill.cache.segments import SegmentTable
@@ -107,7 +108,7 @@ def segment_table(manifest: Manifest, heads: dict[str, int] | None = None):
         start_sec=np.array([s.start_sec for s in segs], dtype=np.float64),
         stop_sec=np.array([s.stop_sec for s in segs], dtype=np.float64),
         split=np.array([s.split for s in segs], dtype=object),
-        labels={h: np.array([s.labels.get(h, -1) for s in segs], dtype=np.int32) for h in heads},
+        labels={h: np.array([s.labels.get(h, UNLABELLED) for s in segs], dtype=np.int32) for h in heads},
         heads=heads,
     )
 
@@ -167,7 +168,7 @@ def _with_classes(manifest: Manifest, classes: dict[str, Sequence[str]]) -> Mani
         count = len(given)
         if head not in inferred and heads[head] != count:
             raise ManifestError(f"manifest {manifest.path} declares {heads[head]} classes for head {head}, --classes {count}: make them agree")
-        top = max((s.labels.get(head, -1) for s in manifest.segments), default=-1)
+        top = max((s.labels.get(head, UNLABELLED) for s in manifest.segments), default=UNLABELLED)
         if top >= count:
             raise ManifestError(f"manifest {manifest.path}: label:{head} {top} is out of range (--classes gives {count} classes): fix the labels or the classes file")
         heads[head], names[head] = count, tuple(given)
@@ -383,7 +384,7 @@ def _read_epic(file: Path, header: list[str], rows: Iterator[tuple[int, list[str
         if stop < start:
             raise ManifestError(f"{where}: stop_timestamp is before start_timestamp: fix the row's times")
         labels = {
-            head: -1 if i is None else _class_index(where, f"{head}_class", cells[i], EPIC_HEADS[head])
+            head: UNLABELLED if i is None else _class_index(where, f"{head}_class", cells[i], EPIC_HEADS[head])
             for head, i in label_cols.items()
         }
         segments.append(Segment(segment_id, video, start, stop, split, labels))
@@ -462,7 +463,7 @@ def _read_ssv2(file: Path, text: str) -> Manifest:
         _plain_name(where, "id", segment_id)
         template = entry.get("template")
         # Test entries come without a template: unlabelled.
-        label = -1 if template is None else classes.get(_without_brackets(str(template)))
+        label = UNLABELLED if template is None else classes.get(_without_brackets(str(template)))
         if label is None:
             raise ManifestError(f"{where} (id {segment_id}): template '{template}' is not in {labels_file}: use the labels file of the same SSv2 release")
         segments.append(Segment(segment_id, segment_id, 0.0, math.nan, split, {SSV2_HEAD: label}))
@@ -565,7 +566,7 @@ def _timestamp(where: str, column: str, text: str) -> float:
 def _class_index(where: str, column: str, text: str, classes: int | None) -> int:
     text = text.strip()
     if not text:
-        return -1
+        return UNLABELLED
     if not (text.isascii() and text.isdigit()):
         raise ManifestError(f"{where}: {column} '{text}' is not a class index: write a non-negative integer, or leave it empty for unlabelled")
     index = int(text)

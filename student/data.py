@@ -134,11 +134,11 @@ def teacher_logit_table(opened: cache.Cache, teacher_keys: list[str], heads: lis
     return {h: np.stack([read(t, h) for t in teachers], axis=1).astype(np.float32) for h in heads}
 
 
-def teacher_views(opened: cache.Cache, teacher_keys: list[str]) -> tuple[int, tuple[float, ...]] | None:
-    """(frames, placements) shared by all the teachers' per-view logits; None when none has views.
+def teacher_views(opened: cache.Cache, teacher_keys: list[str]) -> cache.Views | None:
+    """The views shared by all the teachers' per-view logits; None when none has views.
     Raises CacheError when some have views and others not, or their views differ."""
-    found = {(opened.teacher(k).view_frames, opened.teacher(k).views) for k in teacher_keys}
-    if found == {(None, None)}:
+    found = {opened.teacher(k).views for k in teacher_keys}
+    if found == {None}:
         return None
     if len(found) > 1:
         raise cache.CacheError(f"the teachers {', '.join(teacher_keys)} have different views ({sorted(found, key=str)}): "
@@ -201,7 +201,7 @@ class CacheLoader:
     train=True shuffles and jitters (seeded by (seed, epoch)); train=False keeps cache order and
     places the frame window at `window` (0.5: centred). in_memory=True reads every input's rows once,
     up front; None (default) keeps the rows it has read when all of them fit `memory_budget()`, so
-    only the first epoch reads the store; False always streams. With `views` (the teachers' view placements; teacher_logits then head -> [N, K, V, C]),
+    only the first epoch reads the store; False always streams. With `views` (the teachers' views, `teacher_views`; teacher_logits then head -> [N, K, V, C]),
     training draws one view per segment and hands over that view's window and that view's teacher
     logits, so student and teachers saw the same rows (consistent teaching); evaluation uses the view
     nearest `window`. With a frames input (a teacher with `has_frames`), batches also carry each
@@ -225,7 +225,7 @@ class CacheLoader:
         in_memory: bool | None = None,
         present: np.ndarray | None = None,
         read_threads: int = 4,
-        views: tuple[float, ...] | None = None,
+        views: cache.Views | None = None,
         window: float = 0.5,
         augment: Augment | None = None,
         pin_memory: bool = False,
@@ -248,7 +248,7 @@ class CacheLoader:
         # int64 once, not per batch: the loader's per-batch work is what training waits on.
         self.labels, self.teacher_logits = {h: np.asarray(y, dtype=np.int64) for h, y in labels.items()}, teacher_logits
         self.batch_size, self.frames, self.train, self.seed = batch_size, frames, train, seed
-        self.views, self.window = (tuple(views) if views else None), window
+        self.views, self.window = views, window
         self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
         # Blocks of the first input define the read unit; other inputs are read over the same
         # segment ranges (one call each), which are whole shards too when layouts agree.
@@ -275,8 +275,8 @@ class CacheLoader:
             order = list(range(len(self.blocks)))
             segs = np.concatenate(self.block_segments) if self.blocks else np.zeros(0, np.int64)
             buffers = np.concatenate([np.full(len(s), i // self.buffer_blocks) for i, s in enumerate(self.block_segments)]) if self.blocks else np.zeros(0, np.int64)
-            view = int(np.argmin([abs(p - self.window) for p in self.views])) if self.views else 0
-            placement = self.views[view] if self.views else self.window
+            view = int(np.argmin([abs(p - self.window) for p in self.views.placements])) if self.views else 0
+            placement = self.views.placements[view] if self.views else self.window
             plan = EpochPlan(order, segs, buffers, np.full(len(segs), placement), np.full(len(segs), view, dtype=np.int64))
             return self._with_views(plan, epoch)
         rng = np.random.default_rng([self.seed, epoch])
@@ -289,8 +289,8 @@ class CacheLoader:
         segs_all = np.concatenate(segs) if segs else np.zeros(0, np.int64)
         buffers_all = np.concatenate(buffers) if buffers else np.zeros(0, np.int64)
         if self.views:
-            view = rng.integers(0, len(self.views), len(segs_all))
-            return self._with_views(EpochPlan(order, segs_all, buffers_all, np.asarray(self.views)[view], view), epoch)
+            view = rng.integers(0, len(self.views.placements), len(segs_all))
+            return self._with_views(EpochPlan(order, segs_all, buffers_all, np.asarray(self.views.placements)[view], view), epoch)
         return self._with_views(EpochPlan(order, segs_all, buffers_all, rng.random(len(segs_all)), np.zeros(len(segs_all), dtype=np.int64)), epoch)
 
     def _with_views(self, plan: EpochPlan, epoch: int) -> EpochPlan:

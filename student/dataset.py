@@ -57,12 +57,12 @@ class SegmentDataset(torch.utils.data.Dataset):
             raise DatasetError(f"inputs {', '.join(self.input_names)} name the same teacher twice: list each once")
         self.teacher_keys = resolve_teachers(opened, split_names(teachers), table.heads) if split_names(teachers) else []
         views = teacher_views(opened, self.teacher_keys) if self.teacher_keys else None
-        if views and views[0] != frames:
-            raise DatasetError(f"the teachers' logits are per view of {views[0]} rows, and frames={frames}: pass frames={views[0]} so student and teachers see the same rows")
+        if views and views.frames != frames:
+            raise DatasetError(f"the teachers' logits are per view of {views.frames} rows, and frames={frames}: pass frames={views.frames} so student and teachers see the same rows")
         # Evaluation's window: the view nearest `window` where the teachers have views, else `window` itself.
-        self.views = views[1] if views else None
-        self.view = int(np.argmin([abs(p - window) for p in self.views])) if self.views else None
-        placement = self.views[self.view] if self.views else window
+        self.views = views
+        self.view = int(np.argmin([abs(p - window) for p in views.placements])) if views else None
+        placement = views.placements[self.view] if views else window
         present = present_inputs(opened, self.input_keys)
         self.segments = np.flatnonzero((table.split == split) & present.any(axis=1))
         if len(self.segments) == 0:
@@ -126,7 +126,7 @@ def dataset(location: str, split: str = "train", inputs: str | Sequence[str] = (
       "present": bool [inputs];
       "labels": head -> int64 [], -1 unlabelled;
       "teacher_logits": head -> float32 [teachers, C], or [teachers, V, C] when the teachers have views
-                        (`SegmentDataset.views` are their placements, `.view` the one the window is); NaN where a
+                        (`SegmentDataset.views` are those views, `.view` the index of the one the window is); NaN where a
                         teacher has no logits for the segment; empty without `teachers`.
     Raises DatasetError or a CacheError (one line) for an unknown split, input or teacher."""
     return SegmentDataset(location, split, inputs, teachers, frames, window)

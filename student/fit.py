@@ -110,6 +110,7 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
     for modality, members in jobs:  # every refusal before any work
         _check_enough(modality, table, train, fold, present_once[:, members], cfg)
     placements = view_placements(cfg.views)
+    views = cache.Views(cfg.frames, placements) if cfg.views > 1 else None  # the windows a fitted teacher has logits of
     started = time.perf_counter()
     windows = [load_features(root, keys, cfg, window=p) for p in placements]
     # Views stacked along the segment axis: row v * N + i is segment i seen through window v.
@@ -150,13 +151,12 @@ def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
                  # FittedTeacher), and a key must not change when a result does.
                  "steps": cfg.steps or "auto", "depths": list(cfg.depths), "frames": cfg.frames, "dim": cfg.dim,
                  "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-                 **({"views": {"frames": cfg.frames, "placements": list(placements)}} if cfg.views > 1 else {})},
+                 **({"views": views.to_json()} if views else {})},
         )
         key = root.key_for(provenance)
         failed = [cache.Failure(int(i), str(table.ids[i]), str(table.videos[i]), "no usable input features")
                   for i in np.flatnonzero(fitted.source_model == NO_MODEL)]
-        views = cache.Views(cfg.frames, placements, fitted.view_logits) if cfg.views > 1 else None
-        root.create_logits_teacher(key, provenance, fitted.logits, failed=failed, views=views)
+        root.create_logits_teacher(key, provenance, fitted.logits, failed=failed, views=views, view_logits=fitted.view_logits if views else None)
         fitted.key, fitted.modality, fitted.sources = key, modality, list(provenance.source_teachers)
         written.append(fitted)
     return written

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from egodistill.cache import UNLABELLED
 from egodistill.student.step import SCHEMES
 
 HIGH_TEMPERATURE = 8.0
@@ -147,7 +148,7 @@ def student_loss(
         y = labels[head]
         loss = logits.new_zeros((), dtype=torch.float32)
         if gt_weight and bool((y >= 0).any()):
-            loss = loss + gt_weight * F.cross_entropy(logits.float(), y.long(), ignore_index=-1)
+            loss = loss + gt_weight * F.cross_entropy(logits.float(), y.long(), ignore_index=UNLABELLED)
         if kd_weight and teacher_logits is not None:
             w = None if weights is None else weights[head]
             target = ensemble_logits(teacher_logits[head], y, scheme, tau, w)

@@ -96,7 +96,7 @@ class Setup:
     weights: dict[str, torch.Tensor] | None
     model: ModelConfig | NetworkConfig
     steps: int
-    views: tuple[float, ...] | None  # the teachers' view placements: logits are then [N, K, V, C]
+    views: cache.Views | None  # the teachers' views: logits are then [N, K, V, C]
     network: FramesStudent | None = None  # the end-to-end student, built (with its starting weights) before any work
     augment: Augment | None = None
     unlabelled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # --unlabelled-split segments, part of train_segments
@@ -108,12 +108,12 @@ class Setup:
         return record
 
     def labels(self) -> dict[str, np.ndarray]:
-        """The labels the run learns from: the cache's, with every --unlabelled-split segment's ignored (-1)."""
+        """The labels the run learns from: the cache's, with every --unlabelled-split segment's ignored (UNLABELLED)."""
         if not len(self.unlabelled):
             return self.table.labels
         labels = {h: y.copy() for h, y in self.table.labels.items()}
         for y in labels.values():
-            y[self.unlabelled] = -1
+            y[self.unlabelled] = cache.UNLABELLED
         return labels
 
 
@@ -157,9 +157,9 @@ def setup(cfg: TrainConfig) -> Setup:
         raise TrainError(f"--weighting {cfg.weighting} needs --teachers")
     present = present_inputs(root, input_keys)
     views = teacher_views(root, teacher_keys) if teacher_keys else None
-    if views and views[0] != cfg.frames:
-        raise TrainError(f"the teachers' logits are per view of {views[0]} rows; the student reads --frames {cfg.frames}: "
-                         f"train with --frames {views[0]} so both see the same rows")
+    if views and views.frames != cfg.frames:
+        raise TrainError(f"the teachers' logits are per view of {views.frames} rows; the student reads --frames {cfg.frames}: "
+                         f"train with --frames {views.frames} so both see the same rows")
     logits = teacher_logit_table(root, teacher_keys, list(table.heads), views=bool(views)) if teacher_keys else None
     candidates = np.flatnonzero((table.split == cfg.train_split) & present.any(axis=1))
     if len(candidates) == 0:
@@ -193,11 +193,11 @@ def setup(cfg: TrainConfig) -> Setup:
     if frames_key:
         network, augment = frames_network(cfg, root, frames_key, teacher_keys, bool(views))
         return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, network.cfg, steps,
-                     views[1] if views else None, network, augment, unlabelled=unlabelled)
+                     views, network, augment, unlabelled=unlabelled)
     dims = [root.teacher(k).feature_dim for k in input_keys]
     model = ModelConfig(dims, dict(table.heads), frames=cfg.frames, dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                         dropout=cfg.dropout, input_dropout=cfg.input_dropout, single_row=cfg.single_row)
-    return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, model, steps, views[1] if views else None,
+    return Setup(root, table, input_keys, teacher_keys, present, logits, train_segments, holdout, weights, model, steps, views,
                  unlabelled=unlabelled)
 
 

@@ -108,3 +108,23 @@ def test_keys_made_by_older_versions_stand_and_the_version_is_not_identity(tmp_p
     assert opened.key_for(reformatted) != "rgb-resnet18-0123456789"
     with pytest.raises(cache.CacheError, match="other settings"):
         opened.create_teacher("rgb-resnet18-0123456789", other, 4, offsets, layout, {})
+
+
+def test_views_and_the_unlabelled_label_are_stored_as_the_contract_writes_them(tmp_path):
+    location = tmp_path / "c.zarr"
+    build_synthetic_cache(str(location), SyntheticSpec(segments=12, unlabelled=0.5))
+    opened = cache.open_cache(location, mode="r+")
+    n, heads = len(opened.segments), opened.segments.heads
+    logits = {h: np.zeros((n, c), np.float32) for h, c in heads.items()}
+    provenance = cache.Provenance(modality="fusion", backbone="fusion_head", fit={"views": 2})
+    views = cache.Views(8, (0.0, 1.0))
+    with pytest.raises(cache.CacheError, match="views and view_logits together"):
+        opened.create_logits_teacher(provenance.teacher_key(), provenance, logits, views=views)
+    view_logits = {h: np.zeros((n, 2, c), np.float32) for h, c in heads.items()}
+    teacher = opened.create_logits_teacher(provenance.teacher_key(), provenance, logits, views=views, view_logits=view_logits)
+    assert cache.open_cache(location).teacher(teacher.key).views == views
+    stored = zarr.open_group(str(location), mode="r")
+    attrs = stored[f"teachers/{teacher.key}"].attrs["teacher"]["views"]
+    assert attrs == {"frames": 8, "placements": [0.0, 1.0]} and list(attrs) == ["frames", "placements"]
+    label = stored[f"segments/label_{next(iter(heads))}"]
+    assert cache.UNLABELLED == label.fill_value == -1 and (label[:] == -1).any()  # docs/cache-format.md: -1 = unlabelled

@@ -28,9 +28,9 @@ def _cache(location: str, views: bool) -> str:
     logits = {h: rng.normal(size=(SEGMENTS, c)).astype(np.float32) for h, c in heads.items()}
     logits["verb"][5] = np.nan  # a segment this teacher has no logits for
     placements = (0.0, 0.5, 1.0)
-    per_view = cache.Views(8, placements, {h: rng.normal(size=(SEGMENTS, len(placements), c)).astype(np.float32) for h, c in heads.items()}) if views else None
+    per_view = {h: rng.normal(size=(SEGMENTS, len(placements), c)).astype(np.float32) for h, c in heads.items()} if views else None
     provenance = cache.Provenance(modality="fusion", backbone="temporal_head", fit={"views": views})
-    root.create_logits_teacher(provenance.teacher_key(), provenance, logits, views=per_view)
+    root.create_logits_teacher(provenance.teacher_key(), provenance, logits, views=cache.Views(8, placements) if views else None, view_logits=per_view)
     _frames_teacher(root, rng)
     return location
 

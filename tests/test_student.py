@@ -352,13 +352,13 @@ def test_the_loader_hands_each_segment_the_rows_and_the_teacher_logits_of_one_vi
     view_logits[:, :, 0] = np.arange(3)  # class-0 logit = the view's number
     logits_teacher = cache.Provenance(modality="fusion", backbone="student_head", fit={"views": 3})
     root.create_logits_teacher(logits_teacher.teacher_key(), logits_teacher, {"verb": view_logits[:, 1]},
-                               views=cache.Views(frames, placements, {"verb": view_logits}))
+                               views=cache.Views(frames, placements), view_logits={"verb": view_logits})
     opened = cache.open_cache(str(tmp_path / "views.zarr"))
     keys = [teacher.key]
     table = teacher_logit_table(opened, [logits_teacher.teacher_key()], ["verb"], views=True)
     assert table["verb"].shape == (n, 1, 3, 4)
     loader = CacheLoader(opened, keys, np.arange(n), opened.segments.labels, teacher_logits=table, batch_size=5, frames=frames,
-                         train=True, views=placements)
+                         train=True, views=cache.Views(frames, placements))
     seen_views = set()
     for epoch in range(3):
         for batch in loader.epoch(epoch):
@@ -368,7 +368,7 @@ def test_the_loader_hands_each_segment_the_rows_and_the_teacher_logits_of_one_vi
                 expected = frame_indices(np.array([rows]), frames, np.array([placements[v]]))[0]
                 assert batch.features[0][b, :, 0].numpy().astype(int).tolist() == expected.tolist()
     assert seen_views == {0, 1, 2}
-    centred = next(CacheLoader(opened, keys, np.arange(n), {}, teacher_logits=table, frames=frames, train=False, views=placements).epoch(0))
+    centred = next(CacheLoader(opened, keys, np.arange(n), {}, teacher_logits=table, frames=frames, train=False, views=cache.Views(frames, placements)).epoch(0))
     assert (centred.teacher_logits["verb"][:, 0, 0] == 1).all()
 
 
@@ -378,7 +378,7 @@ def test_fit_teachers_writes_per_view_logits_that_train_student_uses(tmp_path):
     from egodistill.student.fit import FitConfig, fit_teachers
     [fitted] = fit_teachers(FitConfig(cache=path, modalities=["rgb"], folds=3, steps=30, frames=8, views=3, device="cpu"), log=lambda _: None)
     teacher = cache.open_cache(path).teacher(fitted.key)
-    assert teacher.views == (0.0, 0.5, 1.0) and teacher.view_frames == 8
+    assert teacher.views == cache.Views(8, (0.0, 0.5, 1.0))
     assert teacher.read_view_logits("verb").shape == (60, 3, 4)
     assert np.array_equal(teacher.read_logits("verb"), teacher.read_view_logits("verb")[:, 1], equal_nan=True)
     with pytest.raises(TrainError, match="--frames 8"):
