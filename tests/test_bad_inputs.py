@@ -11,7 +11,9 @@ import contextlib
 import io
 import json
 import math
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import h5py
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from egodistill.common import dumps, write_json
+from egodistill.common import atomic_write, dumps, write_json
 from egodistill.testing import SyntheticSpec, build_synthetic_cache
 from egodistill.cli import main
 from egodistill import testing as media
@@ -270,6 +272,17 @@ def test_json_helper_writes_null_for_non_finite_numbers(tmp_path):
     value = {"nan": float("nan"), "inf": np.float32("inf"), "ints": np.arange(2), "x": np.float64(0.5), "path": tmp_path, "ok": np.bool_(True)}
     assert strict_json(dumps(value)) == {"nan": None, "inf": None, "ints": [0, 1], "x": 0.5, "path": str(tmp_path), "ok": True}
     assert strict_json(write_json(tmp_path / "a.json", [math.inf, -math.inf, 1.0]).read_text()) == [None, None, 1.0]
+
+
+def test_written_files_get_the_mode_the_umask_gives_so_the_lab_can_read_them(tmp_path):
+    # Runs, predictions, exports and manifests are all written through atomic_write; mkstemp alone would make them 0600.
+    old = os.umask(0o022)
+    try:
+        assert stat.S_IMODE(write_json(tmp_path / "a.json", {}).stat().st_mode) == 0o644
+        os.umask(0o027)
+        assert stat.S_IMODE(atomic_write(tmp_path / "b.csv", "x\n").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
 
 
 def test_cost_of_a_student_on_imported_features_is_unknown(world, tmp_path):
