@@ -612,6 +612,8 @@ def export_command(
     path, meta = export_student(ExportConfig(run=run, out=out, weights=[weights] if weights else [], cache=cache, format=output_format, frame_size=size))
     console.print(f"wrote {path}: {meta['backbone']}, heads {', '.join(f'{h} {c}' for h, c in meta['heads'].items())}, "
                   f"{meta['frames']} frames [T, 3, H, W] uint8 -> logits", markup=False, highlight=False, soft_wrap=True)
+    if meta.get("note"):
+        console.print(f"note: {meta['note']}", markup=False, highlight=False, soft_wrap=True)
 
 
 # --- end of student commands --------------------------------------------------------------

@@ -90,6 +90,7 @@ class ExportedStudent(nn.Module):
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> normalised float32 [T, 3, S, S]: torchvision's roi_align (aligned, 2x2 samples a
         pixel) of the centred box, as the student's own preprocess takes it, written with torch ops only."""
+        check_frames(frames)
         t, h, w = frames.shape[0], frames.shape[2], frames.shape[3]
         images = frames.float()
         side = self.crop_fraction * float(min(h, w))
@@ -119,6 +120,17 @@ class ExportedStudent(nn.Module):
         for name, head in self.heads.items():
             out[name] = head(pooled)[0]
         return out
+
+
+def check_frames(frames: torch.Tensor) -> None:
+    """Refuse what is not RGB frames uint8 [T, 3, H, W] (T >= 1) in one line: float frames would be read as 0..255
+    values silently, and [T, H, W, 3] would fail deep inside the resize."""
+    if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[0] < 1:
+        raise ValueError("the exported student takes RGB frames [T, 3, H, W] with T >= 1, got shape " + str(list(frames.shape))
+                         + ": permute [T, H, W, 3] frames with .permute(0, 3, 1, 2)")
+    if frames.dtype != torch.uint8:  # (TorchScript prints a dtype as a number: it is left out of the message)
+        raise ValueError("the exported student takes uint8 frames (0..255), got another dtype: decoded frames are uint8; "
+                         "0..1 floats convert with (x * 255).round().to(torch.uint8)")
 
 
 def _scriptable(student: FramesStudent) -> nn.Module:
@@ -312,6 +324,7 @@ class ExportedFeatureStudent(nn.Module):
     @torch.jit.export
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> the backbone's input, float32 [T, 3, h, w], as extraction's transform makes it."""
+        check_frames(frames)
         h, w = int(frames.shape[2]), int(frames.shape[3])
         size = self.resized_size(h, w)
         images = frames.float()
@@ -359,6 +372,7 @@ class ExportedFeatureStudent(nn.Module):
         return out
 
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        check_frames(frames)  # here too: the frames are cut to the head's window before preprocess sees them
         if self.clip_frames == 0:  # one row per frame: embed only the frames whose rows the head reads
             frames = frames.index_select(0, window_rows(frames.shape[0], self.frames, self.placement).to(frames.device))
         return self.from_features(self.rows(frames))
@@ -425,6 +439,9 @@ def _frozen_parts(cfg: ExportConfig, record: dict, model: Student) -> _FrozenPar
         "preprocess": {**{k: list(v) if isinstance(v, tuple) else v for k, v in vars(plan).items()}, "reference": dict(p.preprocessing)},
         "input_keys": keys,
     }
+    if p.precision not in (None, "fp32"):  # extraction ran the backbone under autocast; the module computes in float32
+        meta["note"] = (f"teacher {teacher.key} was extracted at {p.precision}; this module computes its rows at float32, so its logits "
+                        f"differ from evaluate's by that rounding (top-1 normally the same); from_features on the cached rows gives evaluate's")
     return _FrozenParts(plan, built.model.float().cpu().eval(), _OneInputHead(model.float().cpu().eval()).eval(), clip, example,
                         int(teacher.feature_dim), meta)
 

@@ -115,6 +115,16 @@ def test_the_head_on_cached_rows_gives_evaluates_logits(run):
     assert max(gaps) < 1e-4, gaps
 
 
+def test_the_module_refuses_frames_that_are_not_uint8_t3hw_in_one_line(run):
+    model = torch.jit.load(str(run["model"]))
+    frames = torch.zeros(ROWS, 3, 48, 64, dtype=torch.uint8)
+    assert set(model(frames)) == {"verb", "noun"}
+    for bad, says in ((frames.float(), "takes uint8 frames"), (frames.permute(0, 2, 3, 1), "got shape [4, 48, 64, 3]"), (frames[:0], "T >= 1")):
+        with pytest.raises(torch.jit.Error) as refused:
+            model(bad)
+        assert says in str(refused.value).splitlines()[-1]
+
+
 def test_the_row_window_is_evaluates(run):
     """window_rows is student/data.py frame_indices (centred) for segments shorter and longer than the head's window."""
     for rows in range(1, 20):
