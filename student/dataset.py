@@ -55,7 +55,7 @@ class SegmentDataset(torch.utils.data.Dataset):
         self.input_keys = [resolve_frames(opened, [n]) or resolve_inputs(opened, [n], "inputs")[0] for n in self.input_names]
         if len(set(self.input_keys)) != len(self.input_keys):
             raise DatasetError(f"inputs {', '.join(self.input_names)} name the same teacher twice: list each once")
-        self.teacher_keys = resolve_teachers(opened, split_names(teachers), table.heads) if split_names(teachers) else []
+        self.teacher_keys = resolve_teachers(opened, split_names(teachers), table.heads, "teachers") if split_names(teachers) else []
         views = teacher_views(opened, self.teacher_keys) if self.teacher_keys else None
         if views and views.frames != frames:
             raise DatasetError(f"the teachers' logits are per view of {views.frames} rows, and frames={frames}: pass frames={views.frames} so student and teachers see the same rows")

@@ -73,9 +73,10 @@ def resolve_frames(opened: cache.Cache, names: list[str]) -> str | None:
     return _resolve(opened, names[0], "frames", lambda t: t.has_frames, "--inputs")
 
 
-def resolve_teachers(opened: cache.Cache, names: list[str], heads: dict[str, int]) -> list[str]:
-    """Keys of teachers with logits for every output head of the cache, all with its class counts."""
-    keys = _unique([_resolve(opened, n, "logits", lambda t: bool(t.heads), "--teachers") for n in names], "--teachers")
+def resolve_teachers(opened: cache.Cache, names: list[str], heads: dict[str, int], option: str = "--teachers") -> list[str]:
+    """Keys of teachers with logits for every output head of the cache, all with its class counts. `option`: what
+    the errors call the names (the CLI's option, or the Python API's argument)."""
+    keys = _unique([_resolve(opened, n, "logits", lambda t: bool(t.heads), option) for n in names], option)
     for key in keys:
         have = opened.teacher(key).heads
         for head, classes in heads.items():
@@ -84,7 +85,7 @@ def resolve_teachers(opened: cache.Cache, names: list[str], heads: dict[str, int
             if have[head] != classes:
                 raise SourceError(
                     f"teacher {key!r} has {have[head]} classes for head {head!r}, the cache's labels have {classes}: "
-                    "its logits belong to another label set, drop it from --teachers"
+                    f"its logits belong to another label set, drop it from {option}"
                 )
     return keys
 

@@ -113,7 +113,7 @@ def test_stored_frames_come_as_the_loader_hands_them_over(caches):
 
 def test_bad_split_and_unknown_input_are_one_line_errors(caches):
     for kwargs, words in [(dict(split="test"), "split 'test'"), (dict(inputs=["layout"]), "'layout'"),
-                          (dict(teachers=["audio"]), "'audio'"), (dict(frames=0), "frames=0"), (dict(window=1.5), "window=1.5")]:
+                          (dict(teachers=["audio"]), "teachers 'audio'"), (dict(frames=0), "frames=0"), (dict(window=1.5), "window=1.5")]:
         with pytest.raises(EgodistillError) as err:
             egodistill.dataset(caches[False], **kwargs)
         assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
