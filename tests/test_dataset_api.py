@@ -117,6 +117,7 @@ def test_bad_split_and_unknown_input_are_one_line_errors(caches):
         with pytest.raises(EgodistillError) as err:
             egodistill.dataset(caches[False], **kwargs)
         assert words in str(err.value) and "\n" not in str(err.value), str(err.value)
+        assert "--teachers" not in str(err.value) and "--inputs" not in str(err.value), "the Python API has arguments, not CLI options"
     assert egodistill.dataset(caches[False], inputs="rgb,flow", teachers="fusion").input_names == ["rgb", "flow"]  # as the CLI writes them
 
 
