@@ -30,8 +30,9 @@ import torch
 
 from egodistill import cache
 from egodistill.common import EgodistillError, atomic_write, check_choice, dumps, file_sha256, pick_device
-from egodistill.student.data import CacheLoader, present_inputs
-from egodistill.student.evaluate import load_student
+from egodistill.student.data import present_inputs
+from egodistill.student.evaluate import load_student, scoring_loader
+from egodistill.student.network import student_logits
 
 FORMATS = ("scores", "epic-100", "epic-100-eval", "ssv2")
 EPIC_HEADS = {"verb": 97, "noun": 300}
@@ -110,13 +111,13 @@ def predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predictio
 def _score(model, root: cache.Cache, input_keys: list[str], segments: np.ndarray, present: np.ndarray, cfg: PredictConfig) -> dict[str, np.ndarray]:
     device = pick_device(cfg.device)
     model = model.to(device)
-    loader = CacheLoader(root, input_keys, segments, {}, batch_size=cfg.batch_size, frames=model.cfg.frames, train=False, present=present)
+    loader = scoring_loader(model, root, input_keys, segments, {}, present, cfg.batch_size, device)
     outputs: dict[str, list[np.ndarray]] = {}
     order = []
     for batch in loader.epoch(0):
         batch = batch.to(device)
         order.append(batch.index.cpu().numpy())
-        for head, values in model(batch.features, batch.present).items():
+        for head, values in student_logits(model, batch, batch.present).items():
             outputs.setdefault(head, []).append(values.float().cpu().numpy())
     position = np.argsort(np.concatenate(order))  # back to cache order
     return {h: np.concatenate(v)[position].astype(np.float32) for h, v in outputs.items()}
