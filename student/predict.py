@@ -14,7 +14,8 @@ Formats (`--format`):
 For new videos (`--manifest M --videos V`) the student's inputs are extracted first into a cache of their own
 (default `<out>.cache.zarr`, resumable): each input teacher's backbone and settings come from its provenance
 in the training cache, and its weights file, where it was one, is given again with `--weights` and must have
-the recorded sha256.
+the recorded sha256 (a file no input teacher was extracted with is refused). A frames teacher runs no model: its
+frames are stored again at the recorded frame size and sampling.
 """
 
 from __future__ import annotations
