@@ -88,7 +88,7 @@ def _load_weights(model: torch.nn.Module, path: Path, spec: BackboneSpec) -> Non
     modality's channels the way timm adapts pretrained weights (flow: 2, audio: 1)."""
     from timm.models import adapt_input_conv
 
-    state = _read_state(path)
+    state = read_state_dict(path)
     classifier = model.pretrained_cfg.get("classifier")
     classifiers = classifier if isinstance(classifier, (list, tuple)) else [classifier] if classifier else []
     state = {k: v for k, v in state.items() if not any(k.startswith(f"{c}.") for c in classifiers)}
@@ -105,7 +105,7 @@ def _load_weights(model: torch.nn.Module, path: Path, spec: BackboneSpec) -> Non
 
 def _load_heads(path: str, heads: dict[str, int], feature_dim: int) -> dict[str, torch.nn.Linear]:
     """A head file holds `<head>.weight` [C, D] and `<head>.bias` [C] for every manifest head."""
-    state = _read_state(Path(_existing(path, "head")))
+    state = read_state_dict(Path(_existing(path, "head")))
     missing = [h for h in heads if f"{h}.weight" not in state]
     if missing:
         raise TeacherError(f"head file {path} has no weights for head(s) {', '.join(missing)} (it holds {', '.join(sorted(state))}): give one linear layer per manifest head")
@@ -125,14 +125,17 @@ def _load_heads(path: str, heads: dict[str, int], feature_dim: int) -> dict[str,
     return linear
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A weights or head file's tensors by name: the one reader of such files (torch.load with weights_only, so
+    a file runs no code; safetensors by suffix), unwrapping training checkpoints."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file is the same user error
-        raise TeacherError(f"cannot read {path}: {first_line(err)}: give a torch state dict or .safetensors file") from err
+        raise TeacherError(f"cannot read {path} as a torch state dict (what torch.save(model.state_dict(), path) writes) "
+                           f"or .safetensors file: {_load_reason(err)}") from err
     if not isinstance(state, dict):
         raise TeacherError(f"{path} is not a state dict: save it with torch.save(module.state_dict(), path)")
     # Training checkpoints wrap the weights ({"state_dict": ...} or {"model": ...}); DataParallel prefixes "module.".
@@ -140,6 +143,14 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_reason(err: Exception) -> str:
+    """torch.load's reason in one sentence, without its advice to retry with weights_only=False (which runs the
+    file's code) or to allow-list a class: for a refused pickle, the unpickler's own first sentence
+    ("Unsupported global: GLOBAL torch.nn.modules.linear.Linear was not an allowed global by default")."""
+    text = str(err).split("WeightsUnpickler error:", 1)[-1].strip()
+    return re.split(r"\.\s", text.splitlines()[0])[0][:160] if text else type(err).__name__
 
 
 def _existing(path: str, what: str) -> Path:
@@ -345,7 +356,7 @@ def video_swin_to_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch
 
 def _load_clip_weights(net: torch.nn.Module, entry: ClipModel, path: Path, spec: BackboneSpec) -> None:
     """Strictly load a torchvision state dict (or, for swin3d, an original Video Swin checkpoint) into `net`."""
-    state = _read_state(path)
+    state = read_state_dict(path)
     swin = entry.name.startswith("swin3d")
     if swin and any(k.startswith(("backbone.", "layers.")) for k in state):
         state = video_swin_to_torchvision(state)

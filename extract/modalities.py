@@ -87,6 +87,8 @@ class Modality:
     # names in that source, matched to the manifest's by extract/names.py (each job's `name`).
     rows: Callable[[TaskSpec, list[SegmentJob], str], TaskRows] | None = None
     names: Callable[[dict, dict], Iterable[str]] | None = None  # (options, settings) -> the source's video names
+    # Recorded settings -> the options that give them again: predict extracts new videos as a teacher was.
+    recorded_options: Callable[[dict], dict] = lambda settings: {}
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Every option of this modality, the given ones checked, the others at their defaults."""
@@ -265,7 +267,7 @@ def _frames_settings(options: dict, data_cfg: dict) -> dict:
 register_modality(Modality("frames", "none", lambda o: 3, _frames_settings, _rgb_frames, has_model=False, row_shape=lambda s: (*s["input_size"], 3), options=(
     Option("frame_size", DEFAULT_FRAME_SIZE, "stored frames are S x S: short side resized to S (area when shrinking, bilinear when enlarging), "
            "centre-cropped square; keep S above the student's crop (112 -> 128) for random crops", _at_least_one),
-)))
+), recorded_options=lambda s: {"frame_size": s["input_size"][0]}))
 
 
 # --- flow ------------------------------------------------------------------------------
@@ -315,8 +317,10 @@ def _raft_model(arch: str, weights_file: str):
     import torch
     from torchvision.models import optical_flow
 
+    from egodistill.backbones import read_state_dict
+
     model = getattr(optical_flow, arch)(weights=None)
-    model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+    model.load_state_dict(read_state_dict(Path(weights_file)))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.eval().to(device), device
 
@@ -368,7 +372,7 @@ register_modality(Modality("flow", "resnet50", lambda o: 2 * o["flow_stack"], _f
     Option("flow", "dis", "optical flow: dis (CPU), tvl1 (opencv-contrib), raft_large or raft_small (torchvision; needs --flow-weights)", _flow_method),
     Option("flow_stack", 1, "flow pairs stacked per row (2L input channels)", _at_least_one),
     Option("flow_weights", None, "torchvision RAFT state dict for --flow raft_*"),
-)))
+), recorded_options=lambda s: {"flow": s["method"], "flow_stack": s["stack"]}))  # RAFT's file is recorded by its sha256 only
 
 
 # --- audio -----------------------------------------------------------------------------
@@ -409,7 +413,7 @@ def _audio_inputs(source: MediaSource, indices: np.ndarray, settings: dict) -> n
 
 register_modality(Modality("audio", "resnet18", lambda o: 1, _audio_settings, _audio_inputs, options=(
     Option("audio_window", AUDIO_WINDOW_SEC, "seconds of sound centred on each frame", _positive),
-)))
+), recorded_options=lambda s: {"audio_window": s["window_sec"]}))
 
 
 # --- layout (boxes, no model: extract/boxes.py) ----------------------------------------

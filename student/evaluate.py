@@ -62,6 +62,16 @@ def load_student(run: str) -> tuple[dict, Student | FramesStudent]:
     return record, model.eval()
 
 
+def scoring_loader(model: Student | FramesStudent, root: cache.Cache, input_keys: list[str], segments: np.ndarray, labels: dict[str, np.ndarray],
+                   present: np.ndarray, batch_size: int, device: torch.device) -> CacheLoader:
+    """The held-out loader any student is scored through (evaluate, predict): the centred window of its frames,
+    and for a network the centred crop its backbone's preprocessing takes (its teachers' view); feed its batches
+    to `student_logits`."""
+    augment = Augment(eval_fraction=eval_crop_fraction(model.cfg.backbone)) if isinstance(model, FramesStudent) else None
+    return CacheLoader(root, input_keys, segments, labels, batch_size=batch_size, frames=model.cfg.frames, train=False, present=present,
+                       augment=augment, pin_memory=device.type == "cuda")
+
+
 @torch.no_grad()
 def evaluate(cfg: EvalConfig) -> dict:
     record, model = load_student(cfg.run)
@@ -80,10 +90,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise EvaluateError(f"--baseline fits a probe on cached features; {cfg.run} is an end-to-end student on frames: evaluate it without --baseline")
     device = pick_device(cfg.device)
     model = model.to(device)
-    # A network is scored on the centred crop its backbone's preprocessing takes (its teachers' view).
-    augment = Augment(eval_fraction=eval_crop_fraction(model.cfg.backbone)) if network else None
-    loader = CacheLoader(root, input_keys, segments, table.labels, batch_size=cfg.batch_size, frames=model.cfg.frames, train=False, present=present,
-                         augment=augment, pin_memory=device.type == "cuda")
+    loader = scoring_loader(model, root, input_keys, segments, table.labels, present, cfg.batch_size, device)
     subsets = input_subsets(len(input_keys))
     outputs = {s: {h: [] for h in table.heads} for s in subsets}
     order = []

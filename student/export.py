@@ -422,7 +422,7 @@ def _frozen_parts(cfg: ExportConfig, record: dict, model: Student) -> _FrozenPar
                           "so it takes a student of one rgb teacher: train one with --inputs rgb")
     plan = frame_preprocess(p.preprocessing, teacher.key)
     clip = p.sampling.get("clip") or {}
-    weights = recorded_weights(teacher, cfg.weights)
+    [weights] = recorded_weights([teacher], cfg.weights)
     built = create_backbone(BackboneSpec(backbone=p.backbone, in_chans=int(p.in_chans or 3), weights=weights, seed=recorded_seed(p.weights)), {})
     if built.clip != bool(clip) or built.feature_dim != teacher.feature_dim:
         raise ExportError(f"backbone {p.backbone} built from teacher {teacher.key}'s provenance gives {built.feature_dim}-wide "

@@ -14,7 +14,8 @@ Formats (`--format`):
 For new videos (`--manifest M --videos V`) the student's inputs are extracted first into a cache of their own
 (default `<out>.cache.zarr`, resumable): each input teacher's backbone and settings come from its provenance
 in the training cache, and its weights file, where it was one, is given again with `--weights` and must have
-the recorded sha256.
+the recorded sha256 (a file no input teacher was extracted with is refused). A frames teacher runs no model: its
+frames are stored again at the recorded frame size and sampling.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import torch
 
 from egodistill import cache
 from egodistill.common import EgodistillError, atomic_write, check_choice, dumps, file_sha256, pick_device
-from egodistill.student.data import CacheLoader, present_inputs
-from egodistill.student.evaluate import load_student
+from egodistill.student.data import present_inputs
+from egodistill.student.evaluate import load_student, scoring_loader
+from egodistill.student.network import student_logits
 
 FORMATS = ("scores", "epic-100", "epic-100-eval", "ssv2")
 EPIC_HEADS = {"verb": 97, "noun": 300}
@@ -110,13 +112,13 @@ def predict(cfg: PredictConfig, log: Callable[[str], None] = print) -> Predictio
 def _score(model, root: cache.Cache, input_keys: list[str], segments: np.ndarray, present: np.ndarray, cfg: PredictConfig) -> dict[str, np.ndarray]:
     device = pick_device(cfg.device)
     model = model.to(device)
-    loader = CacheLoader(root, input_keys, segments, {}, batch_size=cfg.batch_size, frames=model.cfg.frames, train=False, present=present)
+    loader = scoring_loader(model, root, input_keys, segments, {}, present, cfg.batch_size, device)
     outputs: dict[str, list[np.ndarray]] = {}
     order = []
     for batch in loader.epoch(0):
         batch = batch.to(device)
         order.append(batch.index.cpu().numpy())
-        for head, values in model(batch.features, batch.present).items():
+        for head, values in student_logits(model, batch, batch.present).items():
             outputs.setdefault(head, []).append(values.float().cpu().numpy())
     position = np.argsort(np.concatenate(order))  # back to cache order
     return {h: np.concatenate(v)[position].astype(np.float32) for h, v in outputs.items()}
@@ -215,6 +217,7 @@ def _zip(path: Path, name: str, text: str) -> None:
 def extract_inputs(cfg: PredictConfig, record: dict, out: Path, log: Callable[[str], None]) -> str:
     """Extract each input teacher of the run over the new videos into a cache of its own, under the same key."""
     from egodistill.extract.manifests import read_manifests, resolve_videos
+    from egodistill.extract.modalities import get_modality
     from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
 
     if not cfg.videos:
@@ -224,16 +227,18 @@ def extract_inputs(cfg: PredictConfig, record: dict, out: Path, log: Callable[[s
         raise PredictError(f"run {cfg.run} does not name its training cache: predict on a cache with --cache")
     source = cache.open_cache(training, mode="r")
     teachers = [source.teacher(k) for k in record["input_keys"]]
+    weights = recorded_weights(teachers, cfg.weights)  # before the manifest scan: a wrong file fails at once
     manifests = read_manifests(cfg.manifest)
     missing = sorted({v for m in manifests for v, p in resolve_videos(m, cfg.videos).items() if p is None})
     if missing:
         raise PredictError(f"{len(missing)} video(s) of the manifest are not under {cfg.videos} (e.g. {missing[0]}): check --videos and the manifest")
-    weights = [recorded_weights(t, cfg.weights) for t in teachers]  # every teacher's, before anything is written
     location = cfg.work_cache or str(out.with_name(out.stem + ".cache.zarr"))
     for teacher, weights_file in zip(teachers, weights):
         p = teacher.provenance
-        extract_cfg = ExtractConfig(manifest=list(cfg.manifest), videos=cfg.videos, cache=location, modality=p.modality, backbone=p.backbone,
-                                    weights=weights_file, seed=recorded_seed(p.weights), name=teacher.key,
+        modality = get_modality(p.modality)  # frames: no model, so no backbone; their size is among the modality's options
+        extract_cfg = ExtractConfig(manifest=list(cfg.manifest), videos=cfg.videos, cache=location, modality=p.modality,
+                                    backbone=p.backbone if modality.has_model else None, weights=weights_file, seed=recorded_seed(p.weights),
+                                    name=teacher.key, options=modality.recorded_options(p.preprocessing),
                                     workers=cfg.workers, device=cfg.device, precision=p.precision or "auto", **_sampling(p.sampling))
         plan = plan_extraction(extract_cfg)
         summary = run_extraction(extract_cfg, plan, log=log)
@@ -245,26 +250,48 @@ def extract_inputs(cfg: PredictConfig, record: dict, out: Path, log: Callable[[s
     return location
 
 
-def recorded_weights(teacher, given: list[str]) -> str | None:
-    """What rebuilds teacher `teacher`'s backbone (`create_backbone`'s weights): None for a random init (its seed:
-    `recorded_seed`), "timm" for timm's own pretrained weights, or the file among `given` (--weights) whose sha256
-    is the one its provenance records. PredictError, naming both hashes, for a file that differs; also for a missing
-    file. predict (new videos) and export both rebuild an input teacher through this."""
+def recorded_weights(teachers: list, given: list[str]) -> list[str | None]:
+    """What rebuilds each teacher's backbone (`create_backbone`'s weights): None for a random init (its seed:
+    `recorded_seed`) or a teacher without a model (frames), "timm" for timm's own pretrained weights, or the file
+    among `given` (--weights) whose sha256 its provenance records. PredictError, naming both hashes, for a file
+    that differs; also for a missing file, and for a file that none of the teachers was extracted with (a random
+    init's or a model-less teacher's included). predict (new videos) and export both rebuild their input teachers
+    through this."""
     absent = [w for w in given if not Path(w).is_file()]
     if absent:
         raise PredictError(f"--weights {absent[0]}: no such file: give the weights file the teacher was extracted with")
     by_hash = {file_sha256(w): w for w in given}
-    recorded = str(teacher.provenance.weights)
+    out: list[str | None] = []
+    for teacher in teachers:
+        recorded = str(teacher.provenance.weights)
+        if teacher.provenance.weights is None or recorded.startswith("random-init:"):
+            out.append(None)
+        elif recorded.startswith("timm-pretrained:"):
+            out.append("timm")
+        elif recorded in by_hash:
+            out.append(by_hash[recorded])
+        elif given:
+            found = ", ".join(f"{w} ({h})" for h, w in by_hash.items())
+            raise PredictError(f"teacher {teacher.key} was extracted with weights {recorded}; --weights gave {found}: give the weights file it was extracted with")
+        else:
+            raise PredictError(f"teacher {teacher.key} was extracted with the weights file {recorded}: give that file again with --weights FILE")
+    unused = [w for h, w in by_hash.items() if w not in out]
+    if unused:
+        origins = "; ".join(f"teacher {t.key} {_weights_origin(t.provenance)}" for t in teachers)
+        raise PredictError(f"--weights {unused[0]} is no input teacher's weights file ({origins}): drop --weights")
+    return out
+
+
+def _weights_origin(p: cache.Provenance) -> str:
+    """How a teacher's backbone got its weights, for a message."""
+    recorded = str(p.weights)
+    if p.weights is None:
+        return f"runs no model (its rows are the stored {p.modality})"
     if recorded.startswith("random-init:"):
-        return None
+        return f"was extracted with random-init weights (seed {recorded_seed(recorded)})"
     if recorded.startswith("timm-pretrained:"):
-        return "timm"
-    if recorded in by_hash:
-        return by_hash[recorded]
-    if given:
-        found = ", ".join(f"{w} ({h})" for h, w in by_hash.items())
-        raise PredictError(f"teacher {teacher.key} was extracted with weights {recorded}; --weights gave {found}: give the weights file it was extracted with")
-    raise PredictError(f"teacher {teacher.key} was extracted with the weights file {recorded}: give that file again with --weights FILE")
+        return "was extracted with timm's own pretrained weights"
+    return f"was extracted with the weights file {recorded}"
 
 
 def recorded_seed(weights: str | None) -> int:

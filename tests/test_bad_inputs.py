@@ -300,3 +300,17 @@ def test_cost_of_a_student_on_imported_features_is_unknown(world, tmp_path):
     assert depth["params"] is None and depth["flops"] is None and rgb["flops"] > 0 and head["params"] > 0
     assert cost["student"]["flops"] is None and cost["teachers"][0]["flops"] is None
     assert "? GFLOPs" in out
+
+
+def test_an_unreadable_weights_or_head_file_is_named_without_unsafe_advice(world, tmp_path):
+    """torch.load's refusal advises weights_only=False (which runs the file's code) or allow-listing classes; the
+    line says what the file must be instead, with torch's reason in one sentence."""
+    whole = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), whole)  # a pickled module, not its state dict
+    for flag, path, reason in (("--weights", f"{world['tmp']}/garbage.pt", "Unsupported operand"), ("--head", whole, "Unsupported global"),
+                               ("--weights", whole, "torch.nn.modules.linear.Linear was not an allowed global")):
+        code, out, err = cli(*fill(EXTRACT, world), "--backbone", "test_resnet", flag, path)
+        [line] = [line for line in err.splitlines() if line.strip()]
+        assert code == 1 and f"cannot read {path} as a torch state dict (what torch.save(model.state_dict(), path) writes)" in line and reason in line, line
+        assert "weights_only" not in line and "safe_globals" not in line and "Traceback" not in out + err, line
+    assert not (Path(world["tmp"]) / "x.zarr").exists()

@@ -118,3 +118,44 @@ def test_bad_inputs_give_one_line_each(run, tmp_path):
     # A frozen-feature student's options mean nothing to an end-to-end one (tests/test_export_frozen.py exports those).
     assert "drop --weights and --cache" in one_line(*cli("export", "--run", run["run"], "--out", tmp_path / "m.pt", "--cache", run["cache"]))
     assert not (tmp_path / "m.pt").exists()
+
+
+# --- predict on the same end-to-end run: a split of its cache, and new videos ----------------------------
+
+
+def test_predict_scores_an_end_to_end_student_as_evaluate_does(run, tmp_path):
+    """predict feeds the network evaluate's view (the stored frames, the backbone's centre crop), not a list of rows."""
+    code, err = cli("predict", "--run", run["run"], "--cache", run["cache"], "--split", "val", "--out", tmp_path / "val.npz", "--device", "cpu")
+    assert code == 0, err
+    got = np.load(tmp_path / "val.npz")
+    _, model = load_student(run["run"])
+    root = cache.open_cache(run["cache"])
+    val = np.flatnonzero(root.segments.split == "val")
+    loader = CacheLoader(root, [run["frames"]], val, {}, batch_size=8, frames=FRAMES, train=False, augment=Augment(eval_fraction=eval_crop_fraction("test_resnet")))
+    batch = next(iter(loader.epoch(0)))
+    with torch.no_grad():
+        expected = model(batch.features[0], batch.crops, batch.flip)
+    assert list(got["segment_id"]) == list(root.segments.ids[batch.index.numpy()]) == ["clip6", "clip7"]
+    for h in ("verb", "noun"):
+        assert np.abs(got[f"scores_{h}"] - expected[h].numpy()).max() < 1e-5
+
+
+def test_predict_on_new_videos_extracts_the_recorded_frames(run, tmp_path):
+    """New videos of an end-to-end student: its frames teacher has no model and no weights file; predict stores the
+    new clips' frames as that teacher did (its frame size and sampling), so the same clips score as from the cache."""
+    (tmp_path / "new.csv").write_text("segment_id,video,start_sec,stop_sec,split\nn7,clip7.mp4,0,1,test\nn6,clip6.mp4,0,1,test\n")
+    new = ["--run", run["run"], "--manifest", tmp_path / "new.csv", "--videos", run["folder"] / "videos", "--device", "cpu"]
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"garbage\n")
+    line = one_line(*cli("predict", *new, "--weights", junk, "--out", tmp_path / "x.npz"))
+    assert f"teacher {run['frames']} runs no model" in line and "drop --weights" in line
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x.cache.zarr").exists()
+    code, err = cli("predict", *new, "--out", tmp_path / "new.npz")
+    assert code == 0, err
+    assert cache.open_cache(tmp_path / "new.cache.zarr").teacher_keys() == [run["frames"]]  # the same settings, so the same key
+    code, err = cli("predict", "--run", run["run"], "--cache", run["cache"], "--split", "val", "--out", tmp_path / "val.npz", "--device", "cpu")
+    assert code == 0, err
+    got, cached = np.load(tmp_path / "new.npz"), np.load(tmp_path / "val.npz")
+    assert list(got["segment_id"]) == ["n7", "n6"] and list(cached["segment_id"]) == ["clip6", "clip7"]
+    for h in ("verb", "noun"):
+        assert np.abs(got[f"scores_{h}"] - cached[f"scores_{h}"][::-1]).max() < 1e-5

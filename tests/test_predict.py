@@ -190,6 +190,41 @@ def test_new_videos_are_extracted_with_the_recorded_weights_and_scored(tmp_path,
     assert "nowhere.mp4" in line and not (tmp_path / "gone.cache.zarr").exists()
 
 
+def test_a_weights_file_for_a_random_init_teacher_is_refused_by_predict_and_export(tmp_path, media_dir, cli):
+    """A teacher extracted from a random init (its seed) is rebuilt from that seed: a --weights file would be
+    silently unused, so predict and export refuse it, before the manifest is read."""
+    from egodistill.extract.run import ExtractConfig, run_extraction
+
+    (tmp_path / "clips_train.csv").write_text("segment_id,video,start_sec,stop_sec,split,label:action:2\na,h264_aac.mp4,0,1,train,0\nb,h264_aac.mp4,1,2,train,1\n")
+    training = str(tmp_path / "train.zarr")
+    run_extraction(ExtractConfig(manifest=str(tmp_path / "clips_train.csv"), videos=str(media_dir), cache=training, backbone="test_resnet", seed=5,
+                                 frames=2, workers=0, device="cpu", precision="fp32"), log=lambda _: None)
+    run = str(tmp_path / "run")
+    train(TrainConfig(cache=training, inputs=["rgb"], out=run, steps=2, batch_size=2, frames=2, device="cpu"), log=lambda _: None)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"garbage\n")
+    [key] = cache.open_cache(training).teacher_keys()
+    refusal = f"teacher {key} was extracted with random-init weights (seed 5)"
+    line = cli("predict", "--run", run, "--manifest", tmp_path / "never-read.csv", "--videos", media_dir, "--weights", junk,
+               "--out", tmp_path / "x.npz", "--device", "cpu", fails=True)
+    assert refusal in line and "drop --weights" in line
+    line = cli("export", "--run", run, "--weights", junk, "--out", tmp_path / "m.pt", fails=True)
+    assert refusal in line and "drop --weights" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips_train.csv", "junk.pth", "run", "train.zarr"]
+
+
+def test_recorded_settings_give_the_modality_options_back():
+    """predict re-extracts new videos with each teacher's options, read back from its recorded settings."""
+    from egodistill.extract.modalities import get_modality
+
+    data_cfg = {"input_size": (3, 32, 32), "crop_pct": 0.875, "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    for name, options in (("frames", {"frame_size": 40}), ("flow", {"flow": "dis", "flow_stack": 3}), ("audio", {"audio_window": 0.4}), ("rgb", {})):
+        modality = get_modality(name)
+        settings = modality.settings(modality.resolve_options(options), data_cfg)
+        assert modality.recorded_options(settings) == options
+        assert modality.settings(modality.resolve_options(modality.recorded_options(settings)), data_cfg) == settings
+
+
 def test_ssv2_lines_name_the_top_class_and_need_the_class_names(tmp_path, cli):
     from egodistill.student.predict import PredictConfig, Predictions, write_predictions
 
