@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,9 @@ def _remote_store(url: str, mode: str, storage_options: dict[str, Any] | None, r
 def _check_writable(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")  # unique: threads of one process open caches too
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         raise CacheError(f"cache path {path} is not writable ({err.strerror or type(err).__name__}): choose a --cache under a folder you can write to") from err
 

@@ -402,7 +402,7 @@ def _frozen_parts(cfg: ExportConfig, record: dict, model: Student) -> _FrozenPar
     """The frozen-feature student of run `cfg.run`, its input teacher rebuilt from the provenance; every check comes first."""
     from egodistill import cache
     from egodistill.backbones import BackboneSpec, create_backbone
-    from egodistill.student.predict import recorded_seed, recorded_weights
+    from egodistill.student.sources import recorded_seed, recorded_weights
 
     keys = list(record.get("input_keys") or [])
     if len(keys) != 1:

@@ -1,4 +1,5 @@
-"""Turns the user's `--inputs` / `--teachers` / `--modalities` names into cache teacher keys, with checks.
+"""Turns the user's `--inputs` / `--teachers` / `--modalities` names into cache teacher keys, with checks, and a
+teacher's recorded weights back into what rebuilds its backbone (`recorded_weights`, `recorded_seed`).
 
 A name is a teacher key, or a modality ("rgb", "flow", "audio", "fusion", ...) that resolves to the
 one teacher of that modality that has what is asked for (features for inputs, logits for teachers).
@@ -6,8 +7,10 @@ one teacher of that modality that has what is asked for (features for inputs, lo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from egodistill import cache
-from egodistill.common import CacheError
+from egodistill.common import CacheError, file_sha256
 
 
 class SourceError(CacheError):
@@ -94,3 +97,53 @@ def _unique(keys: list[str], option: str) -> list[str]:
     if len(set(keys)) != len(keys):
         raise SourceError(f"{option} names the same teacher twice ({', '.join(keys)}): list each once")
     return keys
+
+
+def recorded_weights(teachers: list, given: list[str]) -> list[str | None]:
+    """What rebuilds each teacher's backbone (`create_backbone`'s weights): None for a random init (its seed:
+    `recorded_seed`) or a teacher without a model (frames), "timm" for timm's own pretrained weights, or the file
+    among `given` (--weights) whose sha256 its provenance records. SourceError, naming both hashes, for a file
+    that differs; also for a missing file, and for a file that none of the teachers was extracted with (a random
+    init's or a model-less teacher's included). predict (new videos), export and train-student's --init-from all
+    rebuild teachers' backbones through this."""
+    absent = [w for w in given if not Path(w).is_file()]
+    if absent:
+        raise SourceError(f"--weights {absent[0]}: no such file: give the weights file the teacher was extracted with")
+    by_hash = {file_sha256(w): w for w in given}
+    out: list[str | None] = []
+    for teacher in teachers:
+        recorded = str(teacher.provenance.weights)
+        if teacher.provenance.weights is None or recorded.startswith("random-init:"):
+            out.append(None)
+        elif recorded.startswith("timm-pretrained:"):
+            out.append("timm")
+        elif recorded in by_hash:
+            out.append(by_hash[recorded])
+        elif given:
+            found = ", ".join(f"{w} ({h})" for h, w in by_hash.items())
+            raise SourceError(f"teacher {teacher.key} was extracted with weights {recorded}; --weights gave {found}: give the weights file it was extracted with")
+        else:
+            raise SourceError(f"teacher {teacher.key} was extracted with the weights file {recorded}: give that file again with --weights FILE")
+    unused = [w for h, w in by_hash.items() if w not in out]
+    if unused:
+        origins = "; ".join(f"teacher {t.key} {_weights_origin(t.provenance)}" for t in teachers)
+        raise SourceError(f"--weights {unused[0]} is no input teacher's weights file ({origins}): drop --weights")
+    return out
+
+
+def _weights_origin(p: cache.Provenance) -> str:
+    """How a teacher's backbone got its weights, for a message."""
+    recorded = str(p.weights)
+    if p.weights is None:
+        return f"runs no model (its rows are the stored {p.modality})"
+    if recorded.startswith("random-init:"):
+        return f"was extracted with random-init weights (seed {recorded_seed(recorded)})"
+    if recorded.startswith("timm-pretrained:"):
+        return "was extracted with timm's own pretrained weights"
+    return f"was extracted with the weights file {recorded}"
+
+
+def recorded_seed(weights: str | None) -> int:
+    """The seed of a random-init teacher's recorded weights (\"random-init:<seed>\"); 0 for any other."""
+    text = str(weights)
+    return int(text.split(":", 1)[1]) if text.startswith("random-init:") and text.split(":", 1)[1].lstrip("-").isdigit() else 0

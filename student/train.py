@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -21,8 +20,8 @@ import numpy as np
 import torch
 
 from egodistill import cache
-from egodistill.backbones import TIMM_PRETRAINED, backbone_family, resolve_precision
-from egodistill.common import EgodistillError, check_choice, check_number, file_sha256, pick_device
+from egodistill.backbones import backbone_family, resolve_precision
+from egodistill.common import EgodistillError, check_choice, check_number, pick_device
 from egodistill.student import rundir
 from egodistill.student.data import Augment, CacheLoader, load_windows, present_inputs, row_statistics, teacher_logit_table, teacher_views
 from egodistill.student.folds import grouped_holdout, segment_groups
@@ -30,7 +29,7 @@ from egodistill.student.losses import SCHEMES, dataset_weights, student_loss
 from egodistill.student.model import ModelConfig, Student, mask_modalities
 from egodistill.student.network import FramesStudent, NetworkConfig, eval_crop_fraction, student_logits
 from egodistill.student.schedule import auto_steps, head_threads, lr_at, make_optimiser
-from egodistill.student.sources import resolve_frames, resolve_inputs, resolve_teachers
+from egodistill.student.sources import recorded_seed, recorded_weights, resolve_frames, resolve_inputs, resolve_teachers
 from egodistill.student.step import STATISTICS_SEGMENTS, StepConfig, optimiser_step
 
 
@@ -289,23 +288,11 @@ def starting_point(cfg: TrainConfig, root: cache.Cache) -> tuple[str, str | None
         raise TrainError(f"--init-from {cfg.init_from}: teacher {key} reads {p.in_chans} channels, the student reads RGB frames: start from an RGB teacher")
     if cfg.backbone and cfg.backbone != p.backbone:
         raise TrainError(f"--backbone {cfg.backbone} and --init-from {cfg.init_from} (a {p.backbone}) disagree: drop --backbone, or start from another teacher")
-    recorded = str(p.weights)
-    if recorded.startswith("random-init:"):  # the teacher's own random init: the same seed builds the same weights
-        if cfg.weights:
-            raise TrainError(f"--init-from {cfg.init_from}: teacher {key} was a random init ({recorded}), not a weights file: drop --weights")
-        return p.backbone, None, int(recorded.split(":", 1)[1])
-    if recorded.startswith("timm-pretrained:"):
-        return p.backbone, TIMM_PRETRAINED, cfg.seed
-    if not recorded.startswith("sha256:"):
-        raise TrainError(f"--init-from {cfg.init_from}: teacher {key} has weights {recorded}, not a backbone's: start from an extracted RGB teacher")
-    if not cfg.weights:
-        raise TrainError(f"--init-from {cfg.init_from}: teacher {key} was extracted with the weights file {recorded[:19]}...: pass that file with --weights")
-    have = file_sha256(cfg.weights) if Path(cfg.weights).is_file() else None
-    if have is None:
-        raise TrainError(f"--weights {cfg.weights} not found: give the weights file teacher {key} was extracted with")
-    if have != recorded:
-        raise TrainError(f"--weights {cfg.weights} is {have[:19]}..., teacher {key} was extracted with {recorded[:19]}...: give that teacher's own weights file")
-    return p.backbone, cfg.weights, cfg.seed
+    if not str(p.weights).startswith(("random-init:", "timm-pretrained:", "sha256:")):
+        raise TrainError(f"--init-from {cfg.init_from}: teacher {key} has weights {p.weights}, not a backbone's: start from an extracted RGB teacher")
+    # As predict and export rebuild it: a random init by its recorded seed (the same weights), a file by its sha256.
+    [weights] = recorded_weights([root.teacher(key)], [cfg.weights] if cfg.weights else [])
+    return p.backbone, weights, recorded_seed(p.weights) if weights is None else cfg.seed
 
 
 def loaders(cfg: TrainConfig, s: Setup, pin_memory: bool = False, share: tuple[int, int] = (0, 1)) -> tuple[CacheLoader, CacheLoader | None]:

@@ -199,11 +199,11 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_with_a_clean_log(frame
 
 def test_init_from_the_rgb_teacher_loads_its_own_weights_file(frames_cache, tmp_path):
     code, err = cli("train-student", "--cache", frames_cache["cache"], "--inputs", "frames", "--init-from", "rgb", "--frames", FRAMES, "--out", tmp_path / "a", "--device", "cpu")
-    assert "pass that file with --weights" in one_line(code, err)
+    assert "give that file again with --weights" in one_line(code, err)
     other = tmp_path / "other.pt"
     torch.save({"x": torch.zeros(1)}, other)
     code, err = cli("train-student", "--cache", frames_cache["cache"], "--inputs", "frames", "--init-from", "rgb", "--weights", other, "--frames", FRAMES, "--out", tmp_path / "b", "--device", "cpu")
-    assert "give that teacher's own weights file" in one_line(code, err)
+    assert "give the weights file it was extracted with" in one_line(code, err)
     from egodistill.student.train import setup
 
     s = setup(config(frames_cache, tmp_path / "c", backbone=None, init_from="rgb", weights=str(frames_cache["weights"])))
