@@ -274,6 +274,7 @@ def cache_rm(
     from egodistill import cache as cache_lib
 
     target = cache_lib.open_cache(location, mode="r+")
+    target.teacher(teacher)  # a wrong key is one line naming the teachers there, before any prompt
     if not yes and not typer.confirm(f"remove teacher {teacher} from {location}?"):
         raise typer.Exit(1)
     target.remove_teacher(teacher)
@@ -544,7 +545,7 @@ def train_student_command(
 def evaluate_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     run: Annotated[str, typer.Option(help="Run directory written by train-student.")],
-    split: Annotated[str, typer.Option(help="Split of the cache to evaluate on.")] = "val",
+    split: Annotated[str, typer.Option(help="Split of the cache to evaluate on; it needs labels: a split with none for any head is refused (score it with `predict`), and a head it has no labels for gets null metrics.")] = "val",
     baseline: Annotated[bool, typer.Option(help="Also fit the logistic-regression probe per input on the training split and score it here.")] = False,
     device: Annotated[Device, typer.Option(help="cpu, cuda or auto.")] = Device.auto,
 ) -> None:
