@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from egodistill.cache import UNLABELLED
-from egodistill.common import CacheError, ManifestError
+from egodistill.common import ManifestError
 
 EPIC_HEADS = {"verb": 97, "noun": 300}
 SSV2_HEAD = "action"
@@ -209,19 +209,10 @@ def cache_heads(manifests: Sequence[Manifest], stored: dict[str, int] | None = N
 def cache_manifests(location: str, manifests: Sequence[Manifest], storage_options: dict | None = None) -> tuple[list[Manifest], list[Manifest], dict[str, int]]:
     """(every file the cache will hold, in cache order; those of `manifests` it does not hold yet; its heads),
     reading the cache without writing (a missing cache holds nothing yet)."""
-    from egodistill.cache.catalog import open_cache
-    from egodistill.cache.store import is_url
+    from egodistill.cache.catalog import open_existing
 
-    if not is_url(location) and not Path(location, "zarr.json").exists():
-        return list(manifests), list(manifests), cache_heads(manifests)
-    try:
-        target = open_cache(location, mode="r", storage_options=storage_options)
-    except CacheError:
-        if not is_url(location):
-            raise
-        # A remote cache that is not there yet holds nothing; were it unreadable, the write reports why.
-        return list(manifests), list(manifests), cache_heads(manifests)
-    if not target.has_segments:
+    target = open_existing(location, storage_options)
+    if target is None or not target.has_segments:
         return list(manifests), list(manifests), cache_heads(manifests)
     return _partition(target, manifests)
 
