@@ -72,7 +72,7 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of a randomly initialised backbone.")] = 0,
     segments_per_task: Annotated[Optional[int], typer.Option(help="Segments per Dask task (= logits chunk); fixed when the teacher is created.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Rerun tasks whose ledger has failed segments.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Read the manifest, find videos, show the planned rows and shards; run no model.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Read the manifest, find videos, show the planned rows and shards (of a teacher the cache holds already: its tasks left to run); run no model, write nothing.")] = False,
     classes: Annotated[Optional[list[str]], typer.Option(help="HEAD=FILE: the head's classes (one name a line, EPIC's classes CSV or SSv2's labels JSON) sizing a generic CSV's head; repeatable.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary (counts, timings, ledger) as JSON on stdout; progress goes to stderr.")] = False,
 ) -> None:
@@ -80,7 +80,7 @@ def extract(
 
     Each modality takes options of its own (e.g. --flow tvl1 --flow-stack 5); they are listed below."""
     from egodistill.extract.modalities import get_modality
-    from egodistill.extract.run import ExtractConfig, plan_extraction, run_extraction
+    from egodistill.extract.run import ExtractConfig, plan_extraction, resume_state, run_extraction
 
     cfg = ExtractConfig(
         manifest=manifest, videos=videos, cache=cache, modality=modality, backbone=backbone, weights=weights, head=head,
@@ -90,7 +90,7 @@ def extract(
     )
     plan = plan_extraction(cfg)
     if not as_json:  # stdout holds the JSON alone
-        _print_plan(plan, needs_videos=get_modality(modality).rows is None)
+        _print_plan(plan, needs_videos=get_modality(modality).rows is None, resume=resume_state(cfg, plan) if dry_run else None)
     if dry_run:
         return
     summary = _run_with_progress(run_extraction, cfg, plan, errors if as_json else console)
@@ -133,7 +133,7 @@ def _run_with_progress(run, cfg, plan, out: Console = console):
         return run(cfg, plan, on_progress=lambda done, total: progress.update(bar, completed=done), log=progress.console.print)
 
 
-def _print_plan(plan, needs_videos: bool = True) -> None:
+def _print_plan(plan, needs_videos: bool = True, resume=None) -> None:
     m, layout = plan.manifest, plan.layout
     found = len(plan.video_paths) - len(plan.missing_videos)
     console.print(
@@ -146,6 +146,10 @@ def _print_plan(plan, needs_videos: bool = True) -> None:
         shown = ", ".join(plan.missing_videos[:5]) + (f" ... (+{len(plan.missing_videos) - 5})" if len(plan.missing_videos) > 5 else "")
         console.print(f"[yellow]missing videos ({len(plan.missing_videos)}): {shown}[/] — their segments go to the ledger as failed")
     shards = -(-layout.rows // layout.rows_per_shard) if layout.rows else 0
+    if resume is not None:  # the run resumes it in its own layout, not the fresh plan's
+        console.print(f"plan: sampling {plan.policy.to_json()}, {layout.rows} rows; teacher {resume.teacher_key} exists: {resume.to_run} of {resume.tasks} tasks "
+                      f"to run ({resume.segments_done} of {layout.segments} segments done, tasks of {resume.segments_per_task} segments)", markup=False, highlight=False, soft_wrap=True)
+        return
     console.print(
         f"plan: sampling {plan.policy.to_json()}, {layout.rows} rows, {layout.tasks} tasks of {layout.segments_per_task} segments, "
         f"{shards} shards of {layout.rows_per_shard} rows (chunks of {layout.rows_per_chunk})"
@@ -274,6 +278,7 @@ def cache_rm(
     from egodistill import cache as cache_lib
 
     target = cache_lib.open_cache(location, mode="r+")
+    target.teacher(teacher)  # a wrong key is one line naming the teachers there, before any prompt
     if not yes and not typer.confirm(f"remove teacher {teacher} from {location}?"):
         raise typer.Exit(1)
     target.remove_teacher(teacher)
@@ -544,7 +549,7 @@ def train_student_command(
 def evaluate_command(
     cache: Annotated[str, typer.Option(help="Cache location: a local path or an fsspec URL.")],
     run: Annotated[str, typer.Option(help="Run directory written by train-student.")],
-    split: Annotated[str, typer.Option(help="Split of the cache to evaluate on.")] = "val",
+    split: Annotated[str, typer.Option(help="Split of the cache to evaluate on; it needs labels: a split with none for any head is refused (score it with `predict`), and a head it has no labels for gets null metrics.")] = "val",
     baseline: Annotated[bool, typer.Option(help="Also fit the logistic-regression probe per input on the training split and score it here.")] = False,
     device: Annotated[Device, typer.Option(help="cpu, cuda or auto.")] = Device.auto,
 ) -> None:

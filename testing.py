@@ -94,6 +94,7 @@ class SyntheticSpec:
     feature_dim: int = 32
     segments_per_task: int = 16
     unlabelled: float = 0.0        # fraction of training segments whose labels are cache.UNLABELLED
+    hidden_heads: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> heads none of its segments has labels for (EPIC's test file: verb, noun)
     failed: dict[str, list[int]] = field(default_factory=dict)  # modality -> segments its ledger marks failed (NaN rows)
     offset: float = 0.0            # a pattern shared by every row of a modality, of this norm (as frozen features have)
     seed: int = 0
@@ -112,7 +113,8 @@ def build_synthetic_cache(location: str, spec: SyntheticSpec | None = None) -> d
     table = cache.SegmentTable(
         ids=np.array([f"seg{i:05d}" for i in range(n)]), videos=np.array([f"video{i // 10:03d}" for i in range(n)]),
         start_sec=np.arange(n, dtype=np.float64), stop_sec=np.arange(n, dtype=np.float64) + 1.0, split=split,
-        labels={h: np.where(hidden, cache.UNLABELLED, y).astype(np.int32) for h, y in labels.items()}, heads=dict(spec.heads),
+        labels={h: np.where(hidden | np.isin(split, [s for s, hs in spec.hidden_heads.items() if h in hs]), cache.UNLABELLED, y).astype(np.int32)
+                for h, y in labels.items()}, heads=dict(spec.heads),
     )
     handle.write_segments(table, {"format": "synthetic", "seed": spec.seed})
     keys = {}

@@ -5,7 +5,7 @@ use these handles and the records below; only this package knows array and attri
 holds storage only: errors, option checks, JSON and device choice live in `egodistill.common`.
 """
 
-from egodistill.cache.catalog import Cache, open_cache
+from egodistill.cache.catalog import Cache, open_cache, open_existing, refuse_other_identity
 from egodistill.cache.info import describe
 from egodistill.cache.shards import Layout, plan_layout
 from egodistill.cache.records import FEATURES_FORMAT, UNLABELLED, Failure, Provenance, TaskRecord, Views, egodistill_version
@@ -16,5 +16,5 @@ from egodistill.common import CacheError
 
 __all__ = [
     "FEATURES_FORMAT", "SCHEMA_VERSION", "UNLABELLED", "Cache", "CacheError", "Failure", "Layout", "Provenance", "SegmentTable", "TaskRecord",
-    "Teacher", "Views", "describe", "egodistill_version", "open_cache", "plan_layout",
+    "Teacher", "Views", "describe", "egodistill_version", "open_cache", "open_existing", "plan_layout", "refuse_other_identity",
 ]

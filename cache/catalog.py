@@ -23,7 +23,7 @@ from egodistill.cache.lease import SEGMENTS_WAIT_SEC, current_holder, describe_h
 from egodistill.cache.records import Failure, Provenance, Views
 from egodistill.cache.extents import ExtendedTeacher, extend_teacher, open_extended
 from egodistill.cache.segments import SegmentTable, append_table, has_table, read_table, table_attrs, write_table
-from egodistill.cache.store import ROOT_ATTR, check_schema, open_root
+from egodistill.cache.store import ROOT_ATTR, check_schema, is_url, open_root
 from egodistill.cache.teachers import ATTR, GROUP, Teacher, create_logit_arrays, create_row_arrays, members, teacher_attrs
 
 
@@ -38,6 +38,19 @@ def open_cache(
     root, folder = open_root(location, mode, storage_options, read_cache)
     check_schema(root, location)
     return Cache(root, str(location), folder)
+
+
+def open_existing(location: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Cache | None:
+    """The cache at `location` read-only, or None where there is none yet (what `extract` would create): a local
+    path without zarr.json, or a remote URL that cannot be opened (were it unreadable, a write reports why)."""
+    if not is_url(str(location)) and not Path(location, "zarr.json").exists():
+        return None
+    try:
+        return open_cache(location, mode="r", storage_options=storage_options)
+    except CacheError:
+        if not is_url(str(location)):
+            raise
+        return None
 
 
 class Cache:
@@ -140,7 +153,7 @@ class Cache:
         teachers = self._teachers_group()
         if key in teachers and ATTR in teachers[key].attrs:
             teacher = self.teacher(key)
-            _refuse_other_identity(teacher, provenance)
+            refuse_other_identity(teacher, provenance)
             if teacher.heads != dict(heads):
                 raise CacheError(f"teacher {key!r} has heads {teacher.heads}, the cache's segments table {dict(heads)}: "
                                  "give --head a file of the table's class counts, or extract into a new --cache")
@@ -166,7 +179,7 @@ class Cache:
         teachers = self._teachers_group()
         if key in teachers:
             if ATTR in teachers[key].attrs:
-                _refuse_other_identity(self.teacher(key), provenance)
+                refuse_other_identity(self.teacher(key), provenance)
             del teachers[key]
         group = teachers.create_group(key)
         layout = create_logit_arrays(group, logits, failed, view_logits)
@@ -205,7 +218,8 @@ class Cache:
         return self.folder / GROUP / key if self.folder is not None else None
 
 
-def _refuse_other_identity(teacher: Teacher, provenance: Provenance) -> None:
+def refuse_other_identity(teacher: Teacher, provenance: Provenance) -> None:
+    """A stored teacher is resumed only by a run of its identity (also what `extract --dry-run` checks)."""
     stored, asked = teacher.provenance.to_json(), provenance.to_json()
     if teacher.provenance.identity() != provenance.identity():
         changed = sorted(k for k in (set(stored) | set(asked)) - {"egodistill"} if stored.get(k) != asked.get(k))

@@ -58,7 +58,7 @@ def open_root(
     if chained and not is_url(path):
         path, chained = _store_location(path), False  # a local cache needs no local copy
     if mode in ("r", "r+") and not is_url(path) and not Path(path, "zarr.json").exists():  # r+: an existing cache only
-        raise CacheError(f"cache {location} not found: run `egodistill extract --cache {location} ...` or `egodistill cache init --manifest FILE --cache {location}` first")
+        _refuse_absent(location, Path(path))
     if mode != "r" and chained:
         raise CacheError(f"{location} is a read-through URL, which is for reading: write to {path} itself")
     if mode != "r" and path.startswith(READ_ONLY_PROTOCOLS):
@@ -80,6 +80,16 @@ def open_root(
             raise CacheError(f"{location} is a Zarr group but not an egodistill cache: choose another --cache path")
         root.attrs[ROOT_ATTR] = {"schema_version": SCHEMA_VERSION, "created_with": egodistill_version()}
     return root, None if is_url(path) else Path(path)
+
+
+def _refuse_absent(location: str | os.PathLike, path: Path) -> None:
+    """The one line for a local cache without zarr.json: nothing there, a file, or a folder of something else."""
+    create = f"`egodistill cache init --manifest FILE --cache {location}` or `egodistill extract --cache {location} ...`"
+    if path.is_dir():
+        raise CacheError(f"{location} exists but is not an egodistill cache (it has no zarr.json): choose another path, or run {create} to create one there")
+    if path.exists():
+        raise CacheError(f"{location} is a file, not an egodistill cache (a folder with zarr.json): choose another path")
+    raise CacheError(f"cache {location} not found: run {create} first")
 
 
 def schema_version(root: zarr.Group) -> int:

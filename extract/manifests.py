@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from egodistill.cache import UNLABELLED
-from egodistill.common import CacheError, ManifestError
+from egodistill.common import ManifestError
 
 EPIC_HEADS = {"verb": 97, "noun": 300}
 SSV2_HEAD = "action"
@@ -59,16 +59,17 @@ class Manifest:
     class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # head -> name of each class, where the file or --classes gives them
 
 
-def read_manifest(path: str | os.PathLike, classes: dict[str, Sequence[str]] | None = None) -> Manifest:
+def read_manifest(path: str | os.PathLike, classes: dict[str, Sequence[str]] | None = None, option: str = "--manifest") -> Manifest:
     """Read an EPIC-KITCHENS-100 CSV, an SSv2 JSON list or a generic CSV, whichever the file holds.
 
-    `classes` (head -> class names, e.g. from `read_classes`) names and sizes the file's heads of those names."""
-    manifest = _read_any(Path(path))
+    `classes` (head -> class names, e.g. from `read_classes`) names and sizes the file's heads of those names;
+    `option` is the command-line option that gave the path, which an unreadable file's message names."""
+    manifest = _read_any(Path(path), option)
     return _with_classes(manifest, classes) if classes else manifest
 
 
-def _read_any(file: Path) -> Manifest:
-    text = _read_text(file)
+def _read_any(file: Path, option: str) -> Manifest:
+    text = _read_text(file, option)
     if not text.strip():
         raise ManifestError(f"manifest {file} is empty: give a file with a header and at least one segment")
     if text.lstrip().startswith("["):
@@ -113,13 +114,13 @@ def segment_table(manifest: Manifest, heads: dict[str, int] | None = None):
     )
 
 
-def read_manifests(paths: Sequence[str | os.PathLike], classes: dict[str, Sequence[str]] | None = None) -> list[Manifest]:
-    """Every file, each with its own split; a segment id in two files is one line naming both."""
+def read_manifests(paths: Sequence[str | os.PathLike], classes: dict[str, Sequence[str]] | None = None, option: str = "--manifest") -> list[Manifest]:
+    """Every file, each with its own split; a segment id in two files is one line naming both (`option`: see read_manifest)."""
     if not paths:
         raise ManifestError("no manifest given: pass --manifest FILE (repeat it for each file of a dataset)")
     manifests, seen = [], {}
     for path in dict.fromkeys(str(p) for p in paths):  # the same file twice is the same segments
-        manifest = read_manifest(path)
+        manifest = read_manifest(path, option=option)
         for s in manifest.segments:
             if s.id in seen:
                 raise ManifestError(f"segment id '{s.id}' is in both {seen[s.id]} and {manifest.path}: give every segment of a cache its own id")
@@ -141,7 +142,7 @@ def read_classes(spec: str) -> tuple[str, list[str]]:
     if not sep or not head.strip() or not name.strip():
         raise ManifestError(f"--classes {spec!r} is not HEAD=FILE: write e.g. --classes verb=EPIC_100_verb_classes.csv")
     file = Path(name.strip())
-    text = _read_text(file)
+    text = _read_text(file, "--classes", "classes file")
     if text.lstrip().startswith("{"):
         try:
             names = list(_ssv2_classes(file))
@@ -208,19 +209,10 @@ def cache_heads(manifests: Sequence[Manifest], stored: dict[str, int] | None = N
 def cache_manifests(location: str, manifests: Sequence[Manifest], storage_options: dict | None = None) -> tuple[list[Manifest], list[Manifest], dict[str, int]]:
     """(every file the cache will hold, in cache order; those of `manifests` it does not hold yet; its heads),
     reading the cache without writing (a missing cache holds nothing yet)."""
-    from egodistill.cache.catalog import open_cache
-    from egodistill.cache.store import is_url
+    from egodistill.cache.catalog import open_existing
 
-    if not is_url(location) and not Path(location, "zarr.json").exists():
-        return list(manifests), list(manifests), cache_heads(manifests)
-    try:
-        target = open_cache(location, mode="r", storage_options=storage_options)
-    except CacheError:
-        if not is_url(location):
-            raise
-        # A remote cache that is not there yet holds nothing; were it unreadable, the write reports why.
-        return list(manifests), list(manifests), cache_heads(manifests)
-    if not target.has_segments:
+    target = open_existing(location, storage_options)
+    if target is None or not target.has_segments:
         return list(manifests), list(manifests), cache_heads(manifests)
     return _partition(target, manifests)
 
@@ -316,18 +308,19 @@ def init_cache(manifest_paths: Sequence[str | os.PathLike], location: str, class
 # --- reading -------------------------------------------------------------------------------------
 
 
-def _read_text(file: Path) -> str:
+def _read_text(file: Path, option: str, noun: str = "manifest") -> str:
+    """The file's text; `option` (--manifest, --exclude, --classes) is what the user fixes when it is missing."""
     try:
         # utf-8-sig: spreadsheets often save CSVs with a byte-order mark, which would spoil the header.
         return file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ManifestError(f"manifest {file} not found: check the --manifest path") from None
+        raise ManifestError(f"{noun} {file} not found: check the {option} path") from None
     except IsADirectoryError:
-        raise ManifestError(f"manifest {file} is a folder: give the annotation file itself") from None
+        raise ManifestError(f"{noun} {file} is a folder: give the {option} file itself") from None
     except UnicodeDecodeError:
-        raise ManifestError(f"manifest {file} is not UTF-8 text: {_FORMATS}") from None
+        raise ManifestError(f"{noun} {file} is not UTF-8 text: {_FORMATS if noun == 'manifest' else 'give a text file'}") from None
     except OSError as err:
-        raise ManifestError(f"manifest {file} cannot be read ({err.strerror}): check its permissions") from None
+        raise ManifestError(f"{noun} {file} cannot be read ({err.strerror}): check its permissions") from None
 
 
 def _csv_rows(file: Path, text: str) -> Iterator[tuple[int, list[str]]]:

@@ -196,16 +196,27 @@ def teacher_provenance(cfg: ExtractConfig, spec: BackboneSpec, settings: dict, p
     )
 
 
-def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print) -> Summary:
-    """Extract every segment not done yet into the cache; safe to kill and rerun at any point."""
-    started = time.perf_counter()
-    plan = plan or plan_extraction(cfg)
+@dataclass
+class TeacherSetup:
+    """The teacher a run writes, before any row: its backbone, settings, where it runs, its row shape, its provenance."""
+
+    spec: BackboneSpec
+    options: dict  # the modality's options, resolved
+    settings: dict
+    device: str
+    precision: str | None
+    feature_dim: int
+    frame_shape: tuple[int, int, int] | None
+    provenance: cache.Provenance
+
+
+def setup_teacher(cfg: ExtractConfig, plan: Plan) -> TeacherSetup:
+    """Build the backbone once (no forward pass), so a bad backbone/weights/head fails before any work."""
     modality = get_modality(cfg.modality)
     options = modality.resolve_options(cfg.options)
     spec = BackboneSpec(backbone=cfg.backbone or modality.default_backbone, in_chans=modality.in_chans(options), weights=cfg.weights, head=cfg.head, seed=cfg.seed)
-    heads = plan.manifest.heads
     if modality.has_model:
-        backbone = create_backbone(spec, heads)  # here, once, so a bad backbone/weights/head fails before any work
+        backbone = create_backbone(spec, plan.manifest.heads)
         settings = modality.settings(options, backbone.data_config)
         device = str(pick_device(cfg.device))
         precision: str | None = resolve_precision(cfg.precision, device)
@@ -215,14 +226,63 @@ def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Ca
         device, precision = "cpu", None
         shape = modality.row_shape(settings)
         feature_dim, frame_shape = (shape[0], None) if len(shape) == 1 else (0, shape)
+    return TeacherSetup(spec, options, settings, device, precision, feature_dim, frame_shape, teacher_provenance(cfg, spec, settings, plan.policy, precision))
+
+
+@dataclass
+class Resume:
+    """What a run would do to a teacher the cache holds already (`extract --dry-run` says it instead of a fresh plan)."""
+
+    teacher_key: str
+    tasks: int  # the teacher's tasks once it covers every planned segment (its layout, fixed when it was created)
+    to_run: int  # of them: not recorded yet, new segments', and with --retry-failed those with failed segments
+    segments_done: int
+    segments_per_task: int
+
+
+def resume_state(cfg: ExtractConfig, plan: Plan) -> Resume | None:
+    """The stored teacher a run of `cfg` would resume, read-only; None when the run would create a new one.
+    Builds the backbone (no forward pass) only when a stored teacher could be it."""
+    root = cache.open_existing(cfg.cache, cfg.storage_options)
+    if root is None:
+        return None
+    stored = {t.key: t for t in root.teachers()}
+    backbone = cfg.backbone or get_modality(cfg.modality).default_backbone
+    if cfg.name not in stored and not any(t.provenance.modality == cfg.modality and t.provenance.backbone == backbone for t in stored.values()):
+        return None  # no stored teacher can have this identity: skip building the backbone
+    provenance = setup_teacher(cfg, plan).provenance
+    teacher = stored.get(root.key_for(provenance, cfg.name))
+    if teacher is None:
+        return None
+    cache.refuse_other_identity(teacher, provenance)  # what the run itself would say
+    layout, records = teacher.layout, teacher.records()
+    todo = tasks_to_run(records, layout.tasks, cfg.retry_failed)
+    covered = layout.task_segments(layout.tasks - 1).stop if layout.tasks else 0
+    grown = -(-max(0, len(plan.manifest.segments) - covered) // layout.segments_per_task)  # the extent a run adds for new segments
+    done = sum(len(layout.task_segments(t)) for t in records if t not in todo)
+    return Resume(teacher.key, layout.tasks + grown, len(todo) + grown, done, layout.segments_per_task)
+
+
+def tasks_to_run(records: dict[int, cache.TaskRecord], tasks: int, retry_failed: bool) -> list[int]:
+    """The tasks without a record, and with `retry_failed` those whose record has failed segments."""
+    return [t for t in range(tasks) if t not in records or (retry_failed and records[t].failed)]
+
+
+def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print) -> Summary:
+    """Extract every segment not done yet into the cache; safe to kill and rerun at any point."""
+    started = time.perf_counter()
+    plan = plan or plan_extraction(cfg)
+    modality = get_modality(cfg.modality)
+    heads = plan.manifest.heads
+    setup = setup_teacher(cfg, plan)
+    spec, settings, options, device, precision = setup.spec, setup.settings, setup.options, setup.device, setup.precision
     names = _source_names(modality, options, settings, plan, cfg.videos, log)  # before any work: a mismatch is said first
-    provenance = teacher_provenance(cfg, spec, settings, plan.policy, precision)
 
     target = cache.open_cache(cfg.cache, mode="a", storage_options=cfg.storage_options)
     write_plan_segments(target, cfg, plan)
-    key = target.key_for(provenance, cfg.name)  # a teacher extracted before, by any egodistill version, resumes
+    key = target.key_for(setup.provenance, cfg.name)  # a teacher extracted before, by any egodistill version, resumes
     with target.lease(key) as renew:
-        teacher, resumed = target.create_teacher(key, provenance, feature_dim, plan.offsets, plan.layout, heads if spec.head else {}, frame_shape)
+        teacher, resumed = target.create_teacher(key, setup.provenance, setup.feature_dim, plan.offsets, plan.layout, heads if spec.head else {}, setup.frame_shape)
         if modality.has_model and teacher.cost is None:
             _record_cost(teacher, spec, settings, plan.policy)
         summary = _run_tasks(cfg, plan, spec, settings, options, names, device, precision, teacher, resumed, heads, on_progress, renew, log)
@@ -274,7 +334,7 @@ def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: BackboneSpec, settings: dic
     """Run every task of the teacher that has no record yet (or failed segments, with --retry-failed)."""
     key, layout = teacher.key, teacher.layout
     records = teacher.records()
-    todo = [t for t in range(layout.tasks) if t not in records or (cfg.retry_failed and records[t].failed)]
+    todo = tasks_to_run(records, layout.tasks, cfg.retry_failed)
     summary = Summary(teacher_key=key, segments=layout.segments, done_before=sum(len(layout.task_segments(t)) for t in records if t not in todo))
     log(f"teacher {key}: {'resuming' if resumed else 'new'}, {len(todo)} of {layout.tasks} tasks to run on {device} ({precision or 'no model'})")
     if cfg.retry_failed:  # a retried task rewrites its record; until then its segments must not look done

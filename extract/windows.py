@@ -70,7 +70,7 @@ def video_windows(videos: str | os.PathLike, window: float, stride: float, exclu
 
 def _excluded_spans(exclude: Sequence[str | os.PathLike]) -> dict[str, list[tuple[float, float]]]:
     spans: dict[str, list[tuple[float, float]]] = {}
-    for manifest in (read_manifests(exclude) if exclude else []):
+    for manifest in (read_manifests(exclude, option="--exclude") if exclude else []):
         for s in manifest.segments:
             stop = math.inf if math.isnan(s.stop_sec) else s.stop_sec
             spans.setdefault(Path(s.video).stem, []).append((s.start_sec, stop))

@@ -7,6 +7,8 @@ Writes <run>/eval-<split>/metrics.json, table.txt, reliability.png and subsets.p
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +87,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     if len(segments) == 0:
         splits = ", ".join(sorted(set(table.split.tolist())))
         raise EvaluateError(f"no {cfg.split!r} segments with the student's inputs in the cache (splits: {splits}): pass another --split")
+    unlabelled = unlabelled_heads(table, segments)
+    if len(unlabelled) == len(table.heads):  # every metric would be null: thin data, refused before anything is written
+        raise EvaluateError(f"split {cfg.split} has no labelled segments for head {', '.join(unlabelled)}: evaluate a labelled split, "
+                            f"or use `egodistill predict --split {cfg.split}` for scores")
     network = isinstance(model, FramesStudent)
     if network and cfg.baseline:
         raise EvaluateError(f"--baseline fits a probe on cached features; {cfg.run} is an end-to-end student on frames: evaluate it without --baseline")
@@ -107,7 +113,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     names = _input_names(root, input_keys)
     result = {
         "run": str(cfg.run), "split": cfg.split, "segments": int(len(order)), "inputs": input_keys, "teachers": teacher_keys,
-        "subsets": [], "teacher_metrics": [], "ensembles": [], "baselines": [],
+        "subsets": [], "teacher_metrics": [], "ensembles": [], "baselines": [], "unlabelled_heads": unlabelled,
     }
     for s in subsets:
         # A subset is scored on the segments that have every input of it, so a missing audio track
@@ -132,6 +138,11 @@ def evaluate(cfg: EvalConfig) -> dict:
         result["cost"] = {"student": student_cost(root, model.cpu(), input_keys), "teachers": [teacher_cost(root, k) for k in teacher_keys]}
     write_evaluation(result, Path(cfg.run) / f"eval-{cfg.split}")
     return result
+
+
+def unlabelled_heads(table: cache.SegmentTable, segments: np.ndarray) -> list[str]:
+    """The heads none of `segments` has a label for (e.g. EPIC-KITCHENS-100's test file: no verb, no noun)."""
+    return [h for h, y in table.labels.items() if not (y[segments] != cache.UNLABELLED).any()]
 
 
 def teacher_ensembles(teacher_logits: dict[str, np.ndarray], table: cache.SegmentTable, order: np.ndarray, tau: float, train_split: str) -> list[dict]:
@@ -196,6 +207,8 @@ def format_table(result: dict) -> str:
     rows += [[f"probe[{b['probe']}]", *[_pct(b["metrics"].get(k), k) for k in keys]] for b in result["baselines"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    if result.get("unlabelled_heads"):
+        lines.append(f"no labels for head {', '.join(result['unlabelled_heads'])} in {result['split']}: its metrics are null (-)")
     if "cost" in result:
         lines.append("")
         lines.append("inference cost per segment (params, GFLOPs):")
@@ -205,12 +218,26 @@ def format_table(result: dict) -> str:
 
 
 def write_evaluation(result: dict, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "metrics.json", result)
-    (folder / "table.txt").write_text(format_table(result))
-    title = f"{Path(result['run']).name} on {result['split']}"
-    reliability_diagram(result["subsets"][0]["reliability"], folder / "reliability.png", f"{title}: {result['subsets'][0]['name']}")
-    subset_bars(result["subsets"], folder / "subsets.png", f"{title}: accuracy per input subset")
+    """Write the four files into a sibling folder and swap it in whole, so a failure part-way leaves the
+    previous evaluation (or none), never a folder mixing new metrics with old plots."""
+    staging, previous = (folder.with_name(f".{folder.name}.{part}-{os.getpid()}") for part in ("new", "old"))
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        write_json(staging / "metrics.json", result)
+        (staging / "table.txt").write_text(format_table(result))
+        title = f"{Path(result['run']).name} on {result['split']}"
+        reliability_diagram(result["subsets"][0]["reliability"], staging / "reliability.png", f"{title}: {result['subsets'][0]['name']}")
+        subset_bars(result["subsets"], staging / "subsets.png", f"{title}: accuracy per input subset")
+        if folder.exists():
+            folder.rename(previous)
+        staging.rename(folder)
+    except BaseException:
+        if previous.exists() and not folder.exists():
+            previous.rename(folder)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
     return folder
 
 

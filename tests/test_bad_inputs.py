@@ -88,7 +88,11 @@ def world(tmp_path_factory) -> dict[str, str]:
                                                              modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
     build_synthetic_cache(str(d / "unlabelled.zarr"), SyntheticSpec(segments=SEGMENTS, feature_dim=8, segments_per_task=8, unlabelled=1.0,
                                                                    modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
-    return {"thin": str(d / "thin.zarr"), "unlabelled": str(d / "unlabelled.zarr"), "tmp": str(d), "syn": str(syn), "run": str(run), "videos": str(videos), "manifest": str(manifest),
+    # Labels hidden by split: val has no noun labels, test none at all (as EPIC-KITCHENS-100's test file).
+    build_synthetic_cache(str(d / "hidden.zarr"), SyntheticSpec(segments=SEGMENTS, feature_dim=8, segments_per_task=8, splits={"train": 0.5, "val": 0.25, "test": 0.25},
+                                                                hidden_heads={"val": ("noun",), "test": ("verb", "noun")}, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    ok("train-student", "--cache", d / "hidden.zarr", "--inputs", "rgb", "--out", d / "hidden-run", "--steps", "2", "--batch-size", "8", "--device", "cpu")
+    return {"hidden": str(d / "hidden.zarr"), "hidden_run": str(d / "hidden-run"), "thin": str(d / "thin.zarr"), "unlabelled": str(d / "unlabelled.zarr"), "tmp": str(d), "syn": str(syn), "run": str(run), "videos": str(videos), "manifest": str(manifest),
             "features": str(d / "features.h5"), "rgb_key": keys["rgb"], "none": str(d / "none.zarr")}
 
 
@@ -129,9 +133,15 @@ BAD = [
     ([*EXTRACT, "--name", "mine/rgb"], "--name 'mine/rgb' is not a plain name"),
     ([*EXTRACT, "--device", "tpu"], "Invalid value for '--device'"),
     (["extract", "--cache", "{tmp}/x.zarr"], "Missing option '--manifest'"),
+    ([*EXTRACT, "--classes", "action={tmp}/nope.txt"], "classes file {tmp}/nope.txt not found: check the --classes path"),
+    # manifest
+    (["manifest", "windows", "--videos", "{videos}", "--out", "{tmp}/w.csv", "--exclude", "{tmp}/nope.csv"], "manifest {tmp}/nope.csv not found: check the --exclude path"),
     # cache
     (["cache", "info", "{none}"], "cache {none} not found"),
     (["cache", "info", "{none}", "--json"], "not found"),
+    (["cache", "info", "{videos}"], "{videos} exists but is not an egodistill cache (it has no zarr.json): choose another path, or run `egodistill cache init"),
+    (["cache", "info", "{manifest}"], "{manifest} is a file, not an egodistill cache"),
+    (["cache", "rm", "{syn}", "--teacher", "nobody"], "teacher 'nobody' is not in the cache (it holds: "),
     (["cache", "ls", "{none}"], "not found"),
     (["cache", "verify", "{syn}", "--teacher", "nobody"], "teacher 'nobody' is not in the cache"),
     (["cache", "rm", "{syn}", "--teacher", "nobody", "--yes"], "teacher 'nobody' is not in the cache"),
@@ -196,6 +206,8 @@ BAD = [
     ([*EVALUATE, "--run", "{videos}"], "is not a run directory"),
     ([*EVALUATE, "--cache", "{none}"], "not found"),
     ([*EVALUATE, "--split", "test"], "no 'test' segments"),
+    (["evaluate", "--cache", "{hidden}", "--run", "{hidden_run}", "--split", "test", "--device", "cpu"],
+     "split test has no labelled segments for head verb, noun: evaluate a labelled split, or use `egodistill predict --split test` for scores"),
     # demo
     (["demo", "--out", "{tmp}/demo", "--seeds", "0"], "--seeds 0 is out of range"),
     (["demo", "--out", "{tmp}/demo", "--workers", "-1"], "--workers -1 is out of range"),
@@ -224,7 +236,7 @@ def test_a_bad_input_is_one_line_naming_it(world, args, fragment):
 
 
 # What a failed command must not have created: caches, run directories, output files.
-LEFT_BEHIND = ("x.zarr", "none.zarr", "never", "demo", "out.h5", "out.h5.part", "no-folder", "no-run")
+LEFT_BEHIND = ("x.zarr", "none.zarr", "never", "demo", "out.h5", "out.h5.part", "no-folder", "no-run", "w.csv", "hidden-run/eval-test")
 
 
 @pytest.mark.parametrize("args, fragment, code", [
@@ -266,6 +278,23 @@ def test_evaluate_and_cache_info_write_strict_json(world, tmp_path):
     info = strict_json(ok("cache", "info", world["syn"], "--json"))
     assert world["rgb_key"] in [t["key"] for t in info["teachers"]]
     assert strict_json(ok("cache", "verify", world["syn"], "--json"))["ok"]
+
+
+def test_evaluate_scores_the_heads_a_split_has_labels_for(world, tmp_path):
+    """val has verb labels but no noun ones: verb is scored, noun's metrics are null and the table says why;
+    a second evaluation replaces the folder whole, leaving nothing of its own beside it."""
+    run = tmp_path / "run"
+    shutil.copytree(world["hidden_run"], run)
+    out = ok("evaluate", "--cache", world["hidden"], "--run", run, "--split", "val", "--device", "cpu")
+    report = strict_json((run / "eval-val" / "metrics.json").read_text())
+    metrics = report["subsets"][0]["metrics"]
+    assert report["unlabelled_heads"] == ["noun"] and metrics["noun_top1"] is None and 0 <= metrics["verb_top1"] <= 1
+    assert "no labels for head noun in val: its metrics are null (-)" in " ".join(out.split())
+    assert "no labels for head noun" in (run / "eval-val" / "table.txt").read_text()
+    (run / "eval-val" / "stale.txt").write_text("from an older evaluation")
+    ok("evaluate", "--cache", world["hidden"], "--run", run, "--split", "val", "--device", "cpu")
+    assert sorted(p.name for p in (run / "eval-val").iterdir()) == ["metrics.json", "reliability.png", "subsets.png", "table.txt"]
+    assert sorted(p.name for p in run.iterdir()) == sorted([p.name for p in Path(world["hidden_run"]).iterdir()] + ["eval-val"])
 
 
 def test_json_helper_writes_null_for_non_finite_numbers(tmp_path):

@@ -64,6 +64,22 @@ def finished(tmp_path_factory, media_dir):
     return tmp_path / "c.zarr"
 
 
+def test_dry_run_on_a_cache_holding_the_teacher_says_what_the_run_will_do(tmp_path, videos, finished):
+    """The dry run of a teacher the cache holds tells its tasks left to run, as the run itself then does, writing nothing."""
+    shutil.copytree(finished, tmp_path / "c.zarr")
+    [key] = cache.open_cache(tmp_path / "c.zarr").teacher_keys()
+    csv = manifest(tmp_path / "m.csv", ["a,h264_aac.mp4,0,1,train,0", "b,h264_aac.mp4,1,2,val,1"])
+    more = manifest(tmp_path / "more.csv", ["c,vp9_opus.webm,0,1,test,0"])
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "c.zarr").rglob("*") if p.is_file()}
+    said = lambda *extra: " ".join(egodistill(*base_args(tmp_path, videos, csv, *extra), check=0).stdout.split())  # noqa: E731
+    assert f"teacher {key} exists: 0 of 1 tasks to run (2 of 2 segments done" in said("--dry-run")
+    assert "exists" not in said("--dry-run", "--seed", "1") and "1 tasks of" in said("--dry-run", "--seed", "1")  # another teacher: a fresh plan
+    dry = said("--manifest", more, "--dry-run")
+    assert f"teacher {key} exists: 1 of 2 tasks to run (2 of 3 segments done" in dry, dry
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "c.zarr").rglob("*") if p.is_file()} == before
+    assert "resuming, 1 of 2 tasks to run" in said("--manifest", more)
+
+
 @pytest.mark.parametrize("problem, extra, expected", [
     ("unknown backbone", ["--backbone", "resnet_does_not_exist"], "unknown backbone"),
     ("weights that do not fit", ["--weights", "WEIGHTS"], "do not fit"),
