@@ -20,12 +20,12 @@ from egodistill import cache
 from egodistill.demo.data import HEAD
 from egodistill.demo.protocol import SMALL_FRAMES, TEST_FRAMES, UNLABELLED_SPLIT
 from egodistill.student.cost import student_cost
-from egodistill.student.data import Augment, CacheLoader, present_inputs, teacher_logit_table
-from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets, load_student
+from egodistill.student.data import CacheLoader, present_inputs, teacher_logit_table
+from egodistill.student.evaluate import EvalConfig, evaluate, input_subsets, load_student, scoring_loader
 from egodistill.student.fit import FitConfig, fit_teachers
 from egodistill.student.losses import dataset_weights, ensemble_logits
 from egodistill.student.model import ModelConfig, Student
-from egodistill.student.network import eval_crop_fraction, student_logits
+from egodistill.student.network import student_logits
 from egodistill.student.sources import resolve_inputs
 from egodistill.student.train import TrainConfig, train
 
@@ -214,8 +214,7 @@ def predict_frames(root: cache.Cache, run: Path, segments: np.ndarray, frames: i
     record, model = load_student(str(run))
     model.eval()
     keys = record["input_keys"]
-    augment = Augment(eval_fraction=eval_crop_fraction(model.cfg.backbone))
-    loader = CacheLoader(root, keys, segments, root.segments.labels, batch_size=64, frames=frames, train=False, present=present_inputs(root, keys), augment=augment)
+    loader = scoring_loader(model, root, keys, segments, root.segments.labels, present_inputs(root, keys), 64, torch.device("cpu"), frames)
     position = np.full(len(root.segments.split), -1, dtype=np.int64)
     position[segments] = np.arange(len(segments))
     out = np.full((len(segments), model.cfg.heads[HEAD]), np.nan, dtype=np.float32)

@@ -65,12 +65,12 @@ def load_student(run: str) -> tuple[dict, Student | FramesStudent]:
 
 
 def scoring_loader(model: Student | FramesStudent, root: cache.Cache, input_keys: list[str], segments: np.ndarray, labels: dict[str, np.ndarray],
-                   present: np.ndarray, batch_size: int, device: torch.device) -> CacheLoader:
-    """The held-out loader any student is scored through (evaluate, predict): the centred window of its frames,
-    and for a network the centred crop its backbone's preprocessing takes (its teachers' view); feed its batches
-    to `student_logits`."""
+                   present: np.ndarray, batch_size: int, device: torch.device, frames: int | None = None) -> CacheLoader:
+    """The held-out loader any student is scored through (evaluate, predict, the demo): the centred window of its
+    frames (`frames`, default the student's own), and for a network the centred crop its backbone's preprocessing
+    takes (its teachers' view); feed its batches to `student_logits`."""
     augment = Augment(eval_fraction=eval_crop_fraction(model.cfg.backbone)) if isinstance(model, FramesStudent) else None
-    return CacheLoader(root, input_keys, segments, labels, batch_size=batch_size, frames=model.cfg.frames, train=False, present=present,
+    return CacheLoader(root, input_keys, segments, labels, batch_size=batch_size, frames=frames or model.cfg.frames, train=False, present=present,
                        augment=augment, pin_memory=device.type == "cuda")
 
 
