@@ -453,7 +453,7 @@ def fit_teachers_command(
     fusion: Annotated[bool, typer.Option(help="Also fit one fusion teacher over all of them.")] = FIT["fusion"],
     folds: Annotated[int, typer.Option(help="K of the grouped K-fold cross-fitting that makes training segments' logits.")] = FIT["folds"],
     seed: Annotated[int, typer.Option(help="Seed of the folds and the fits.")] = FIT["seed"],
-    steps: Annotated[int, typer.Option(help="Optimiser steps of each fit; 0: 100 passes over the data or 250,000 segments seen, 1,000-10,000 steps.")] = FIT["steps"],
+    steps: Annotated[int, typer.Option(help="Optimiser steps of each fit; 0: 100 passes over the data or 125,000 segments seen, 1,000-10,000 steps.")] = FIT["steps"],
     depths: Annotated[str, typer.Option(help="Candidate depths, kept by out-of-fold accuracy (0: pooled linear head, 1: plus a temporal transformer).")] = ",".join(map(str, FIT["depths"])),
     frames: Annotated[int, typer.Option(help="Rows per segment the heads read (a window of them).")] = FIT["frames"],
     views: Annotated[int, typer.Option(help="Windows per segment with logits of their own, from first to last rows (consistent teaching when segments hold more rows than --frames); 1: centred.")] = FIT["views"],
@@ -492,7 +492,7 @@ def train_student_command(
     kd_weight: Annotated[float, typer.Option(help="Weight of the distillation term.")] = 1.0,
     gt_weight: Annotated[float, typer.Option(help="Weight of the ground-truth cross-entropy.")] = 1.0,
     mask_prob: Annotated[float, typer.Option(help="Per-sample probability of dropping each input (never all).")] = 0.0,
-    steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data or 250,000 segments seen, 1,000-10,000 steps. The last step is the model evaluated.")] = STEP["steps"],
+    steps: Annotated[int, typer.Option(help="Optimiser steps; 0: 100 passes over the data or 125,000 segments seen, 1,000-10,000 steps. The last step is the model evaluated.")] = STEP["steps"],
     batch_size: Annotated[int, typer.Option(help="Segments per step.")] = STEP["batch_size"],
     lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate; default 1e-2 for a head on frozen features, 1e-4 (the paper's fine-tuning) with --inputs frames.")] = None,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on weight matrices (paper: 0.02).")] = STEP["weight_decay"],
@@ -649,7 +649,9 @@ def main(args: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C inside a command into exit code 130
-        errors.print("interrupted: rerun the same command to resume", markup=False)
+        given = sys.argv[1:] if args is None else args
+        resume = "train-student" in given and "--resume" not in given  # extract resumes as it is; a run folder needs the flag
+        errors.print("interrupted: rerun the same command" + (" with --resume" if resume else "") + " to resume", markup=False)
     sys.exit(code or 0)
 
 

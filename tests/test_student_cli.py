@@ -61,3 +61,26 @@ def test_fit_train_and_evaluate_through_the_cli(session_cache, tmp_path):
 def test_bad_input_is_one_line_on_stderr(extracted_cache, tmp_path):
     code, err = run_cli("train-student", "--cache", extracted_cache, "--inputs", "depth", "--out", tmp_path / "run")
     assert one_line(code, err).startswith("error: --inputs 'depth'") and not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_during_training_says_to_resume_with_the_flag_that_resumes(extracted_cache, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = ["train-student", "--cache", str(extracted_cache), "--inputs", "rgb", "--steps", "100000", "--batch-size", "4", "--out", str(out), "--device", "cpu"]
+    run = subprocess.Popen([sys.executable, "-m", "egodistill", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").exists() and run.poll() is None:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130
+    assert run.stderr.read().strip().splitlines()[-1] == "interrupted: rerun the same command with --resume to resume"
+    help_text = CliRunner().invoke(app, ["train-student", "--help"], env={"COLUMNS": "400"}).output
+    from egodistill.student.schedule import MAX_SEGMENTS_SEEN
+
+    assert f"{MAX_SEGMENTS_SEEN:,} segments seen" in help_text  # the default budget as the code computes it
