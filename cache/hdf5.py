@@ -38,8 +38,8 @@ def export_teacher(location: str | os.PathLike, key: str, out: str | os.PathLike
     cache = open_cache(location, mode="r", storage_options=storage_options)
     teacher = cache.teacher(key)
     if not isinstance(teacher, Teacher):
-        raise CacheError(f"teacher {key} spans segments added to the cache after it was created (cache/extents.py): export-h5 writes "
-                         "teachers of one extent only; extract it into a cache initialised with all the manifests at once")
+        raise CacheError(f"teacher {key} also holds segments appended after its extraction (extents), which export-h5 cannot merge into one "
+                         "file yet: extract it into a cache initialised with all its manifests at once (cache init --manifest A --manifest B ...)")
     table = cache.segments
     arrays = teacher._group
     out = Path(out)
