@@ -21,7 +21,7 @@ from egodistill.cache.verify import verify_cache
 from egodistill.common import CacheError, ManifestError
 from egodistill.extract.manifests import init_cache, read_classes, read_manifest, read_manifests
 from egodistill.extract.run import ExtractConfig, run_extraction
-from tests.helpers import egodistill, in_process_cli
+from tests.helpers import egodistill, in_process_cli, one_line_error
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
 if not REAL.is_dir():
@@ -222,6 +222,8 @@ def test_extract_then_add_a_file_then_extract_again_fills_only_the_new_segments(
     assert sorted(a.records()) == [0, 1, 2] and a.records()[2].segments == (4, 7)
     report = verify_cache(cache.open_cache(location))
     assert report["ok"] and report["teachers"][0]["tasks_done"] == 3 and report["teachers"][0]["tasks_pending"] == 0
+    line = one_line_error(egodistill("cache", "export-h5", location, tmp_path / "t.h5", "--teacher", key))  # one extent per file, for now
+    assert "appended after its extraction" in line and "cache init --manifest A --manifest B" in line and not (tmp_path / "t.h5").exists()
     # A third run has nothing left to do; with the missing video in place, --retry-failed reruns the extent's task alone.
     third = run_extraction(_config(tmp_path, videos, [train, val], location, head), log=lambda _: None)
     assert third.extracted == 0 and third.done_before == 7
