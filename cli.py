@@ -242,7 +242,7 @@ def cache_verify(
     location: Annotated[str, typer.Argument(help="Cache path or URL.")],
     teacher: Annotated[Optional[str], typer.Option(help="Only this teacher key (default: all).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
-    repair: Annotated[bool, typer.Option("--repair", help="Forget the task records of damaged objects (no data is deleted), so the command that made the teacher writes them again.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Forget the task records of damaged objects and delete those objects (intact ones are kept), so the command that made the teacher writes them again.")] = False,
 ) -> None:
     """Re-read every shard and chunk and compare it with the checksum its task recorded; exit 2 when any changed."""
     from egodistill import cache as cache_lib

@@ -5,7 +5,8 @@ record whose objects are already on disk was killed mid-write (or is running now
 reported as incomplete, and its rows are not data (docs/cache-format.md).
 
 `repair_cache` (`cache verify --repair`) forgets the record of every task whose rows a damaged
-object holds, so the extraction that made the teacher writes those tasks again; it deletes no data.
+object holds, so the extraction that made the teacher writes those tasks again, and deletes the damaged
+objects themselves (no recorded row is left in them); nothing else.
 """
 
 from __future__ import annotations
@@ -56,8 +57,14 @@ def repair_teacher(handle: Teacher | ExtendedTeacher) -> dict:
     report = _merge([(first, r) for first, _, r in parts], handle.layout.tasks) if isinstance(handle, ExtendedTeacher) else parts[0][2]
     forgotten, not_forgotten = [], []
     for first, teacher, part in parts:
-        tasks, others = _tasks_holding(teacher, part["damaged"])
+        tasks, objects, others = _tasks_holding(teacher, part["damaged"])
         teacher.drop_records(sorted(tasks))
+        # Every row of these objects is now unrecorded, not data. A shard shared by tasks is rewritten by read-modify-write,
+        # which fails on one that no longer decodes: delete the damaged object, so the rewrite starts from the fill value.
+        store = teacher._group.store_path.store
+        for key in objects:
+            if sync(store.exists(key)):
+                sync(store.delete(key))
         forgotten += [first + t for t in sorted(tasks)]
         not_forgotten += others
     segments: list[list[int]] = []  # the forgotten tasks' segments, as [start, stop) runs in cache numbers
@@ -71,14 +78,15 @@ def repair_teacher(handle: Teacher | ExtendedTeacher) -> dict:
     return report
 
 
-def _tasks_holding(handle: Teacher, damaged: list[dict]) -> tuple[set[int], list[dict]]:
-    """Recorded tasks with rows in the damaged objects, and the findings of objects no task writes.
+def _tasks_holding(handle: Teacher, damaged: list[dict]) -> tuple[set[int], set[str], list[dict]]:
+    """Recorded tasks with rows in the damaged objects, those objects' store keys, and the findings of objects no task writes.
 
     A task is rewritten whole, but a shard shared by tasks (ragged `--fps` layouts) is rewritten
     only in the rows of the task that writes it: every task with rows in it is forgotten."""
     teacher, layout = handle._group, handle.layout
     records = handle.records()
     tasks: set[int] = set()
+    keys: set[str] = set()
     others = []
     for finding in damaged:
         name = finding["array"]
@@ -86,16 +94,14 @@ def _tasks_holding(handle: Teacher, damaged: list[dict]) -> tuple[set[int], list
             others.append(finding)
             continue
         array = teacher[name]
-        objects = objects_along_rows(array, 0, array.shape[0])
-        if finding["rows"] is None:  # one object, by its key
-            spans = [(a, b) for coords, a, b in objects if object_key(array, coords) == finding["object"]]
-        else:
-            spans = [(a, b) for _, a, b in objects_along_rows(array, *finding["rows"])]
+        touched = objects_along_rows(array, *finding["rows"]) if finding["rows"] else [o for o in objects_along_rows(array, 0, array.shape[0]) if object_key(array, o[0]) == finding["object"]]
+        spans = [(a, b) for _, a, b in touched]
+        keys.update(object_key(array, coords) for coords, _, _ in touched)
         for task in records:
             lo, hi = _task_span(teacher, layout, task, name)
             if any(lo < b and a < hi for a, b in spans):
                 tasks.add(task)
-    return tasks, others
+    return tasks, keys, others
 
 
 def _remade_by(handle: Teacher | ExtendedTeacher) -> str:
