@@ -242,12 +242,14 @@ def cache_verify(
     location: Annotated[str, typer.Argument(help="Cache path or URL.")],
     teacher: Annotated[Optional[str], typer.Option(help="Only this teacher key (default: all).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Forget the task records of damaged objects and delete those objects (intact ones are kept), so the command that made the teacher writes them again.")] = False,
 ) -> None:
     """Re-read every shard and chunk and compare it with the checksum its task recorded; exit 2 when any changed."""
     from egodistill import cache as cache_lib
-    from egodistill.cache.verify import verify_cache
+    from egodistill.cache.verify import repair_cache, verify_cache
 
-    report = verify_cache(cache_lib.open_cache(location, mode="r"), [teacher] if teacher else None)
+    keys = [teacher] if teacher else None
+    report = repair_cache(cache_lib.open_cache(location, mode="r+"), keys) if repair else verify_cache(cache_lib.open_cache(location, mode="r"), keys)
     if as_json:
         print(dumps(report, indent=2))
     else:
@@ -261,8 +263,28 @@ def cache_verify(
             for d in t["damaged"]:
                 rows = f" rows {d['rows'][0]}:{d['rows'][1]}" if d["rows"] else ""
                 console.print(f"  {d['problem']}: {d['object']} (array {d['array']}, task {d['task']}{rows})", markup=False, highlight=False, soft_wrap=True)
+            for line in _repair_lines(location, t) if repair else []:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if not report["ok"] and not repair:
+            console.print(f"run `egodistill cache verify {location} --repair`, then the extract command again", markup=False, highlight=False, soft_wrap=True)
     if not report["ok"]:
         raise typer.Exit(EXIT_DAMAGED)
+
+
+def _repair_lines(location: str, t: dict) -> list[str]:
+    """What `cache verify --repair` did to one teacher, and the command that writes its forgotten tasks again."""
+    r, lines = t["repair"], []
+    if r["refused"]:
+        lines.append(f"teacher {t['key']}: not repaired: {r['refused']}")
+    if r["forgotten"]:
+        spans = ", ".join(f"{a}-{b - 1}" for a, b in r["segments"])
+        rerun = {"extract": "rerun the extract command that made it to re-extract them", "fit-teachers": "rerun fit-teachers to fit it again",
+                 "import-h5": "`egodistill cache rm` it and import it again (cache import-h5)"}[r["remade_by"]]
+        lines.append(f"teacher {t['key']}: {len(r['forgotten'])} task(s) forgotten (segments {spans}): {rerun}")
+    if r["not_forgotten"]:
+        lines.append(f"teacher {t['key']}: {', '.join(sorted({d['object'] for d in r['not_forgotten']}))} changed and no task writes it: "
+                     f"restore {location} from a copy, or `egodistill cache rm` the teacher and make it again")
+    return lines
 
 
 EXIT_DAMAGED = 2

@@ -3,6 +3,10 @@
 Read-only: it opens nothing for writing and reads each stored object once. A task without a
 record whose objects are already on disk was killed mid-write (or is running now): it is
 reported as incomplete, and its rows are not data (docs/cache-format.md).
+
+`repair_cache` (`cache verify --repair`) forgets the record of every task whose rows a damaged
+object holds, so the extraction that made the teacher writes those tasks again, and deletes the damaged
+objects themselves (no recorded row is left in them); nothing else.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import zarr
 from zarr.core.sync import sync
 
+from egodistill.common import CacheError
 from egodistill.cache.catalog import Cache
 from egodistill.cache.extents import ExtendedTeacher
 from egodistill.cache.checksums import ABSENT, digest, object_key, objects_along_rows, read_object, rows_digest
@@ -21,6 +26,90 @@ def verify_cache(cache: Cache, teachers: list[str] | None = None) -> dict:
     """{"ok": bool, "teachers": [per-teacher report]}; ok is False when any object changed or cannot be read."""
     reports = [verify_teacher(cache.teacher(key)) for key in (teachers or cache.teacher_keys())]
     return {"ok": all(not r["damaged"] for r in reports), "teachers": reports}
+
+
+def repair_cache(cache: Cache, teachers: list[str] | None = None) -> dict:
+    """Verify each teacher under its lease and forget the task records of whatever is damaged (cache opened "r+").
+
+    The `verify_cache` report, each teacher's with `repair`: {"forgotten": [cache tasks], "segments": [[start, stop], ...],
+    "remade_by": "extract" | "fit-teachers" | "import-h5", "not_forgotten": [findings of objects no task writes: offsets,
+    the segments table], "refused": the lease's one line while an extraction holds the teacher, else None}.
+    ok: nothing was refused and everything damaged was forgotten."""
+    reports = []
+    for key in teachers or cache.teacher_keys():
+        handle = cache.teacher(key)
+        try:
+            with cache.lease(key):  # verified under the lease: no extraction writes between the check and the forgetting
+                report = repair_teacher(handle)
+        except CacheError as err:  # a live extraction is writing it: report what it holds now, forget nothing
+            report = {**verify_teacher(handle), "repair": {"forgotten": [], "segments": [], "not_forgotten": [], "refused": str(err)}}
+        report["repair"]["remade_by"] = _remade_by(handle)
+        reports.append(report)
+    ok = all(not r["repair"]["not_forgotten"] and not r["repair"]["refused"] for r in reports)
+    return {"ok": ok, "teachers": reports}
+
+
+def repair_teacher(handle: Teacher | ExtendedTeacher) -> dict:
+    """`verify_teacher`'s report, with `repair` (see `repair_cache`) after dropping the records of every task with rows in a
+    damaged object. The caller holds the teacher's lease."""
+    extents = [(e.first_task, e.teacher) for e in handle.extents] if isinstance(handle, ExtendedTeacher) else [(0, handle)]
+    parts = [(first, teacher, verify_teacher(teacher)) for first, teacher in extents]
+    report = _merge([(first, r) for first, _, r in parts], handle.layout.tasks) if isinstance(handle, ExtendedTeacher) else parts[0][2]
+    forgotten, not_forgotten = [], []
+    for first, teacher, part in parts:
+        tasks, objects, others = _tasks_holding(teacher, part["damaged"])
+        teacher.drop_records(sorted(tasks))
+        # Every row of these objects is now unrecorded, not data. A shard shared by tasks is rewritten by read-modify-write,
+        # which fails on one that no longer decodes: delete the damaged object, so the rewrite starts from the fill value.
+        store = teacher._group.store_path.store
+        for key in objects:
+            if sync(store.exists(key)):
+                sync(store.delete(key))
+        forgotten += [first + t for t in sorted(tasks)]
+        not_forgotten += others
+    segments: list[list[int]] = []  # the forgotten tasks' segments, as [start, stop) runs in cache numbers
+    for task in forgotten:
+        segs = handle.layout.task_segments(task)
+        if segments and segments[-1][1] == segs.start:
+            segments[-1][1] = segs.stop
+        else:
+            segments.append([segs.start, segs.stop])
+    report["repair"] = {"forgotten": forgotten, "segments": segments, "not_forgotten": not_forgotten, "refused": None}
+    return report
+
+
+def _tasks_holding(handle: Teacher, damaged: list[dict]) -> tuple[set[int], set[str], list[dict]]:
+    """Recorded tasks with rows in the damaged objects, those objects' store keys, and the findings of objects no task writes.
+
+    A task is rewritten whole, but a shard shared by tasks (ragged `--fps` layouts) is rewritten
+    only in the rows of the task that writes it: every task with rows in it is forgotten."""
+    teacher, layout = handle._group, handle.layout
+    records = handle.records()
+    tasks: set[int] = set()
+    keys: set[str] = set()
+    others = []
+    for finding in damaged:
+        name = finding["array"]
+        if name not in _task_arrays(teacher):  # offsets, the segments table: written once, when the teacher or table was made
+            others.append(finding)
+            continue
+        array = teacher[name]
+        touched = objects_along_rows(array, *finding["rows"]) if finding["rows"] else [o for o in objects_along_rows(array, 0, array.shape[0]) if object_key(array, o[0]) == finding["object"]]
+        spans = [(a, b) for _, a, b in touched]
+        keys.update(object_key(array, coords) for coords, _, _ in touched)
+        for task in records:
+            lo, hi = _task_span(teacher, layout, task, name)
+            if any(lo < b and a < hi for a, b in spans):
+                tasks.add(task)
+    return tasks, keys, others
+
+
+def _remade_by(handle: Teacher | ExtendedTeacher) -> str:
+    """The command that writes a teacher's forgotten tasks again: extract, task by task, for a teacher of rows; a teacher
+    of logits only is written whole, by fit-teachers (its provenance has `fit`) or by import-h5."""
+    if handle.provenance.fit:
+        return "fit-teachers"
+    return "import-h5" if handle.imported and not (handle.has_features or handle.has_frames) else "extract"
 
 
 def verify_teacher(handle: Teacher | ExtendedTeacher) -> dict:

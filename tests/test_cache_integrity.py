@@ -77,6 +77,54 @@ def test_a_task_killed_between_its_rows_and_its_record_is_incomplete_until_resum
     assert report["ok"] and report["teachers"][0]["tasks_incomplete"] == [] and report["teachers"][0]["tasks_done"] == 3
 
 
+def _extract(extracted_cache: Path, into: Path, modality: str):
+    """The command that made the fixture's teachers, run again on `into`."""
+    from egodistill.extract.run import ExtractConfig, run_extraction
+
+    folder = extracted_cache.parent
+    return run_extraction(ExtractConfig(manifest=str(folder / "segments.csv"), videos=str(folder / "videos"), cache=str(into), modality=modality,
+                                        backbone="test_resnet", frames=4, workers=0, device="cpu", precision="fp32", segments_per_task=6), log=lambda _: None)
+
+
+def test_verify_repair_forgets_the_damaged_tasks_and_extract_writes_them_again(copied, extracted_cache):
+    flow, audio = teacher_key_of(copied, "flow"), teacher_key_of(copied, "audio")
+    shard = copied / "teachers" / flow / "features" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    (copied / "teachers" / audio / "features" / "c" / "1" / "0").unlink()
+    failing = egodistill("cache", "verify", copied, check=2).stdout
+    assert "bytes changed" in failing and "missing" in failing, failing
+    assert failing.strip().splitlines()[-1] == f"run `egodistill cache verify {copied} --repair`, then the extract command again"
+
+    repaired = egodistill("cache", "verify", copied, "--repair", check=0).stdout
+    assert f"teacher {flow}: 1 task(s) forgotten (segments 0-5): rerun the extract command that made it" in repaired, repaired
+    assert f"teacher {audio}: 1 task(s) forgotten (segments 6-11): rerun the extract command" in repaired, repaired
+    assert (copied / "teachers" / audio / "features" / "c" / "0" / "0").exists()  # forgetting deletes no data
+    info = {t["key"]: t for t in json.loads(egodistill("cache", "info", copied, "--json", check=0).stdout)["teachers"]}
+    assert not info[flow]["complete"] and info[flow]["segments_pending"] == 6 and info[audio]["segments_pending"] == 6
+    assert verify_cache(cache.open_cache(copied))["ok"]  # what remains recorded is intact
+
+    for modality in ("flow", "audio"):  # the same command writes exactly the forgotten task again
+        summary = _extract(extracted_cache, copied, modality)
+        assert summary.ok and summary.extracted == 6, summary
+    assert "DAMAGED" not in egodistill("cache", "verify", copied, check=0).stdout
+    original, again = cache.open_cache(extracted_cache), cache.open_cache(copied)
+    for key in (flow, audio):
+        assert len(again.teacher(key).records()) == again.teacher(key).layout.tasks
+        rows = original.teacher(key).layout.rows
+        np.testing.assert_array_equal(again.teacher(key).read_rows(0, rows)[0], original.teacher(key).read_rows(0, rows)[0])
+
+
+def test_verify_repair_refuses_a_teacher_an_extraction_holds(copied):
+    key = teacher_key_of(copied, "rgb")
+    opened = cache.open_cache(copied, mode="r+")
+    with opened.lease(key):  # held by this process, alive: what a running extraction holds
+        result = egodistill("cache", "verify", copied, "--teacher", key, "--repair", process=True, check=2)
+    assert f"teacher {key}: not repaired: teacher {key} is being extracted by" in result.stdout, result.stdout
+    assert len(opened.teacher(key).records()) == opened.teacher(key).layout.tasks
+
+
 def test_reading_never_writes_to_the_cache(copied):
     before = snapshot(copied)
     for command in (("cache", "info", copied, "--json"), ("cache", "ls", copied), ("cache", "verify", copied)):
