@@ -464,7 +464,7 @@ def fit_teachers_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from egodistill.student.fit import fit_teachers, plan_fit
-    from egodistill.student.sources import split_names, split_numbers
+    from egodistill.student.sources import split_names, split_numbers, teacher_name
 
     cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, steps=steps,
                     depths=tuple(split_numbers(depths, "--depths")), frames=frames, views=views, workers=workers, device=device.value)
@@ -477,7 +477,7 @@ def fit_teachers_command(
     for t in fitted:
         table.add_row(t.key, t.modality, ", ".join(t.sources), str(t.depth), f"{100 * t.oof_accuracy[t.depth]:.1f} %", str(int((t.source_model != -2).sum())))
     console.print(table)
-    console.print("use them with `egodistill train-student --teachers " + ",".join(t.modality for t in fitted) + " ...`")
+    console.print("use them with `egodistill train-student --teachers " + ",".join(teacher_name(plan.root, t.key) for t in fitted) + " ...`")
 
 
 @app.command("train-student")
