@@ -30,6 +30,12 @@ def upgrade_cache(location: str | os.PathLike, storage_options: dict | None = No
         raise CacheError(f"cache {location} has schema version {before}, newer than this egodistill understands ({SCHEMA_VERSION}): upgrade egodistill")
     if before < 2 and has_table(root):
         group = root[GROUP]
+        # A killed upgrade deletes schema 1's columns only after the version changed, so at version 1 they are all there.
+        missing = [c for c in TEXT_COLUMNS if c not in group]
+        if missing:
+            raise CacheError(f"cache {location} says schema_version 1, but its segments table lacks schema 1's column(s) "
+                             f"{', '.join(f'{GROUP}/{c}' for c in missing)} (it holds: {', '.join(sorted(group.array_keys())) or 'nothing'}): "
+                             "nothing was written; it is not a schema-1 cache egodistill can upgrade")
         write_text_columns(group, {c: group[c][:].tolist() for c in TEXT_COLUMNS})
         _renew_segment_checksums(root)
     if before < SCHEMA_VERSION:
