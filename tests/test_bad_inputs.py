@@ -191,6 +191,7 @@ BAD = [
     ([*TRAIN, "--batch-size", "0"], "--batch-size 0 is out of range"),
     ([*TRAIN, "--mask-prob", "1"], "--mask-prob 1.0 is out of range: give a number >= 0 and < 1"),
     ([*TRAIN, "--mask-prob", "-0.5"], "--mask-prob -0.5 is out of range"),
+    ([*TRAIN, "--mask-prob", "0.5"], "--mask-prob 0.5 drops modalities, and --inputs rgb is one: give two or more --inputs, or drop --mask-prob"),
     ([*TRAIN, "--teachers", "rgb", "--temperature", "0"], "--temperature 0.0 is out of range"),
     ([*TRAIN, "--teachers", "rgb", "--weighting", "per-sample", "--tau", "-1"], "--tau -1.0 is out of range"),
     ([*TRAIN, "--kd-weight", "-1"], "--kd-weight -1.0 is out of range"),
