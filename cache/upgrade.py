@@ -14,8 +14,7 @@ import os
 import zarr
 
 from egodistill.cache.checksums import digest, object_keys, read_object, segment_table_keys
-from egodistill.common import CacheError
-from egodistill.cache.records import egodistill_version
+from egodistill.common import CacheError, egodistill_version
 from egodistill.cache.segments import GROUP, TEXT_COLUMNS, has_table, write_text_columns
 from egodistill.cache.store import ROOT_ATTR, SCHEMA_VERSION, open_root, schema_version
 from egodistill.cache.teachers import ATTR
