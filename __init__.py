@@ -7,6 +7,10 @@ Stages: `egodistill.extract` (teachers over videos) -> `egodistill.cache` (the s
 
 def __getattr__(name: str):
     # Lazy: `import egodistill` stays light (no torch) until the dataset API is asked for.
+    if name == "__version__":
+        from egodistill.common import egodistill_version
+
+        return egodistill_version()
     if name in ("dataset", "SegmentDataset"):
         from egodistill.student import dataset as module
 

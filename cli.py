@@ -485,21 +485,21 @@ def fit_teachers_command(
     """Fit light teachers on cached features (per modality, optional fusion) and write their logits into the cache."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from egodistill.student.fit import check_config, fit_teachers
-    from egodistill.student.sources import split_names, split_numbers
+    from egodistill.student.fit import fit_teachers, plan_fit
+    from egodistill.student.sources import split_names, split_numbers, teacher_name
 
     cfg = FitConfig(cache=cache, modalities=split_names(modalities), fusion=fusion, folds=folds, seed=seed, steps=steps,
                     depths=tuple(split_numbers(depths, "--depths")), frames=frames, views=views, workers=workers, device=device.value)
-    check_config(cfg)
+    plan = plan_fit(cfg)  # every refusal before the bar shows
     columns = (TextColumn("[bold]fit"), BarColumn(), MofNCompleteColumn(), TextColumn("fits"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("fit", total=None)
-        fitted = fit_teachers(cfg, log=progress.console.print, on_fit=lambda done, total: progress.update(bar, completed=done, total=total))
+        fitted = fit_teachers(cfg, log=progress.console.print, on_fit=lambda done, total: progress.update(bar, completed=done, total=total), plan=plan)
     table = Table("teacher key", "modality", "from", "depth", "out-of-fold top-1", "segments with logits")
     for t in fitted:
         table.add_row(t.key, t.modality, ", ".join(t.sources), str(t.depth), f"{100 * t.oof_accuracy[t.depth]:.1f} %", str(int((t.source_model != -2).sum())))
     console.print(table)
-    console.print("use them with `egodistill train-student --teachers " + ",".join(t.modality for t in fitted) + " ...`")
+    console.print("use them with `egodistill train-student --teachers " + ",".join(teacher_name(plan.root, t.key) for t in fitted) + " ...`")
 
 
 @app.command("train-student")

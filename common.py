@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,16 @@ if TYPE_CHECKING:
     import torch
 
 
+def egodistill_version() -> str:
+    """The installed egodistill's version (`egodistill.__version__`, and what caches and exports record)."""
+    try:
+        return metadata.version("egodistill")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 # --- errors ------------------------------------------------------------------------------
+
 
 class EgodistillError(Exception):
     """Base: a problem the user can fix. `str(err)` names the thing and the fix, in one line."""

@@ -8,11 +8,11 @@ holds storage only: errors, option checks, JSON and device choice live in `egodi
 from egodistill.cache.catalog import Cache, open_cache, open_existing, refuse_other_identity
 from egodistill.cache.info import describe
 from egodistill.cache.shards import Layout, plan_layout
-from egodistill.cache.records import FEATURES_FORMAT, UNLABELLED, Failure, Provenance, TaskRecord, Views, egodistill_version
+from egodistill.cache.records import FEATURES_FORMAT, UNLABELLED, Failure, Provenance, TaskRecord, Views
 from egodistill.cache.segments import SegmentTable
 from egodistill.cache.store import SCHEMA_VERSION
 from egodistill.cache.teachers import Teacher
-from egodistill.common import CacheError
+from egodistill.common import CacheError, egodistill_version
 
 __all__ = [
     "FEATURES_FORMAT", "SCHEMA_VERSION", "UNLABELLED", "Cache", "CacheError", "Failure", "Layout", "Provenance", "SegmentTable", "TaskRecord",

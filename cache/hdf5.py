@@ -23,9 +23,9 @@ import h5py
 import numpy as np
 
 from egodistill.cache.catalog import open_cache
-from egodistill.common import CacheError, atomic_write, check_plain_name, dumps, file_sha256, first_line
+from egodistill.common import CacheError, atomic_write, check_plain_name, dumps, egodistill_version, file_sha256, first_line
 from egodistill.cache.shards import Layout
-from egodistill.cache.records import Provenance, TaskRecord, egodistill_version, now
+from egodistill.cache.records import Provenance, TaskRecord, now
 from egodistill.cache.segments import SegmentTable
 from egodistill.cache.teachers import ATTR, Teacher
 

@@ -11,7 +11,8 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from importlib import metadata
+
+from egodistill.common import egodistill_version
 
 # The version of what extraction writes for given settings. Bump it only when the same settings
 # would now give other features (a preprocessing fix, another pooling): teachers made before then
@@ -20,13 +21,6 @@ FEATURES_FORMAT = 1
 
 # The label of a segment that has none for a head: the fill of the segments table's `label_<head>` arrays.
 UNLABELLED = -1
-
-
-def egodistill_version() -> str:
-    try:
-        return metadata.version("egodistill")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def now() -> str:

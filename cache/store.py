@@ -9,8 +9,7 @@ from typing import Any
 
 import zarr
 
-from egodistill.common import CacheError, first_line
-from egodistill.cache.records import egodistill_version
+from egodistill.common import CacheError, egodistill_version, first_line
 
 # 2: text columns of the segments table as UTF-8 bytes + offsets (1 used zarr-python's string type).
 SCHEMA_VERSION = 2

@@ -14,8 +14,7 @@ import os
 import zarr
 
 from egodistill.cache.checksums import digest, object_keys, read_object, segment_table_keys
-from egodistill.common import CacheError
-from egodistill.cache.records import egodistill_version
+from egodistill.common import CacheError, egodistill_version
 from egodistill.cache.segments import GROUP, TEXT_COLUMNS, has_table, write_text_columns
 from egodistill.cache.store import ROOT_ATTR, SCHEMA_VERSION, open_root, schema_version
 from egodistill.cache.teachers import ATTR
@@ -30,6 +29,12 @@ def upgrade_cache(location: str | os.PathLike, storage_options: dict | None = No
         raise CacheError(f"cache {location} has schema version {before}, newer than this egodistill understands ({SCHEMA_VERSION}): upgrade egodistill")
     if before < 2 and has_table(root):
         group = root[GROUP]
+        # A killed upgrade deletes schema 1's columns only after the version changed, so at version 1 they are all there.
+        missing = [c for c in TEXT_COLUMNS if c not in group]
+        if missing:
+            raise CacheError(f"cache {location} says schema_version 1, but its segments table lacks schema 1's column(s) "
+                             f"{', '.join(f'{GROUP}/{c}' for c in missing)} (it holds: {', '.join(sorted(group.array_keys())) or 'nothing'}): "
+                             "nothing was written; it is not a schema-1 cache egodistill can upgrade")
         write_text_columns(group, {c: group[c][:].tolist() for c in TEXT_COLUMNS})
         _renew_segment_checksums(root)
     if before < SCHEMA_VERSION:

@@ -3,6 +3,7 @@ test the protocol's claims with intervals (docs/demo-protocol.md), and write the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from egodistill import cache as cache_api
-from egodistill.common import EgodistillError, check_number, write_json
+from egodistill.common import EgodistillError, check_number, dumps, write_json
 from egodistill.demo import claims as claims_api
 from egodistill.demo.boxes import write_demo_boxes
 from egodistill.demo.data import (HEAD, SPEC_NAME, UNLABELLED_SPEC_NAME, DemoSpec, class_names, describe_demo, generate_demo_data,
@@ -209,13 +210,20 @@ def _save_predictions(path: Path, per_seed: list[dict], labels: dict[str, np.nda
 def _match_cache_to_data(folder: Path, spec_files: list[Path]) -> None:
     """A cache, runs and timings made from other demo data (another spec or generator version) are removed."""
     marker = folder / "cache-data.json"
-    wanted = "".join(f.read_text() for f in spec_files)
-    if marker.exists() and marker.read_text() == wanted:
-        return
+    texts = [f.read_text() for f in spec_files]
+    wanted = [json.loads(t) for t in texts]  # one JSON value: the specs in order
+    if marker.exists():
+        held = marker.read_text()
+        if held == "".join(texts):  # what demos wrote before: the specs' texts run together, not one JSON value
+            write_json(marker, wanted)
+            return
+        with contextlib.suppress(ValueError):
+            if json.loads(held) == json.loads(dumps(wanted)):
+                return
     for stale in ("cache.zarr", "runs"):
         shutil.rmtree(folder / stale, ignore_errors=True)
     (folder / "extraction-seconds.json").unlink(missing_ok=True)
-    marker.write_text(wanted)
+    write_json(marker, wanted)
 
 
 def _first_extraction(folder, seconds: dict[str, float]) -> dict[str, float]:

@@ -89,26 +89,49 @@ def fit_count(cfg: FitConfig) -> int:
     return cfg.folds * len(cfg.depths) + 1
 
 
-def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
-                 on_fit: Callable[[int, int], None] | None = None) -> list[FittedTeacher]:
-    """Fit, cross-fit and write every requested teacher; returns what was written. on_fit(done, total) after each fit."""
+@dataclass
+class FitPlan:
+    """What fit_teachers works on, every refusal already made: the open cache, the input keys, the labelled
+    training segments and their folds, the teachers to fit (modality, input indices) and which inputs each segment has."""
+    root: cache.Cache
+    table: cache.SegmentTable
+    keys: list[str]
+    train: np.ndarray
+    fold: np.ndarray
+    jobs: list[tuple[str, list[int]]]
+    present: np.ndarray
+
+
+def plan_fit(cfg: FitConfig) -> FitPlan:
+    """Open the cache and make every refusal fit_teachers would, before any work (the CLI calls it before its bar)."""
     check_config(cfg)
-    device = pick_device(cfg.device)
     root = cache.open_cache(cfg.cache, mode="r+")
     table = root.segments
     keys = resolve_inputs(root, cfg.modalities, "--modalities")
     train = _labelled_training(table, cfg)
     groups = segment_groups(table.videos[train])
-    if len(np.unique(groups)) < cfg.folds:
-        raise FitError(f"--folds {cfg.folds} needs at least {cfg.folds} videos (or participants) among the labelled {cfg.train_split!r} segments, "
-                       f"the cache has {len(np.unique(groups))}: lower --folds")
-    fold = grouped_folds(groups, cfg.folds, cfg.seed)
     jobs = [(root.teacher(k).modality, [m]) for m, k in enumerate(keys)]
     if cfg.fusion:
         jobs.append(("fusion", list(range(len(keys)))))
-    present_once = present_inputs(root, keys)
-    for modality, members in jobs:  # every refusal before any work
-        _check_enough(modality, table, train, fold, present_once[:, members], cfg)
+    present = present_inputs(root, keys)
+    chosen = [(modality, present[:, members]) for modality, members in jobs]
+    problem = _fold_problem(table, train, groups, chosen, cfg.folds, cfg)
+    if problem:
+        fewer = next((k for k in range(cfg.folds - 1, 1, -1) if _fold_problem(table, train, groups, chosen, k, cfg) is None), None)
+        if fewer:
+            raise FitError(f"{problem[0]}: lower --folds to {fewer} (the most this cache allows), or {problem[1]}")
+        # Not even the fewest folds work: what 2 folds lack is the fix (more data), never fewer folds.
+        raise FitError("{}: {}".format(*(_fold_problem(table, train, groups, chosen, 2, cfg) or problem)))
+    return FitPlan(root, table, keys, train, grouped_folds(groups, cfg.folds, cfg.seed), jobs, present)
+
+
+def fit_teachers(cfg: FitConfig, log: Callable[[str], None] = print,
+                 on_fit: Callable[[int, int], None] | None = None, plan: FitPlan | None = None) -> list[FittedTeacher]:
+    """Fit, cross-fit and write every requested teacher; returns what was written. on_fit(done, total) after each fit.
+    plan: what plan_fit(cfg) returned, when the caller made the refusals first."""
+    plan = plan or plan_fit(cfg)
+    device = pick_device(cfg.device)
+    root, table, keys, train, fold, jobs, present_once = plan.root, plan.table, plan.keys, plan.train, plan.fold, plan.jobs, plan.present
     placements = view_placements(cfg.views)
     views = cache.Views(cfg.frames, placements) if cfg.views > 1 else None  # the windows a fitted teacher has logits of
     started = time.perf_counter()
@@ -172,22 +195,36 @@ def _labelled_training(table: cache.SegmentTable, cfg: FitConfig) -> np.ndarray:
     return train
 
 
-def _check_enough(modality: str, table: cache.SegmentTable, train: np.ndarray, fold: np.ndarray, present: np.ndarray, cfg: FitConfig) -> None:
-    """Refuse, naming the counts, a teacher whose inputs leave a head without labelled segments to fit every fold on."""
-    usable = present[train].any(axis=1)
-    counts = {h: int((table.labels[h][train[usable]] >= 0).sum()) for h in table.heads}
-    where = (f"{int(usable.sum())} of the {len(train)} labelled {cfg.train_split!r} segments have its input features; "
-             f"labelled per head: {', '.join(f'{h} {c}' for h, c in counts.items())}")
-    for head, count in counts.items():
-        if count < cfg.folds:
-            raise FitError(f"the {modality} teacher cannot be cross-fitted: {where}, too few for head {head!r} and --folds {cfg.folds}: "
-                           "extract features for more labelled segments, or lower --folds")
-    for f in range(cfg.folds):
-        fit_on = train[usable & (fold != f)]
-        for head in table.heads:
-            if not (table.labels[head][fit_on] >= 0).any():
-                raise FitError(f"the {modality} teacher cannot be cross-fitted: fold {f} leaves no labelled segment of head {head!r} to fit on ({where}): "
-                               "lower --folds, or label more videos")
+def _fold_problem(table: cache.SegmentTable, train: np.ndarray, groups: np.ndarray, chosen: list[tuple[str, np.ndarray]],
+                  folds: int, cfg: FitConfig) -> tuple[str, str] | None:
+    """Why `folds` grouped folds cannot cross-fit every (modality, inputs present) teacher, and the fix short of fewer
+    folds, naming the counts; None when they can."""
+    have = len(np.unique(groups))
+    if have < 2:  # below any cross-fit, whatever --folds
+        return (f"cross-fitting needs labelled {cfg.train_split!r} segments of at least 2 videos (or participants), the cache has {have}",
+                "label segments of more videos")
+    if have < folds:
+        return (f"--folds {folds} needs at least {folds} videos (or participants) among the labelled {cfg.train_split!r} segments, the cache has {have}",
+                "label segments of more videos")
+    fold = grouped_folds(groups, folds, cfg.seed)
+    for modality, present in chosen:
+        usable = present[train].any(axis=1)
+        counts = {h: int((table.labels[h][train[usable]] >= 0).sum()) for h in table.heads}
+        where = (f"{int(usable.sum())} of the {len(train)} labelled {cfg.train_split!r} segments have its input features; "
+                 f"labelled per head: {', '.join(f'{h} {c}' for h, c in counts.items())}")
+        more = "extract features for more labelled segments"
+        for head, count in counts.items():
+            if count < 2:  # below any cross-fit, whatever --folds
+                return f"the {modality} teacher cannot be cross-fitted: {where}; head {head!r} needs at least 2 labelled segments with features", more
+            if count < folds:
+                return f"the {modality} teacher cannot be cross-fitted: {where}, too few for head {head!r} and --folds {folds}", more
+        for f in range(folds):
+            fit_on = train[usable & (fold != f)]
+            for head in table.heads:
+                if not (table.labels[head][fit_on] >= 0).any():
+                    return (f"the {modality} teacher cannot be cross-fitted: fold {f} of --folds {folds} leaves no labelled segment of head {head!r} "
+                            f"to fit on ({where})", "extract features for labelled segments of more videos")
+    return None
 
 
 def view_placements(views: int) -> tuple[float, ...]:

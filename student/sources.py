@@ -93,6 +93,15 @@ def resolve_teachers(opened: cache.Cache, names: list[str], heads: dict[str, int
     return keys
 
 
+def teacher_name(opened: cache.Cache, key: str) -> str:
+    """What `--teachers` should be told for the teacher `key`: its modality where that names it alone, else the key."""
+    modality = opened.teacher(key).modality
+    try:
+        return modality if _resolve(opened, modality, "logits", lambda t: bool(t.heads), "--teachers") == key else key
+    except SourceError:  # several teachers of that modality have logits
+        return key
+
+
 def _unique(keys: list[str], option: str) -> list[str]:
     if len(set(keys)) != len(keys):
         raise SourceError(f"{option} names the same teacher twice ({', '.join(keys)}): list each once")

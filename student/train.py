@@ -129,6 +129,8 @@ def check_numbers(cfg: TrainConfig) -> None:
     ):
         check_number(TrainError, option, value, **bounds)
     check_choice(TrainError, "--precision", cfg.precision, PRECISIONS)
+    if cfg.mask_prob > 0 and len(cfg.inputs) < 2:  # masking drops inputs, and never all of them: with one it would silently do nothing
+        raise TrainError(f"--mask-prob {cfg.mask_prob} drops modalities, and --inputs {','.join(cfg.inputs)} is one: give two or more --inputs, or drop --mask-prob")
     if cfg.depth and cfg.dim % cfg.num_heads:
         raise TrainError(f"--dim {cfg.dim} is not a multiple of the {cfg.num_heads} attention heads: give e.g. --dim {cfg.num_heads * max(1, round(cfg.dim / cfg.num_heads))}")
 

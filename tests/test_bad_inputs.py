@@ -164,13 +164,16 @@ BAD = [
     ([*FIT, "--modalities", "lidar"], "--modalities 'lidar'"),
     ([*FIT, "--modalities", ","], "--modalities is empty"),
     ([*FIT, "--folds", "1"], "at least 2 folds"),
-    ([*FIT, "--folds", "999"], "lower --folds"),
+    ([*FIT, "--folds", "999"], "the cache has 2: lower --folds to 2 (the most this cache allows)"),
     ([*FIT, "--steps", "-1"], "--steps -1 is out of range"),
     ([*FIT, "--depths", "0,x"], "--depths '0,x'"),
     ([*FIT, "--frames", "-1"], "--frames -1 is out of range"),
     ([*FIT, "--steps", "ten"], "Invalid value for '--steps'"),
     (["fit-teachers", "--cache", "{thin}", "--modalities", "rgb", "--folds", "2", "--device", "cpu"], "1 of the 17 labelled 'train' segments have its input features"),
     (["fit-teachers", "--cache", "{unlabelled}", "--modalities", "rgb", "--device", "cpu"], "no labelled 'train' segments"),
+    # One labelled segment with features: no --folds can cross-fit it, so the fix is more data, never fewer folds.
+    (["fit-teachers", "--cache", "{thin}", "--modalities", "rgb", "--folds", "3", "--device", "cpu"],
+     "verb 1, noun 1; head 'verb' needs at least 2 labelled segments with features: extract features for more labelled segments"),
     (["train-student", "--cache", "{unlabelled}", "--inputs", "rgb", "--out", "{tmp}/never", "--device", "cpu"], "no labels for its 'train' segments"),
     # train-student
     ([*TRAIN, "--cache", "{none}"], "not found"),
@@ -188,6 +191,7 @@ BAD = [
     ([*TRAIN, "--batch-size", "0"], "--batch-size 0 is out of range"),
     ([*TRAIN, "--mask-prob", "1"], "--mask-prob 1.0 is out of range: give a number >= 0 and < 1"),
     ([*TRAIN, "--mask-prob", "-0.5"], "--mask-prob -0.5 is out of range"),
+    ([*TRAIN, "--mask-prob", "0.5"], "--mask-prob 0.5 drops modalities, and --inputs rgb is one: give two or more --inputs, or drop --mask-prob"),
     ([*TRAIN, "--teachers", "rgb", "--temperature", "0"], "--temperature 0.0 is out of range"),
     ([*TRAIN, "--teachers", "rgb", "--weighting", "per-sample", "--tau", "-1"], "--tau -1.0 is out of range"),
     ([*TRAIN, "--kd-weight", "-1"], "--kd-weight -1.0 is out of range"),
@@ -233,6 +237,12 @@ def test_a_bad_input_is_one_line_naming_it(world, args, fragment):
     for name in made:  # so that the next case starts clean
         shutil.rmtree(Path(world["tmp"]) / name) if (Path(world["tmp"]) / name).is_dir() else (Path(world["tmp"]) / name).unlink()
     assert not made, f"a failed command left {made} behind"
+
+
+def test_fit_teachers_refuses_before_its_progress_bar_and_never_advises_fewer_folds_than_2(world):
+    code, out, err = cli("fit-teachers", "--cache", world["thin"], "--modalities", "rgb", "--folds", "3", "--device", "cpu")
+    assert code == 1 and "needs at least 2 labelled segments" in err and "lower --folds" not in err, err
+    assert "fits" not in out and "0/" not in out, out  # no `fit ... 0/? fits` bar before the error
 
 
 # What a failed command must not have created: caches, run directories, output files.

@@ -91,6 +91,21 @@ def test_a_schema_1_cache_is_refused_in_one_line_until_upgraded_in_place(tmp_pat
     assert "nothing to do" in egodistill("cache", "upgrade", copied, check=0).stdout
 
 
+def test_upgrade_refuses_a_cache_that_says_schema_1_without_its_table_in_one_line_writing_nothing(tmp_path):
+    from egodistill.cache.store import ROOT_ATTR
+
+    location = tmp_path / "mislabelled.zarr"
+    build_synthetic_cache(str(location), SyntheticSpec(segments=6, feature_dim=4, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
+    root = zarr.open_group(str(location), mode="r+")
+    root.attrs[ROOT_ATTR] = {**root.attrs[ROOT_ATTR], "schema_version": 1}  # a schema-2 table under a schema-1 root
+    before = snapshot(location)
+    line = one_line_error(egodistill("cache", "upgrade", location))
+    assert f"cache {location} says schema_version 1, but its segments table lacks schema 1's column(s) segments/id, segments/video, segments/split" in line
+    assert "id_bytes" in line and "nothing was written" in line
+    after = snapshot(location)
+    assert after.pop(".") and before.pop(".") and after == before  # the root's own mtime: opening for writing probes it
+
+
 def test_keys_made_by_older_versions_stand_and_the_version_is_not_identity(tmp_path):
     opened = cache.open_cache(tmp_path / "c.zarr", mode="a")
     offsets, layout = cache.plan_layout(np.full(4, 2))

@@ -124,3 +124,9 @@ def test_bad_split_and_unknown_input_are_one_line_errors(caches):
 def test_import_egodistill_stays_light():
     code = "import sys, egodistill; assert 'torch' not in sys.modules; egodistill.dataset; assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_package_says_its_version_as_installed():
+    import importlib.metadata
+
+    assert egodistill.__version__ == importlib.metadata.version("egodistill")

@@ -138,3 +138,23 @@ def test_unlabelled_clips_are_new_draws_of_the_generator_with_no_label_written(t
     mtimes = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
     generate_unlabelled_clips(tmp_path, unlabelled, workers=1)
     assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
+
+
+def test_the_marker_of_a_caches_data_is_one_json_value_and_an_older_runs_marker_still_matches(tmp_path):
+    from egodistill.demo.pipeline import _match_cache_to_data
+
+    specs = [tmp_path / "demo-spec.json", tmp_path / "unlabelled-spec.json"]
+    specs[0].write_text(json.dumps({"seed": 0, "clips_train": 12}, indent=2) + "\n")
+    specs[1].write_text(json.dumps({"clips": 8}, indent=2) + "\n")
+    marker, made = tmp_path / "cache-data.json", tmp_path / "cache.zarr"
+    _match_cache_to_data(tmp_path, specs)
+    assert json.loads(marker.read_text()) == [{"seed": 0, "clips_train": 12}, {"clips": 8}]  # one value (was two run together)
+    made.mkdir()
+    _match_cache_to_data(tmp_path, specs)
+    assert made.exists()
+    marker.write_text("".join(s.read_text() for s in specs))  # an existing demo folder's marker, from before
+    _match_cache_to_data(tmp_path, specs)
+    assert made.exists() and json.loads(marker.read_text())[1] == {"clips": 8}
+    specs[1].write_text(json.dumps({"clips": 9}))  # other data: the cache made from the old goes
+    _match_cache_to_data(tmp_path, specs)
+    assert not made.exists() and json.loads(marker.read_text())[1] == {"clips": 9}

@@ -137,9 +137,10 @@ def test_standardisation_statistics_come_from_the_fitted_segments_only(tmp_path)
 def test_fit_teachers_refuses_bad_requests(tmp_path):
     path = str(tmp_path / "c.zarr")
     build_synthetic_cache(path, SyntheticSpec(segments=12, feature_dim=8, unlabelled=0.0, modalities={"rgb": ("resnet18", 3, 64, 1.0)}))
-    with pytest.raises(FitError, match="lower --folds") as err:  # 12 segments in 2 videos
+    with pytest.raises(FitError) as err:  # 12 segments in 2 videos, the training ones in 1: no --folds works
         fit_teachers(FitConfig(cache=path, modalities=["rgb"], folds=20), log=QUIET)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "lower --folds" not in str(err.value)
+    assert str(err.value) == "cross-fitting needs labelled 'train' segments of at least 2 videos (or participants), the cache has 1: label segments of more videos"
     with pytest.raises(FitError, match="at least 2 folds"):
         fit_teachers(FitConfig(cache=path, modalities=["rgb"], folds=1), log=QUIET)
     with pytest.raises(SourceError, match="'flow'"):
@@ -159,9 +160,13 @@ def test_thin_data_is_refused_in_one_line_naming_the_counts(tmp_path):
         fit_teachers(FitConfig(cache=path, modalities=["rgb", "audio"], fusion=True, folds=3, steps=2, device="cpu"), log=QUIET)
     message = str(err.value)
     assert "\n" not in message and "audio teacher" in message and "2 of the 28 labelled 'train' segments" in message
-    assert "verb 2, noun 2" in message and "--folds 3" in message
-    with pytest.raises(FitError, match="fold 0 leaves no labelled segment"):  # both usable segments are in one video, so in one fold
+    # Both usable segments are in one video, so in one fold: 2 folds fail too, and the fix is more data, not fewer folds.
+    assert "verb 2, noun 2" in message and "fold 0 of --folds 2 leaves no labelled segment" in message and "lower --folds" not in message
+    assert message.endswith("extract features for labelled segments of more videos")
+    with pytest.raises(FitError, match="fold 0 of --folds 2 leaves no labelled segment"):
         fit_teachers(FitConfig(cache=path, modalities=["audio"], folds=2, steps=2, device="cpu"), log=QUIET)
+    with pytest.raises(FitError, match="lower --folds to 3 \\(the most this cache allows\\)"):  # 3 labelled training videos
+        fit_teachers(FitConfig(cache=path, modalities=["rgb"], folds=5, steps=2, device="cpu"), log=QUIET)
     [rgb] = fit_teachers(FitConfig(cache=path, modalities=["rgb"], folds=3, steps=2, device="cpu"), log=QUIET)  # rgb is whole: it fits
     assert np.isfinite(rgb.logits["verb"]).all()
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from egodistill import cache
 from egodistill.cli import app
 from egodistill.student.fit import FitConfig, fit_teachers
+from egodistill.student.sources import resolve_teachers
 from helpers import one_line, run_cli
 
 
@@ -56,6 +57,11 @@ def test_fit_train_and_evaluate_through_the_cli(session_cache, tmp_path):
     costs = report["cost"]
     assert costs["student"]["parts"][0]["backbone"] == "test_resnet" and costs["teachers"][0]["flops"] > costs["student"]["parts"][-1]["flops"]
     assert "student[rgb+flow+audio]" in result.output
+    # A second rgb teacher makes "rgb" ambiguous: the advice names the key just written, which --teachers takes.
+    result = runner.invoke(app, ["fit-teachers", "--cache", c, "--modalities", "rgb", "--steps", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    named = " ".join(result.output.split()).split("use them with `egodistill train-student --teachers ")[1].split()[0]  # as rich wrapped it
+    assert named != "rgb" and resolve_teachers(cache.open_cache(c), [named], cache.open_cache(c).segments.heads)[0] == named
 
 
 def test_bad_input_is_one_line_on_stderr(extracted_cache, tmp_path):
