@@ -148,3 +148,35 @@ def test_a_cache_from_a_newer_schema_is_refused_in_one_line(copied):
         cache.open_cache(copied)
     for command in (("cache", "info", copied), ("cache", "ls", copied), ("cache", "verify", copied)):
         assert "upgrade egodistill" in one_line_error(egodistill(*command))
+
+
+def test_verify_repair_of_a_shard_two_tasks_share_under_fps(extracted_cache, tmp_path):
+    """With --fps, segments differ in rows and a shard can hold rows of two tasks: both are forgotten, and the
+    undecodable shard is deleted (zarr rewrites a shared shard by reading it first), so extract remakes it whole."""
+    from egodistill.extract.run import ExtractConfig, run_extraction
+
+    folder = extracted_cache.parent
+    location = tmp_path / "fps.zarr"
+    manifest = tmp_path / "ragged.csv"  # segments of 0.5, 0.7 and 0.9 s: 5, 7 and 9 rows at 10 fps
+    manifest.write_text("segment_id,video,start_sec,stop_sec,split,label:action\n"
+                        + "".join(f"s{i},clip{i:02d}.mp4,0,{0.5 + 0.2 * (i % 3):.1f},train,{i % 3}\n" for i in range(8)))
+    config = ExtractConfig(manifest=str(manifest), videos=str(folder / "videos"), cache=str(location), modality="rgb",
+                           backbone="test_resnet", fps=10, workers=0, device="cpu", precision="fp32", segments_per_task=1)
+    first = run_extraction(config, log=lambda _: None)
+    assert first.ok
+    pristine = tmp_path / "pristine.zarr"
+    shutil.copytree(location, pristine)
+    teacher = cache.open_cache(location).teacher(first.teacher_key)
+    rows_per_shard, offsets = teacher.layout.rows_per_shard, teacher.offsets
+    tasks_in = {s: {t for t in range(teacher.layout.tasks) if offsets[t] < (s + 1) * rows_per_shard and offsets[t + 1] > s * rows_per_shard}
+                for s in range(-(-int(offsets[-1]) // rows_per_shard))}
+    shared = min(s for s, tasks in tasks_in.items() if len(tasks) > 1)
+    shard = location / "teachers" / first.teacher_key / "features" / "c" / str(shared) / "0"
+    shard.write_bytes(shard.read_bytes()[:-16])  # its index is gone: the shard no longer decodes
+    repaired = egodistill("cache", "verify", location, "--repair", check=0).stdout
+    assert f"{len(tasks_in[shared])} task(s) forgotten" in repaired, repaired
+    again = run_extraction(config, log=lambda _: None)
+    assert again.ok and again.extracted == len(tasks_in[shared]), again
+    assert "DAMAGED" not in egodistill("cache", "verify", location, check=0).stdout
+    a, b = cache.open_cache(location).teacher(first.teacher_key), cache.open_cache(pristine).teacher(first.teacher_key)
+    np.testing.assert_array_equal(a.read_rows(0, int(offsets[-1]))[0], b.read_rows(0, int(offsets[-1]))[0])
