@@ -141,6 +141,10 @@ class Views:
     def to_json(self) -> dict:
         return {"frames": int(self.frames), "placements": [float(p) for p in self.placements]}
 
+    def nearest(self, placement: float) -> int:
+        """The index of the view placed nearest `placement` (the first of ties): the one evaluation reads."""
+        return min(range(len(self.placements)), key=lambda v: abs(self.placements[v] - placement))
+
     @classmethod
     def from_json(cls, data: dict) -> Views:
         return cls(int(data["frames"]), tuple(float(p) for p in data["placements"]))

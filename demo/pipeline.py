@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from egodistill import cache as cache_api
-from egodistill.common import EgodistillError, check_number, dumps, write_json
+from egodistill.common import EgodistillError, check_number, write_json
 from egodistill.demo import claims as claims_api
 from egodistill.demo.boxes import write_demo_boxes
 from egodistill.demo.data import (HEAD, SPEC_NAME, UNLABELLED_SPEC_NAME, DemoSpec, class_names, describe_demo, generate_demo_data,
@@ -218,7 +218,7 @@ def _match_cache_to_data(folder: Path, spec_files: list[Path]) -> None:
             write_json(marker, wanted)
             return
         with contextlib.suppress(ValueError):
-            if json.loads(held) == json.loads(dumps(wanted)):
+            if json.loads(held) == wanted:
                 return
     for stale in ("cache.zarr", "runs"):
         shutil.rmtree(folder / stale, ignore_errors=True)

@@ -259,13 +259,17 @@ def resume_state(cfg: ExtractConfig, plan: Plan) -> Resume | None:
     todo = tasks_to_run(records, layout.tasks, cfg.retry_failed)
     covered = layout.task_segments(layout.tasks - 1).stop if layout.tasks else 0
     grown = -(-max(0, len(plan.manifest.segments) - covered) // layout.segments_per_task)  # the extent a run adds for new segments
-    done = sum(len(layout.task_segments(t)) for t in records if t not in todo)
-    return Resume(teacher.key, layout.tasks + grown, len(todo) + grown, done, layout.segments_per_task)
+    return Resume(teacher.key, layout.tasks + grown, len(todo) + grown, segments_done(layout, records, todo), layout.segments_per_task)
 
 
 def tasks_to_run(records: dict[int, cache.TaskRecord], tasks: int, retry_failed: bool) -> list[int]:
     """The tasks without a record, and with `retry_failed` those whose record has failed segments."""
     return [t for t in range(tasks) if t not in records or (retry_failed and records[t].failed)]
+
+
+def segments_done(layout: cache.Layout, records: dict[int, cache.TaskRecord], todo: list[int]) -> int:
+    """Segments of the recorded tasks a run leaves as they are."""
+    return sum(len(layout.task_segments(t)) for t in records if t not in todo)
 
 
 def run_extraction(cfg: ExtractConfig, plan: Plan | None = None, on_progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print) -> Summary:
@@ -335,7 +339,7 @@ def _run_tasks(cfg: ExtractConfig, plan: Plan, spec: BackboneSpec, settings: dic
     key, layout = teacher.key, teacher.layout
     records = teacher.records()
     todo = tasks_to_run(records, layout.tasks, cfg.retry_failed)
-    summary = Summary(teacher_key=key, segments=layout.segments, done_before=sum(len(layout.task_segments(t)) for t in records if t not in todo))
+    summary = Summary(teacher_key=key, segments=layout.segments, done_before=segments_done(layout, records, todo))
     log(f"teacher {key}: {'resuming' if resumed else 'new'}, {len(todo)} of {layout.tasks} tasks to run on {device} ({precision or 'no model'})")
     if cfg.retry_failed:  # a retried task rewrites its record; until then its segments must not look done
         teacher.drop_records([t for t in todo if t in records])

@@ -275,7 +275,7 @@ class CacheLoader:
             order = list(range(len(self.blocks)))
             segs = np.concatenate(self.block_segments) if self.blocks else np.zeros(0, np.int64)
             buffers = np.concatenate([np.full(len(s), i // self.buffer_blocks) for i, s in enumerate(self.block_segments)]) if self.blocks else np.zeros(0, np.int64)
-            view = int(np.argmin([abs(p - self.window) for p in self.views.placements])) if self.views else 0
+            view = self.views.nearest(self.window) if self.views else 0
             placement = self.views.placements[view] if self.views else self.window
             plan = EpochPlan(order, segs, buffers, np.full(len(segs), placement), np.full(len(segs), view, dtype=np.int64))
             return self._with_views(plan, epoch)

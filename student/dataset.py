@@ -61,7 +61,7 @@ class SegmentDataset(torch.utils.data.Dataset):
             raise DatasetError(f"the teachers' logits are per view of {views.frames} rows, and frames={frames}: pass frames={views.frames} so student and teachers see the same rows")
         # Evaluation's window: the view nearest `window` where the teachers have views, else `window` itself.
         self.views = views
-        self.view = int(np.argmin([abs(p - window) for p in views.placements])) if views else None
+        self.view = views.nearest(window) if views else None
         placement = views.placements[self.view] if views else window
         present = present_inputs(opened, self.input_keys)
         self.segments = np.flatnonzero((table.split == split) & present.any(axis=1))

@@ -117,11 +117,13 @@ def plan_fit(cfg: FitConfig) -> FitPlan:
     chosen = [(modality, present[:, members]) for modality, members in jobs]
     problem = _fold_problem(table, train, groups, chosen, cfg.folds, cfg)
     if problem:
-        fewer = next((k for k in range(cfg.folds - 1, 1, -1) if _fold_problem(table, train, groups, chosen, k, cfg) is None), None)
-        if fewer:
-            raise FitError(f"{problem[0]}: lower --folds to {fewer} (the most this cache allows), or {problem[1]}")
+        fewest = problem
+        for k in range(cfg.folds - 1, 1, -1):
+            fewest = _fold_problem(table, train, groups, chosen, k, cfg)
+            if fewest is None:
+                raise FitError(f"{problem[0]}: lower --folds to {k} (the most this cache allows), or {problem[1]}")
         # Not even the fewest folds work: what 2 folds lack is the fix (more data), never fewer folds.
-        raise FitError("{}: {}".format(*(_fold_problem(table, train, groups, chosen, 2, cfg) or problem)))
+        raise FitError(f"{fewest[0]}: {fewest[1]}")
     return FitPlan(root, table, keys, train, grouped_folds(groups, cfg.folds, cfg.seed), jobs, present)
 
 
